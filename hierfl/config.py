@@ -1,0 +1,284 @@
+"""Configuration: one pydantic-settings class per tier, read once at the entry point.
+
+Sources, highest priority first: keyword arguments to :meth:`load`, ``HIERFL_*``
+environment variables (nested fields with ``__``, e.g. ``HIERFL_MQTT__URL``), then an
+optional TOML file. Every field is documented in ``docs/configuration.md``; commented
+examples live in ``edge/edge.toml``, ``fog/fog.toml`` and ``cloud/cloud.toml``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar, Self
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from hierfl import topics
+from hierfl.errors import ConfigError
+from hierfl.wire.codec import DecodeLimits
+
+__all__ = [
+    "CloudSettings",
+    "EdgeSettings",
+    "FogSettings",
+    "KafkaSettings",
+    "LimitsSettings",
+    "MqttSettings",
+]
+
+_config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "hierfl_config_file", default=None
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttSettings(_Section):
+    """Connection to the MQTT broker (edge <-> fog)."""
+
+    url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host:port of the broker")
+    username: str | None = None
+    password: SecretStr | None = None
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    connect_timeout_s: float = Field(10.0, gt=0)
+    reconnect_base_s: float = Field(0.5, gt=0, description="backoff base for reconnects")
+    reconnect_max_s: float = Field(30.0, gt=0, description="backoff cap for reconnects")
+    queue_size: int = Field(10_000, ge=1, description="bounded inbound message queue")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        u = urlsplit(v)
+        if u.scheme != "mqtt" or not u.hostname:
+            raise ValueError("expected mqtt://host[:port]")
+        try:
+            _ = u.port
+        except ValueError as exc:
+            raise ValueError(f"bad port in {v!r}") from exc
+        return v
+
+    @property
+    def host(self) -> str:
+        """Broker host name."""
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        """Broker TCP port (1883 when the URL gives none)."""
+        return urlsplit(self.url).port or 1883
+
+
+class KafkaSettings(_Section):
+    """Connection to the Kafka cluster (fog <-> cloud)."""
+
+    bootstrap: str = Field("127.0.0.1:9092", description="comma-separated host:port list")
+    chunk_bytes: int = Field(
+        900_000, ge=4096, le=100 * 2**20, description="largest record produced (frames are split)"
+    )
+    request_timeout_ms: int = Field(30_000, ge=1000)
+    create_topics: bool = Field(True, description="create hierfl topics when missing")
+    partitions: int = Field(1, ge=1, description="partitions of topics created by hierfl")
+    replication_factor: int = Field(1, ge=1)
+
+
+class LimitsSettings(_Section):
+    """Bounds applied when decoding untrusted frames."""
+
+    max_frame_bytes: int = Field(64 * 2**20, ge=1024)
+    max_body_bytes: int = Field(256 * 2**20, ge=1024)
+    max_params: int = Field(50_000_000, ge=1)
+
+    def decode_limits(self) -> DecodeLimits:
+        """The wire-layer limits object."""
+        return DecodeLimits(self.max_frame_bytes, self.max_body_bytes, self.max_params)
+
+
+class _TierSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="HIERFL_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+    tier: ClassVar[str] = ""
+
+    federation: str = Field("default", description="federation id shared by all tiers")
+    limits: LimitsSettings = LimitsSettings()
+    log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus port")
+
+    @field_validator("federation")
+    @classmethod
+    def _fed(cls, v: str) -> str:
+        return _id("federation", v)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = _config_file.get()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Self:
+        """Read settings from overrides, ``HIERFL_*`` env vars and an optional TOML file.
+
+        Args:
+            config_file: TOML file (its top-level keys are this class's fields).
+            **overrides: field values that win over every other source.
+
+        Returns:
+            The validated settings.
+
+        Raises:
+            ConfigError: naming every invalid field, or an unreadable file.
+        """
+        path = None
+        if config_file is not None:
+            path = Path(config_file)
+            if not path.is_file():
+                raise ConfigError(f"config file {path} does not exist")
+            try:
+                tomllib.loads(path.read_text())
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        token = _config_file.set(path)
+        try:
+            return cls(**overrides)
+        except PydanticValidationError as exc:
+            raise ConfigError(_explain(cls.tier, exc, path)) from exc
+        finally:
+            _config_file.reset(token)
+
+
+def _id(kind: str, v: str) -> str:
+    try:
+        return topics.check_id(kind, v)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def _explain(tier: str, exc: PydanticValidationError, path: Path | None) -> str:
+    lines = [f"invalid {tier} settings" + (f" (file {path})" if path else "") + ":"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        env = "HIERFL_" + "__".join(str(p) for p in err["loc"]).upper()
+        lines.append(f"  {loc}: {err['msg']} (env {env})")
+    return "\n".join(lines)
+
+
+class EdgeSettings(_TierSettings):
+    """Settings of one edge device (``hierfl edge``)."""
+
+    tier: ClassVar[str] = "edge"
+
+    fog_id: str = Field(..., description="the fog this edge reports to")
+    edge_id: str = Field(..., description="this device's id (unique within its fog)")
+    mqtt: MqttSettings = MqttSettings()
+    task: str = Field(
+        "hierfl.sim.scenarios:digits_task",
+        description="import path 'module:callable' returning the edge's EdgeTask",
+    )
+    task_options: dict[str, Any] = Field(default_factory=dict, description="passed to the task")
+    local_epochs: int = Field(1, ge=1, le=1000, description="k1: local epochs per fog round")
+    codec: str = Field("raw", description="update codec (raw; others: see docs)")
+    max_rounds: int | None = Field(None, ge=1, description="exit after this many updates")
+    threads: int = Field(1, ge=1, le=256, description="torch intra-op threads")
+
+    @field_validator("fog_id", "edge_id")
+    @classmethod
+    def _ids(cls, v: str) -> str:
+        return _id("fog/edge", v)
+
+
+class FogSettings(_TierSettings):
+    """Settings of one fog aggregator (``hierfl fog``)."""
+
+    tier: ClassVar[str] = "fog"
+
+    fog_id: str = Field(..., description="this fog's id")
+    mqtt: MqttSettings = MqttSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    min_updates: int = Field(1, ge=1, description="a fog round closes once this many arrived")
+    round_timeout_s: float = Field(30.0, gt=0, description="a fog round closes at this deadline")
+    quorum: int = Field(
+        1, ge=1, description="fewest updates aggregated at the deadline; fewer skips the round"
+    )
+    k2: int = Field(1, ge=1, le=10_000, description="fog rounds per cloud round (HierFAVG)")
+    aggregator: str = Field("fedavg", description="aggregation rule (see docs/robustness.md)")
+    aggregator_params: dict[str, Any] = Field(default_factory=dict)
+    max_samples: int = Field(1_000_000, ge=1, description="largest claimed sample count accepted")
+    max_norm: float | None = Field(None, gt=0, description="reject updates with a larger L2 norm")
+    allowed_edges: list[str] = Field(default_factory=list, description="empty = any edge")
+    spool_dir: Path | None = Field(
+        None, description="persist accepted updates here until forwarded (survives restarts)"
+    )
+    cloud_codec: str = Field("raw", description="codec of aggregates sent to the cloud")
+
+    @field_validator("fog_id")
+    @classmethod
+    def _fog(cls, v: str) -> str:
+        return _id("fog", v)
+
+    @model_validator(mode="after")
+    def _quorum(self) -> Self:
+        if self.quorum > self.min_updates:
+            raise ValueError(f"quorum ({self.quorum}) exceeds min_updates ({self.min_updates})")
+        return self
+
+
+class CloudSettings(_TierSettings):
+    """Settings of the cloud aggregator (``hierfl cloud``)."""
+
+    tier: ClassVar[str] = "cloud"
+
+    kafka: KafkaSettings = KafkaSettings()
+    fogs: list[str] = Field(
+        default_factory=list, description="expected fog ids; a round closes when all reported"
+    )
+    min_fogs: int = Field(1, ge=1, description="quorum of fogs needed after the timeout")
+    round_timeout_s: float = Field(60.0, gt=0, description="wait after the first aggregate")
+    store_dir: Path = Field(Path("hierfl-store"), description="checkpoint directory")
+    initial_model: Path | None = Field(
+        None, description="npz/safetensors with the version-0 weights (when the store is empty)"
+    )
+    aggregator: str = Field("fedavg", description="rule that combines fog aggregates")
+    aggregator_params: dict[str, Any] = Field(default_factory=dict)
+    max_versions: int | None = Field(None, ge=1, description="stop after producing this version")
+    keep_versions: int | None = Field(None, ge=1, description="prune older checkpoints")
+    model_codec: str = Field("raw", description="codec of the global model fan-out")
+
+    @field_validator("fogs")
+    @classmethod
+    def _fogs(cls, v: list[str]) -> list[str]:
+        for f in v:
+            _id("fog", f)
+        if len(set(v)) != len(v):
+            raise ValueError("fog ids repeat")
+        return v
+
+    @model_validator(mode="after")
+    def _quorum(self) -> Self:
+        if self.fogs and self.min_fogs > len(self.fogs):
+            raise ValueError(f"min_fogs ({self.min_fogs}) exceeds the {len(self.fogs)} fogs")
+        return self

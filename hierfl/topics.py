@@ -1,0 +1,131 @@
+"""Every MQTT and Kafka topic name hierfl uses, built and parsed in one place.
+
+MQTT (edge <-> fog), for federation ``F``, fog ``G``, edge ``E``:
+
+- ``hierfl/F/G/model``        retained, QoS 1: the model the edges of fog G train from next
+- ``hierfl/F/G/update/E``     QoS 1: edge E's update frame (broker ACLs can pin E to it)
+- ``hierfl/F/G/status/E``     retained ``online``/``offline`` (last will), for liveness
+
+Kafka (fog <-> cloud):
+
+- ``hierfl.F.aggregates``     key = fog id; value = chunks of a fog aggregate frame
+- ``hierfl.F.models``         key = federation; value = chunks of a global model frame
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from hierfl.errors import ConfigError, UnknownSenderError
+
+__all__ = [
+    "PREFIX",
+    "ParsedMqttTopic",
+    "aggregates",
+    "check_id",
+    "model",
+    "models",
+    "parse_mqtt",
+    "status",
+    "status_filter",
+    "update",
+    "update_filter",
+]
+
+PREFIX = "hierfl"
+
+# Ids end up in MQTT topic levels and Kafka topic names: keep them to a safe alphabet.
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def check_id(kind: str, value: str) -> str:
+    """Return ``value`` if it is a valid federation/fog/edge id.
+
+    Args:
+        kind: what the id names, for the error message.
+        value: the id.
+
+    Returns:
+        The id, unchanged.
+
+    Raises:
+        ConfigError: if the id is empty, too long, or holds characters other than
+            ``A-Z a-z 0-9 _ -``.
+    """
+    if not isinstance(value, str) or not _ID.match(value):
+        raise ConfigError(
+            f"{kind} id {value!r} is invalid: use 1-64 characters from A-Z a-z 0-9 _ -"
+        )
+    return value
+
+
+def model(federation: str, fog: str) -> str:
+    """MQTT topic of the (retained) model that fog ``fog``'s edges train from."""
+    return f"{PREFIX}/{federation}/{fog}/model"
+
+
+def update(federation: str, fog: str, edge: str) -> str:
+    """MQTT topic on which edge ``edge`` publishes its updates to fog ``fog``."""
+    return f"{PREFIX}/{federation}/{fog}/update/{edge}"
+
+
+def update_filter(federation: str, fog: str) -> str:
+    """MQTT subscription filter matching every edge's update topic of one fog."""
+    return f"{PREFIX}/{federation}/{fog}/update/+"
+
+
+def status(federation: str, fog: str, edge: str) -> str:
+    """MQTT topic of a client's retained online/offline status (its last will)."""
+    return f"{PREFIX}/{federation}/{fog}/status/{edge}"
+
+
+def status_filter(federation: str, fog: str) -> str:
+    """MQTT subscription filter matching every status topic of one fog."""
+    return f"{PREFIX}/{federation}/{fog}/status/+"
+
+
+def aggregates(federation: str) -> str:
+    """Kafka topic carrying fog aggregates to the cloud (key = fog id)."""
+    return f"{PREFIX}.{federation}.aggregates"
+
+
+def models(federation: str) -> str:
+    """Kafka topic carrying global models from the cloud to every fog."""
+    return f"{PREFIX}.{federation}.models"
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedMqttTopic:
+    """The parts of an MQTT topic name: ``kind`` is ``model``, ``update`` or ``status``."""
+
+    federation: str
+    fog: str
+    kind: str
+    client: str | None
+
+
+def parse_mqtt(topic: str) -> ParsedMqttTopic:
+    """Split an MQTT topic built by this module into its parts.
+
+    Args:
+        topic: the topic name a message arrived on.
+
+    Returns:
+        The parsed parts.
+
+    Raises:
+        UnknownSenderError: if the topic is not one hierfl builds (the sender is not
+            where a sender may be).
+    """
+    parts = topic.split("/")
+    ok = (
+        len(parts) >= 4  # noqa: PLR2004
+        and parts[0] == PREFIX
+        and all(_ID.match(p) for p in parts[1:])
+    )
+    if ok and len(parts) == 4 and parts[3] == "model":  # noqa: PLR2004
+        return ParsedMqttTopic(parts[1], parts[2], "model", None)
+    if ok and len(parts) == 5 and parts[3] in ("update", "status"):  # noqa: PLR2004
+        return ParsedMqttTopic(parts[1], parts[2], parts[3], parts[4])
+    raise UnknownSenderError(f"topic {topic!r} is not a hierfl topic")

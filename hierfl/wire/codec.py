@@ -1,0 +1,289 @@
+"""Frames <-> bytes: a fixed header, then a zstd-compressed msgpack map.
+
+Layout (all integers little-endian)::
+
+    offset 0   4 bytes  magic  b"HFLW"
+    offset 4   u8       format version (1)
+    offset 5   u8       flags: bit 0 = body is zstd-compressed; other bits must be 0
+    offset 6   u16      reserved, 0
+    offset 8   u32      body length after decompression
+    offset 12  ...      body: zstd frame (flag set) or plain msgpack map
+
+Decoding is strict and bounded: the frame length, then the declared body length, are
+checked against :class:`DecodeLimits` before anything is decompressed, and the
+decompressor never produces more than the declared length (a zstd bomb is refused).
+Every failure raises a :class:`~hierfl.errors.WireFormatError` subclass naming the
+problem; no other exception escapes :func:`decode_frame`.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import zstandard
+
+from hierfl.errors import (
+    DecompressionError,
+    FrameFieldError,
+    FrameTooLargeError,
+    HierflError,
+    UnsupportedVersionError,
+    WireFormatError,
+)
+from hierfl.wire.frames import AggregateFrame, Frame, LayoutEntry, ModelFrame, UpdateFrame
+from hierfl.wire.tensors import decode_vector, encode_vector
+
+__all__ = [
+    "FORMAT_VERSION",
+    "HEADER_SIZE",
+    "MAGIC",
+    "DecodeLimits",
+    "decode_frame",
+    "encode_frame",
+]
+
+MAGIC = b"HFLW"
+FORMAT_VERSION = 1
+FLAG_ZSTD = 0x01
+_HEADER = struct.Struct("<4sBBHI")
+HEADER_SIZE = _HEADER.size  # 12
+
+_MiB = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    """Upper bounds enforced while decoding untrusted bytes.
+
+    Attributes:
+        max_frame_bytes: largest encoded frame accepted (header included).
+        max_body_bytes: largest body after decompression.
+        max_params: largest vector length accepted.
+    """
+
+    max_frame_bytes: int = 64 * _MiB
+    max_body_bytes: int = 256 * _MiB
+    max_params: int = 50_000_000
+
+
+DEFAULT_LIMITS = DecodeLimits()
+
+
+def encode_frame(
+    frame: Frame,
+    *,
+    codec: Any = None,
+    level: int = 1,
+    compress: bool = True,
+) -> bytes:
+    """Serialise a frame to bytes.
+
+    Args:
+        frame: the frame to encode.
+        codec: vector codec for the frame's delta/weights (``None`` = raw float32); see
+            :mod:`hierfl.compression`.
+        level: zstd level (1 is as small as 3 for float deltas and much faster).
+        compress: zstd-compress the body (flag bit 0).
+
+    Returns:
+        The frame bytes.
+    """
+    body = msgpack.packb(_to_map(frame, codec), use_bin_type=True)
+    flags = 0
+    payload = body
+    if compress:
+        payload = zstandard.ZstdCompressor(level=level, write_content_size=True).compress(body)
+        flags |= FLAG_ZSTD
+    return _HEADER.pack(MAGIC, FORMAT_VERSION, flags, 0, len(body)) + payload
+
+
+def decode_frame(data: bytes, *, limits: DecodeLimits = DEFAULT_LIMITS) -> Frame:
+    """Parse and validate frame bytes.
+
+    Args:
+        data: bytes as received (untrusted).
+        limits: size bounds.
+
+    Returns:
+        An :class:`UpdateFrame`, :class:`AggregateFrame` or :class:`ModelFrame`.
+
+    Raises:
+        WireFormatError: (a subclass naming the problem) for anything that is not a valid
+            v1 frame within ``limits``.
+    """
+    try:
+        return _decode(data, limits)
+    except HierflError:
+        raise
+    except (ValueError, TypeError, KeyError, OverflowError, RecursionError, MemoryError) as exc:
+        # Defensive net: a decoder bug must still surface as a typed wire error.
+        raise WireFormatError(f"malformed frame: {type(exc).__name__}: {exc}") from exc
+
+
+def _decode(data: bytes, limits: DecodeLimits) -> Frame:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise WireFormatError(f"expected bytes, got {type(data).__name__}")
+    if len(data) > limits.max_frame_bytes:
+        raise FrameTooLargeError(
+            f"frame of {len(data)} bytes exceeds the limit of {limits.max_frame_bytes}"
+        )
+    if len(data) < HEADER_SIZE:
+        raise WireFormatError(f"frame of {len(data)} bytes is shorter than the header")
+    magic, version, flags, reserved, body_len = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise UnsupportedVersionError(f"bad magic {bytes(magic)!r}: not a hierfl frame")
+    if version != FORMAT_VERSION:
+        raise UnsupportedVersionError(f"format version {version} is not supported (want 1)")
+    if flags & ~FLAG_ZSTD or reserved:
+        raise UnsupportedVersionError(f"unknown flags {flags:#x} / reserved {reserved:#x}")
+    if body_len > limits.max_body_bytes:
+        raise FrameTooLargeError(
+            f"declared body of {body_len} bytes exceeds the limit of {limits.max_body_bytes}"
+        )
+    payload = bytes(data[HEADER_SIZE:])
+    if flags & FLAG_ZSTD:
+        body = _decompress(payload, body_len)
+    else:
+        body = payload
+    if len(body) != body_len:
+        raise WireFormatError(f"body is {len(body)} bytes, header declares {body_len}")
+    return _from_map(_unpack(body, limits), limits)
+
+
+def _decompress(payload: bytes, body_len: int) -> bytes:
+    # SAFETY: never call decompress() without a bound. The frame header's declared length
+    # (already checked against the limit) caps the output; one byte more reveals a lie.
+    # A zstd bomb therefore costs at most body_len + 1 bytes of memory.
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(payload))
+        with reader:
+            body = reader.read(body_len + 1)
+    except zstandard.ZstdError as exc:
+        raise DecompressionError(f"corrupt zstd body: {exc}") from exc
+    if len(body) > body_len:
+        raise FrameTooLargeError(f"body decompresses past its declared {body_len} bytes")
+    return body
+
+
+def _unpack(body: bytes, limits: DecodeLimits) -> dict[str, Any]:
+    # SAFETY: no ext_hook / object_hook revival, bounded lengths, string keys only.
+    # Never add an ext_hook that builds objects; never reach for pickle.
+    try:
+        obj = msgpack.unpackb(
+            body,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            max_bin_len=limits.max_body_bytes,
+            max_str_len=1 * _MiB,
+            max_array_len=1_000_000,
+            max_map_len=100_000,
+            max_ext_len=0,
+        )
+    except (msgpack.UnpackException, ValueError, TypeError) as exc:
+        raise WireFormatError(f"body is not valid msgpack: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise FrameFieldError("body", "expected a map")
+    return obj
+
+
+# --- frame <-> map ----------------------------------------------------------------------------
+
+
+def _to_map(frame: Frame, codec: Any) -> dict[str, Any]:
+    common = {"kind": frame.KIND, "federation": frame.federation, "created_at": frame.created_at
+              or time.time(), "metrics": dict(frame.metrics)}
+    if isinstance(frame, UpdateFrame):
+        return common | {
+            "fog": frame.fog_id,
+            "edge": frame.edge_id,
+            "base_version": frame.base_version,
+            "base_seq": frame.base_seq,
+            "num_samples": frame.num_samples,
+            "delta": encode_vector(frame.delta, codec),
+        }
+    if isinstance(frame, AggregateFrame):
+        return common | {
+            "fog": frame.fog_id,
+            "base_version": frame.base_version,
+            "num_samples": frame.num_samples,
+            "contributors": list(frame.contributors),
+            "fog_rounds": frame.fog_rounds,
+            "delta": encode_vector(frame.delta, codec),
+        }
+    return common | {
+        "version": frame.version,
+        "parent": frame.parent,
+        "scope": frame.scope,
+        "fog": frame.fog_id,
+        "seq": frame.seq,
+        "layout": [[e.name, list(e.shape)] for e in frame.layout],
+        "weights": encode_vector(frame.weights, codec),
+    }
+
+
+_REQUIRED = {
+    "update": ("fog", "edge", "base_version", "base_seq", "num_samples", "delta"),
+    "aggregate": ("fog", "base_version", "num_samples", "contributors", "fog_rounds", "delta"),
+    "model": ("version", "parent", "scope", "fog", "seq", "layout", "weights"),
+}
+_COMMON = ("kind", "federation", "created_at", "metrics")
+
+
+def _from_map(m: dict[str, Any], limits: DecodeLimits) -> Frame:
+    kind = m.get("kind")
+    if kind not in _REQUIRED:
+        raise FrameFieldError("kind", f"expected one of {sorted(_REQUIRED)}, got {kind!r}")
+    for key in (*_COMMON, *_REQUIRED[kind]):
+        if key not in m:
+            raise FrameFieldError(key, "missing")
+    extra = set(m) - set(_COMMON) - set(_REQUIRED[kind]) - {"sig"}
+    if extra:
+        raise FrameFieldError(sorted(extra)[0], "unknown field")
+    common = {"federation": m["federation"], "created_at": m["created_at"], "metrics": m["metrics"]}
+    if kind == "update":
+        return UpdateFrame(
+            fog_id=m["fog"],
+            edge_id=m["edge"],
+            base_version=m["base_version"],
+            base_seq=m["base_seq"],
+            num_samples=m["num_samples"],
+            delta=decode_vector(m["delta"], max_size=limits.max_params, field="delta"),
+            **common,
+        )
+    if kind == "aggregate":
+        contributors = m["contributors"]
+        if not isinstance(contributors, list):
+            raise FrameFieldError("contributors", "expected a list of edge ids")
+        return AggregateFrame(
+            fog_id=m["fog"],
+            base_version=m["base_version"],
+            num_samples=m["num_samples"],
+            contributors=tuple(contributors),
+            fog_rounds=m["fog_rounds"],
+            delta=decode_vector(m["delta"], max_size=limits.max_params, field="delta"),
+            **common,
+        )
+    layout = m["layout"]
+    if not isinstance(layout, list):
+        raise FrameFieldError("layout", "expected a list of [name, shape] pairs")
+    entries = []
+    for item in layout:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], list)):  # noqa: PLR2004
+            raise FrameFieldError("layout", "expected [name, [dims...]] pairs")
+        entries.append(LayoutEntry(item[0], tuple(item[1])))
+    return ModelFrame(
+        version=m["version"],
+        parent=m["parent"],
+        scope=m["scope"],
+        fog_id=m["fog"],
+        seq=m["seq"],
+        layout=tuple(entries),
+        weights=decode_vector(m["weights"], max_size=limits.max_params, field="weights"),
+        **common,
+    )

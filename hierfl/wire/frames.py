@@ -1,0 +1,205 @@
+"""The three messages of wire format v1, as frozen dataclasses that validate themselves.
+
+- :class:`UpdateFrame`: edge -> fog, a delta against the model the edge trained from.
+- :class:`AggregateFrame`: fog -> cloud, the fog's combined delta against a global version.
+- :class:`ModelFrame`: cloud -> fogs -> edges, full weights of a global or fog-level model.
+
+Field-by-field specification: ``docs/wire-format.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from hierfl.errors import FrameFieldError
+from hierfl.types import Float32Vector
+
+__all__ = [
+    "MAX_METRICS",
+    "AggregateFrame",
+    "Frame",
+    "LayoutEntry",
+    "ModelFrame",
+    "UpdateFrame",
+]
+
+MAX_METRICS = 64
+MAX_CONTRIBUTORS = 100_000
+MAX_LAYOUT = 4096
+_MAX_ID = 64
+_MAX_NAME = 256
+
+
+def _check_id(name: str, value: object) -> None:
+    if not isinstance(value, str) or not 1 <= len(value) <= _MAX_ID:
+        raise FrameFieldError(name, f"expected an id string of 1-{_MAX_ID} characters")
+    if not all(c.isascii() and (c.isalnum() or c in "_-") for c in value):
+        raise FrameFieldError(name, "ids may only hold A-Z a-z 0-9 _ -")
+
+
+def _check_int(name: str, value: object, lo: int, hi: int = 2**63 - 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise FrameFieldError(name, f"expected an integer, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise FrameFieldError(name, f"{value} is out of range [{lo}, {hi}]")
+
+
+def _check_float(name: str, value: object) -> None:
+    if not isinstance(value, float | int) or isinstance(value, bool):
+        raise FrameFieldError(name, f"expected a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise FrameFieldError(name, "must be finite")
+
+
+def _check_metrics(name: str, value: object) -> None:
+    if not isinstance(value, dict):
+        raise FrameFieldError(name, "expected a map of string to number")
+    if len(value) > MAX_METRICS:
+        raise FrameFieldError(name, f"at most {MAX_METRICS} entries")
+    for k, v in value.items():
+        if not isinstance(k, str) or not 1 <= len(k) <= _MAX_NAME:
+            raise FrameFieldError(name, "metric names must be non-empty strings")
+        _check_float(f"{name}.{k}", v)
+
+
+def _check_vector(name: str, value: object) -> None:
+    if not isinstance(value, np.ndarray) or value.dtype != np.float32 or value.ndim != 1:
+        raise FrameFieldError(name, "expected a 1-D float32 numpy array")
+
+
+@dataclass(frozen=True, slots=True)
+class LayoutEntry:
+    """One named tensor of a model: ``size = prod(shape)`` consecutive values of the flat vector."""
+
+    name: str
+    shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not 1 <= len(self.name) <= _MAX_NAME:
+            raise FrameFieldError("layout.name", "expected a non-empty string")
+        if not isinstance(self.shape, tuple) or len(self.shape) > 8:  # noqa: PLR2004
+            raise FrameFieldError("layout.shape", "expected at most 8 dimensions")
+        for d in self.shape:
+            _check_int("layout.shape", d, 0, 2**31)
+
+    @property
+    def size(self) -> int:
+        """Number of values in this tensor."""
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateFrame:
+    """An edge's update: ``delta = trained - base`` for the model ``(base_version, base_seq)``."""
+
+    KIND: ClassVar[str] = "update"
+
+    federation: str
+    fog_id: str
+    edge_id: str
+    base_version: int
+    base_seq: int
+    num_samples: int
+    delta: Float32Vector
+    metrics: dict[str, float] = field(default_factory=dict)
+    created_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_id("federation", self.federation)
+        _check_id("fog", self.fog_id)
+        _check_id("edge", self.edge_id)
+        _check_int("base_version", self.base_version, 0)
+        _check_int("base_seq", self.base_seq, 0)
+        _check_int("num_samples", self.num_samples, 1)
+        _check_vector("delta", self.delta)
+        _check_metrics("metrics", self.metrics)
+        _check_float("created_at", self.created_at)
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateFrame:
+    """A fog's aggregate: the fog model minus global ``base_version``, after ``fog_rounds``."""
+
+    KIND: ClassVar[str] = "aggregate"
+
+    federation: str
+    fog_id: str
+    base_version: int
+    num_samples: int
+    contributors: tuple[str, ...]
+    fog_rounds: int
+    delta: Float32Vector
+    metrics: dict[str, float] = field(default_factory=dict)
+    created_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_id("federation", self.federation)
+        _check_id("fog", self.fog_id)
+        _check_int("base_version", self.base_version, 0)
+        _check_int("num_samples", self.num_samples, 1)
+        _check_int("fog_rounds", self.fog_rounds, 1, 10_000)
+        if not isinstance(self.contributors, tuple) or not 1 <= len(self.contributors) <= (
+            MAX_CONTRIBUTORS
+        ):
+            raise FrameFieldError("contributors", "expected 1 or more edge ids")
+        for c in self.contributors:
+            _check_id("contributors", c)
+        if len(set(self.contributors)) != len(self.contributors):
+            raise FrameFieldError("contributors", "edge ids repeat")
+        _check_vector("delta", self.delta)
+        _check_metrics("metrics", self.metrics)
+        _check_float("created_at", self.created_at)
+
+    @property
+    def aggregate_id(self) -> str:
+        """Identity used for exactly-once application at the cloud."""
+        return f"{self.fog_id}@{self.base_version}"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFrame:
+    """Full model weights: global version ``version`` (scope ``global``), or a fog-level
+    model of fog ``fog_id`` derived from it (scope ``fog``, ``seq`` > 0 counts fog rounds).
+    """
+
+    KIND: ClassVar[str] = "model"
+    SCOPES: ClassVar[tuple[str, ...]] = ("global", "fog")
+
+    federation: str
+    version: int
+    weights: Float32Vector
+    parent: int | None = None
+    scope: str = "global"
+    fog_id: str | None = None
+    seq: int = 0
+    layout: tuple[LayoutEntry, ...] = ()
+    metrics: dict[str, float] = field(default_factory=dict)
+    created_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_id("federation", self.federation)
+        _check_int("version", self.version, 0)
+        if self.parent is not None:
+            _check_int("parent", self.parent, 0)
+        if self.scope not in self.SCOPES:
+            raise FrameFieldError("scope", f"expected one of {self.SCOPES}")
+        if self.scope == "fog":
+            _check_id("fog", self.fog_id)
+        elif self.fog_id is not None:
+            raise FrameFieldError("fog", "a global model names no fog")
+        _check_int("seq", self.seq, 0)
+        _check_vector("weights", self.weights)
+        if not isinstance(self.layout, tuple) or len(self.layout) > MAX_LAYOUT:
+            raise FrameFieldError("layout", f"expected at most {MAX_LAYOUT} entries")
+        if self.layout and sum(e.size for e in self.layout) != self.weights.size:
+            raise FrameFieldError("layout", "sizes do not add up to the weights' length")
+        _check_metrics("metrics", self.metrics)
+        _check_float("created_at", self.created_at)
+
+
+Frame = UpdateFrame | AggregateFrame | ModelFrame
+
