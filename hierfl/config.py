@@ -234,6 +234,9 @@ class FogSettings(_TierSettings):
         None, description="persist accepted updates here until forwarded (survives restarts)"
     )
     cloud_codec: str = Field("raw", description="codec of aggregates sent to the cloud")
+    resume_wait_s: float = Field(
+        1.0, ge=0, description="how long to wait for the retained fog model on start"
+    )
 
     @field_validator("fog_id")
     @classmethod

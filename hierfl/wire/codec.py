@@ -222,6 +222,7 @@ def _to_map(frame: Frame, codec: Any) -> dict[str, Any]:
         "scope": frame.scope,
         "fog": frame.fog_id,
         "seq": frame.seq,
+        "fog_round": frame.fog_round,
         "layout": [[e.name, list(e.shape)] for e in frame.layout],
         "weights": encode_vector(frame.weights, codec),
     }
@@ -230,7 +231,7 @@ def _to_map(frame: Frame, codec: Any) -> dict[str, Any]:
 _REQUIRED = {
     "update": ("fog", "edge", "base_version", "base_seq", "num_samples", "delta"),
     "aggregate": ("fog", "base_version", "num_samples", "contributors", "fog_rounds", "delta"),
-    "model": ("version", "parent", "scope", "fog", "seq", "layout", "weights"),
+    "model": ("version", "parent", "scope", "fog", "seq", "fog_round", "layout", "weights"),
 }
 _COMMON = ("kind", "federation", "created_at", "metrics")
 
@@ -283,6 +284,7 @@ def _from_map(m: dict[str, Any], limits: DecodeLimits) -> Frame:
         scope=m["scope"],
         fog_id=m["fog"],
         seq=m["seq"],
+        fog_round=m["fog_round"],
         layout=tuple(entries),
         weights=decode_vector(m["weights"], max_size=limits.max_params, field="weights"),
         **common,

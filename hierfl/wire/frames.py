@@ -162,8 +162,10 @@ class AggregateFrame:
 
 @dataclass(frozen=True, slots=True)
 class ModelFrame:
-    """Full model weights: global version ``version`` (scope ``global``), or a fog-level
-    model of fog ``fog_id`` derived from it (scope ``fog``, ``seq`` > 0 counts fog rounds).
+    """Full model weights of global version ``version`` (scope ``global``), or a fog-level
+    model of fog ``fog_id`` derived from it (scope ``fog``): ``seq`` is the fog's model
+    sequence number (edges echo it as ``base_seq``), ``fog_round`` how many of the k2 fog
+    rounds of this cloud round are already folded into ``weights``.
     """
 
     KIND: ClassVar[str] = "model"
@@ -176,6 +178,7 @@ class ModelFrame:
     scope: str = "global"
     fog_id: str | None = None
     seq: int = 0
+    fog_round: int = 0
     layout: tuple[LayoutEntry, ...] = ()
     metrics: dict[str, float] = field(default_factory=dict)
     created_at: float = 0.0
@@ -192,6 +195,7 @@ class ModelFrame:
         elif self.fog_id is not None:
             raise FrameFieldError("fog", "a global model names no fog")
         _check_int("seq", self.seq, 0)
+        _check_int("fog_round", self.fog_round, 0, 10_000)
         _check_vector("weights", self.weights)
         if not isinstance(self.layout, tuple) or len(self.layout) > MAX_LAYOUT:
             raise FrameFieldError("layout", f"expected at most {MAX_LAYOUT} entries")

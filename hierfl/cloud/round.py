@@ -1,0 +1,174 @@
+"""The cloud's round logic as a pure state machine: fog aggregates in, global models out.
+
+A cloud round builds global version ``v + 1`` from the aggregates that fogs computed
+against version ``v``. It closes when every expected fog reported, or at the deadline
+(``round_timeout_s`` after the first aggregate) when at least ``min_fogs`` did. The new
+model is ``w_v + combine(deltas, fog sample counts)``; with sample-weighted FedAvg and
+k2 = 1 this equals flat FedAvg over every edge's update.
+
+An aggregate is applied at most once: one per fog per version, and only against the
+current version (a replay after a restart names an older version and is refused).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hierfl.aggregation import validation as checks
+from hierfl.errors import DuplicateUpdateError, StaleUpdateError, WrongRecipientError
+from hierfl.types import Float32Matrix, Float32Vector, Float64Vector
+from hierfl.wire.frames import AggregateFrame, LayoutEntry
+
+__all__ = ["CloudRound", "CloudRoundConfig", "NewGlobal"]
+
+log = logging.getLogger(__name__)
+
+AggregateFn = Callable[[Float32Matrix, Float64Vector], Float32Vector]
+
+
+@dataclass(frozen=True, slots=True)
+class CloudRoundConfig:
+    """Parameters of the cloud's round logic."""
+
+    federation: str
+    fogs: frozenset[str] = frozenset()
+    min_fogs: int = 1
+    round_timeout_s: float = 60.0
+    max_samples: int = 10**12
+
+
+@dataclass(frozen=True, slots=True)
+class NewGlobal:
+    """A round closed: the new global model and what went into it."""
+
+    version: int
+    parent: int
+    weights: Float32Vector
+    fogs: dict[str, dict[str, Any]]
+    metrics: dict[str, float]
+    timed_out: bool
+
+
+@dataclass(slots=True)
+class _Pending:
+    frames: dict[str, AggregateFrame] = field(default_factory=dict)
+    first_at: float | None = None
+
+
+class CloudRound:
+    """The cloud's state machine.
+
+    Args:
+        config: round parameters.
+        aggregate: the rule combining fog deltas, ``(deltas, sample counts) -> delta``.
+        version: the current global version.
+        weights: its weights.
+        layout: its layout.
+    """
+
+    def __init__(
+        self,
+        config: CloudRoundConfig,
+        aggregate: AggregateFn,
+        *,
+        version: int,
+        weights: Float32Vector,
+        layout: tuple[LayoutEntry, ...],
+    ) -> None:
+        self.config = config
+        self._aggregate = aggregate
+        self.version = version
+        self.weights = weights.astype(np.float32, copy=True)
+        self.layout = layout
+        self._pending = _Pending()
+
+    @property
+    def deadline(self) -> float | None:
+        """When the open round times out (None before its first aggregate)."""
+        if self._pending.first_at is None:
+            return None
+        return self._pending.first_at + self.config.round_timeout_s
+
+    @property
+    def reported(self) -> tuple[str, ...]:
+        """Fogs whose aggregate is held for the open round."""
+        return tuple(sorted(self._pending.frames))
+
+    def on_aggregate(self, frame: AggregateFrame, now: float) -> NewGlobal | None:
+        """A fog aggregate arrived.
+
+        Returns:
+            The new global model when this aggregate completes the round, else None.
+
+        Raises:
+            ValidationError: (subclass naming the reason) when the aggregate is refused.
+        """
+        cfg = self.config
+        if frame.federation != cfg.federation:
+            raise WrongRecipientError(f"aggregate for federation {frame.federation}")
+        checks.check_sender(frame.fog_id, cfg.fogs)
+        if frame.base_version != self.version:
+            raise StaleUpdateError(
+                f"aggregate {frame.aggregate_id} is against v{frame.base_version}; "
+                f"current is v{self.version}"
+            )
+        if frame.fog_id in self._pending.frames:
+            raise DuplicateUpdateError(f"aggregate {frame.aggregate_id} was already received")
+        checks.check_samples(frame.num_samples, 1, cfg.max_samples)
+        checks.check_shape(frame.delta, self.weights.size)
+        checks.check_finite(frame.delta)
+        self._pending.frames[frame.fog_id] = frame
+        if self._pending.first_at is None:
+            self._pending.first_at = now
+        if cfg.fogs and set(self._pending.frames) >= cfg.fogs:
+            return self._close(timed_out=False)
+        return None
+
+    def on_tick(self, now: float) -> NewGlobal | None:
+        """Close the round at its deadline if a quorum of fogs reported."""
+        deadline = self.deadline
+        if deadline is None or now < deadline:
+            return None
+        if len(self._pending.frames) >= self.config.min_fogs:
+            return self._close(timed_out=True)
+        log.warning("cloud: v%d deadline passed with %d of %d fogs; waiting on",
+                    self.version, len(self._pending.frames), self.config.min_fogs)
+        return None
+
+    def _close(self, *, timed_out: bool) -> NewGlobal:
+        fogs = sorted(self._pending.frames)
+        frames = [self._pending.frames[f] for f in fogs]
+        stack = np.stack([f.delta for f in frames])
+        weights = np.array([f.num_samples for f in frames], dtype=np.float64)
+        delta = self._aggregate(stack, weights)
+        parent = self.version
+        self.weights = (self.weights + delta).astype(np.float32)
+        self.version += 1
+        self._pending = _Pending()
+        total = float(weights.sum())
+        metrics: dict[str, float] = {}
+        for f in frames:
+            for k, v in f.metrics.items():
+                metrics[k] = metrics.get(k, 0.0) + v * f.num_samples / total
+        return NewGlobal(
+            version=self.version,
+            parent=parent,
+            weights=self.weights.copy(),
+            fogs={
+                f.fog_id: {
+                    "num_samples": f.num_samples,
+                    "num_edges": len(f.contributors),
+                    "contributors": list(f.contributors),
+                    "fog_rounds": f.fog_rounds,
+                    "metrics": dict(f.metrics),
+                }
+                for f in frames
+            },
+            metrics=metrics,
+            timed_out=timed_out,
+        )

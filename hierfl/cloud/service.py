@@ -1,0 +1,259 @@
+"""CloudService: Kafka ingest of fog aggregates, the model store, and the model fan-out.
+
+On start the service loads the newest checkpoint (or the configured initial model as
+version 0) and publishes it. Each closed round is checkpointed *before* it is published
+and *before* the consumed offsets are committed, so a crash at any point either replays
+aggregates that are then refused as stale, or replays the round from scratch: an
+aggregate is never applied twice, and one that was received is never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from hierfl import topics
+from hierfl.aggregation import make_aggregator
+from hierfl.cloud.round import CloudRound, CloudRoundConfig, NewGlobal
+from hierfl.config import CloudSettings
+from hierfl.errors import ConfigError, HierflError, TransportError, WireFormatError
+from hierfl.metrics import ServiceMetrics
+from hierfl.model.store import Checkpoint, ModelStore, load_weights_file
+from hierfl.transport.base import backoff_delays
+from hierfl.transport.kafka import (
+    KafkaConsumerTransport,
+    KafkaInbound,
+    KafkaProducerTransport,
+    ensure_topics,
+)
+from hierfl.wire.codec import decode_frame, encode_frame
+from hierfl.wire.frames import AggregateFrame, ModelFrame
+
+__all__ = ["CloudService"]
+
+log = logging.getLogger(__name__)
+
+
+class CloudService:
+    """The cloud aggregator process.
+
+    Args:
+        settings: the cloud's settings.
+        clock: time source (seconds), injectable for tests.
+
+    Usage::
+
+        service = CloudService(CloudSettings.load("cloud.toml"))
+        await service.run()      # until cancelled, stop(), or max_versions is reached
+    """
+
+    def __init__(self, settings: CloudSettings, *, clock: Any = time.monotonic) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.metrics = ServiceMetrics("cloud", settings.federation)
+        self.store = ModelStore(settings.store_dir, keep=settings.keep_versions)
+        ckpt = self.store.latest()
+        if ckpt is None:
+            if settings.initial_model is None:
+                raise ConfigError(
+                    f"model store {settings.store_dir} is empty and no initial_model is set"
+                )
+            weights, layout = load_weights_file(settings.initial_model)
+            ckpt = self.store.save(0, weights, layout, {"parent": None, "round": 0, "fogs": {},
+                                                        "metrics": {}, "created_at": time.time()})
+            log.info("cloud: version 0 from %s (%d parameters)", settings.initial_model,
+                     weights.size)
+        else:
+            log.info("cloud: resuming from checkpoint v%d", ckpt.version)
+        self.round = CloudRound(
+            CloudRoundConfig(
+                federation=settings.federation,
+                fogs=frozenset(settings.fogs),
+                min_fogs=settings.min_fogs,
+                round_timeout_s=settings.round_timeout_s,
+            ),
+            make_aggregator(settings.aggregator, settings.aggregator_params),
+            version=ckpt.version,
+            weights=ckpt.weights,
+            layout=ckpt.layout,
+        )
+        self._latest: Checkpoint = ckpt
+        self._published_version = -1
+        self._last_inbound: KafkaInbound | None = None
+        self._stop = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.finished = asyncio.Event()
+
+    @property
+    def version(self) -> int:
+        """The newest global version."""
+        return self.round.version
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return."""
+        self._stop.set()
+
+    def _done(self) -> bool:
+        mv = self.settings.max_versions
+        return mv is not None and self.round.version >= mv
+
+    async def run(self) -> None:
+        """Run until :meth:`stop`, cancellation, or ``max_versions``; reconnect on failures."""
+        s = self.settings
+        delays = backoff_delays(0.5, 30.0)
+        while not self._stop.is_set():
+            try:
+                if s.kafka.create_topics:
+                    await ensure_topics(
+                        s.kafka, [topics.aggregates(s.federation), topics.models(s.federation)]
+                    )
+                await self._run_connected()
+                return
+            except* TransportError as eg:
+                delay = next(delays)
+                log.warning("cloud: broker trouble (%s); retrying in %.1fs", eg.exceptions[0],
+                            delay)
+                self.metrics.inc("reconnects")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+
+    async def _run_connected(self) -> None:
+        s = self.settings
+        fed = s.federation
+        async with (
+            KafkaProducerTransport(s.kafka, client_id=f"hierfl-cloud-{fed}") as producer,
+            KafkaConsumerTransport(
+                s.kafka, topics.aggregates(fed), client_id=f"hierfl-cloud-{fed}",
+                group_id=f"hierfl-cloud-{fed}", start="committed",
+                max_frame_bytes=s.limits.max_frame_bytes,
+            ) as consumer,
+        ):
+            # (Re)publish the current version: fogs that restarted pick it up.
+            await self._publish(producer, self._latest)
+            self.ready.set()
+            if self._done():
+                self.finished.set()
+                return
+            queue: asyncio.Queue[KafkaInbound] = asyncio.Queue(maxsize=1024)
+
+            async def ingest() -> None:
+                async for inbound in consumer.messages():
+                    await queue.put(inbound)
+
+            async def core() -> None:
+                while not self._done():
+                    deadline = self.round.deadline
+                    timeout = None if deadline is None else max(0.0, deadline - self.clock())
+                    try:
+                        async with asyncio.timeout(timeout):
+                            inbound = await queue.get()
+                    except TimeoutError:
+                        new = self.round.on_tick(self.clock())
+                        if new is not None:
+                            await self._commit_new(new, producer, consumer, None)
+                        continue
+                    await self._handle(inbound, producer, consumer)
+                self.finished.set()
+
+            tasks: list[asyncio.Task[None]] = []
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tasks.append(tg.create_task(ingest(), name="cloud.ingest"))
+                    c = tg.create_task(core(), name="cloud.core")
+                    tasks.append(c)
+                    stopper = tg.create_task(self._stop.wait(), name="cloud.stop")
+                    await asyncio.wait([c, stopper], return_when=asyncio.FIRST_COMPLETED)
+                    for t in (*tasks, stopper):
+                        t.cancel()
+            finally:
+                if self._done():
+                    self.finished.set()
+
+    async def _handle(
+        self,
+        inbound: KafkaInbound,
+        producer: KafkaProducerTransport,
+        consumer: KafkaConsumerTransport,
+    ) -> None:
+        self.metrics.inc("received")
+        held = bool(self.round.reported)
+        if inbound.error is not None or inbound.payload is None:
+            self._reject(inbound.error or WireFormatError("empty record"), inbound)
+            if not held:
+                await consumer.commit(inbound)
+            return
+        self.metrics.inc("bytes_in", len(inbound.payload))
+        try:
+            frame = await asyncio.to_thread(
+                decode_frame, inbound.payload, limits=self.settings.limits.decode_limits()
+            )
+            if not isinstance(frame, AggregateFrame):
+                raise WireFormatError(f"a {type(frame).__name__} on the aggregates topic")
+            new = await asyncio.to_thread(self.round.on_aggregate, frame, self.clock())
+        except HierflError as exc:
+            self._reject(exc, inbound)
+            if not held:
+                await consumer.commit(inbound)  # nothing held: skip the bad record for good
+            return
+        self.metrics.inc("accepted")
+        self._last_inbound = inbound
+        log.info("cloud: aggregate %s accepted (%d samples)", frame.aggregate_id,
+                 frame.num_samples)
+        if new is not None:
+            await self._commit_new(new, producer, consumer, inbound)
+
+    async def _commit_new(
+        self,
+        new: NewGlobal,
+        producer: KafkaProducerTransport,
+        consumer: KafkaConsumerTransport,
+        inbound: KafkaInbound | None,
+    ) -> None:
+        meta = {
+            "parent": new.parent,
+            "round": new.version,
+            "fogs": new.fogs,
+            "num_fogs": len(new.fogs),
+            "num_edges": sum(f["num_edges"] for f in new.fogs.values()),
+            "num_samples": sum(f["num_samples"] for f in new.fogs.values()),
+            "metrics": new.metrics,
+            "timed_out": new.timed_out,
+            "aggregator": self.settings.aggregator,
+            "created_at": time.time(),
+        }
+        ckpt = await asyncio.to_thread(
+            self.store.save, new.version, new.weights, self.round.layout, meta
+        )
+        self._latest = ckpt
+        self.metrics.inc("versions")
+        log.info("cloud: v%d from %d fogs / %d edges%s", new.version, meta["num_fogs"],
+                 meta["num_edges"], " (deadline)" if new.timed_out else "")
+        await self._publish(producer, ckpt)
+        inbound = inbound or self._last_inbound
+        if inbound is not None:
+            await consumer.commit(inbound)
+        self._last_inbound = None
+
+    async def _publish(self, producer: KafkaProducerTransport, ckpt: Checkpoint) -> None:
+        s = self.settings
+        frame = ModelFrame(
+            federation=s.federation,
+            version=ckpt.version,
+            weights=ckpt.weights,
+            parent=ckpt.meta.get("parent"),
+            layout=ckpt.layout,
+            metrics={k: float(v) for k, v in ckpt.meta.get("metrics", {}).items()},
+        )
+        codec = None if s.model_codec == "raw" else s.model_codec
+        data = await asyncio.to_thread(encode_frame, frame, codec=codec)
+        await producer.send_frame(topics.models(s.federation), key=s.federation.encode(),
+                                  frame=data)
+        self._published_version = ckpt.version
+        self.metrics.inc("bytes_down", len(data))
+
+    def _reject(self, exc: HierflError, inbound: KafkaInbound) -> None:
+        self.metrics.reject(exc.reason)
+        log.info("cloud: rejected record at offset %d: %s: %s", inbound.offset, exc.reason, exc)

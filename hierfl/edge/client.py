@@ -1,0 +1,191 @@
+"""EdgeClient: train from the newest model the fog publishes, send the delta back.
+
+The client subscribes to its fog's retained model topic. For each new fog model
+``(version, seq)`` it loads the weights, trains ``local_epochs`` epochs (k1) in a worker
+thread, and publishes an :class:`~hierfl.wire.frames.UpdateFrame` holding
+``trained - received`` with its sample count and training metrics. When several models
+arrive during training only the newest is trained on. The MQTT last will marks the
+device offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from hierfl import topics
+from hierfl.config import EdgeSettings
+from hierfl.edge.trainer import EdgeTask
+from hierfl.errors import ConfigError, HierflError, TransportError
+from hierfl.metrics import ServiceMetrics
+from hierfl.model.torch_adapter import model_to_vector, vector_to_model
+from hierfl.transport.base import backoff_delays
+from hierfl.transport.mqtt import MqttTransport
+from hierfl.wire.codec import decode_frame, encode_frame
+from hierfl.wire.frames import ModelFrame, UpdateFrame
+
+__all__ = ["EdgeClient", "load_task"]
+
+log = logging.getLogger(__name__)
+
+
+def load_task(spec: str, options: Mapping[str, Any], settings: EdgeSettings) -> EdgeTask:
+    """Build the EdgeTask named by ``module:callable``.
+
+    The callable is called as ``fn(edge_id=..., fog_id=..., **options)``.
+
+    Raises:
+        ConfigError: if the import path is malformed or cannot be imported.
+    """
+    mod_name, _, attr = spec.partition(":")
+    if not mod_name or not attr:
+        raise ConfigError(f"task {spec!r}: expected 'module:callable'")
+    try:
+        fn = getattr(importlib.import_module(mod_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"task {spec!r} cannot be imported: {exc}") from exc
+    task: EdgeTask = fn(edge_id=settings.edge_id, fog_id=settings.fog_id, **dict(options))
+    return task
+
+
+class EdgeClient:
+    """An edge device's federated-learning loop, embeddable in a device script.
+
+    Args:
+        settings: the edge's settings (fog, id, broker, local epochs, codec).
+        task: what to train: a model factory plus a training function or data
+            (see :class:`~hierfl.edge.trainer.SupervisedTask`).
+
+    Usage::
+
+        settings = EdgeSettings.load(fog_id="line-3", edge_id="press-7")
+        client = EdgeClient(settings, SupervisedTask(make_model, x, y))
+        asyncio.run(client.run())
+    """
+
+    def __init__(self, settings: EdgeSettings, task: EdgeTask) -> None:
+        self.settings = settings
+        self.task = task
+        self.model = task.build_model()
+        self.metrics = ServiceMetrics("edge", settings.edge_id)
+        self.updates_sent = 0
+        self._latest: ModelFrame | None = None
+        self._new_model = asyncio.Event()
+        self._trained: tuple[int, int] | None = None
+        self._stop = asyncio.Event()
+        self.ready = asyncio.Event()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Run until :meth:`stop`, cancellation or ``max_rounds`` updates; reconnect on failure."""
+        s = self.settings
+        delays = backoff_delays(s.mqtt.reconnect_base_s, s.mqtt.reconnect_max_s)
+        while not self._stop.is_set():
+            try:
+                await self._run_connected()
+                return
+            except* TransportError as eg:
+                delay = next(delays)
+                log.warning("edge %s: broker trouble (%s); retrying in %.1fs", s.edge_id,
+                            eg.exceptions[0], delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+
+    async def _run_connected(self) -> None:
+        s = self.settings
+        fed, fog, edge = s.federation, s.fog_id, s.edge_id
+        status = topics.status(fed, fog, edge)
+        async with MqttTransport(s.mqtt, client_id=f"hierfl-edge-{fed}-{fog}-{edge}",
+                                 will=(status, b"offline")) as mqtt:
+            await mqtt.publish(status, b"online", retain=True)
+            await mqtt.subscribe(topics.model(fed, fog))
+            self.ready.set()
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._receive(mqtt), name=f"edge[{edge}].receive")
+                    train = tg.create_task(self._train_loop(mqtt), name=f"edge[{edge}].train")
+                    stopper = tg.create_task(self._stop.wait(), name=f"edge[{edge}].stop")
+                    await asyncio.wait([train, stopper], return_when=asyncio.FIRST_COMPLETED)
+                    raise _Stopped
+            except* _Stopped:
+                self._stop.set()
+            with contextlib.suppress(TransportError):
+                await asyncio.wait_for(mqtt.publish(status, b"offline", retain=True), 2)
+
+    async def _receive(self, mqtt: MqttTransport) -> None:
+        s = self.settings
+        limits = s.limits.decode_limits()
+        async for inbound in mqtt.messages():
+            self.metrics.inc("bytes_down", len(inbound.payload))
+            try:
+                frame = await asyncio.to_thread(decode_frame, inbound.payload, limits=limits)
+            except HierflError as exc:
+                self.metrics.reject(exc.reason)
+                log.warning("edge %s: bad model frame: %s", s.edge_id, exc)
+                continue
+            if not (isinstance(frame, ModelFrame) and frame.scope == "fog"
+                    and frame.fog_id == s.fog_id and frame.federation == s.federation):
+                self.metrics.reject("validation.recipient")
+                continue
+            self._latest = frame
+            self._new_model.set()
+
+    async def _train_loop(self, mqtt: MqttTransport) -> None:
+        s = self.settings
+        while s.max_rounds is None or self.updates_sent < s.max_rounds:
+            await self._new_model.wait()
+            self._new_model.clear()
+            frame = self._latest
+            if frame is None or (frame.version, frame.seq) == self._trained:
+                continue
+            try:
+                update = await asyncio.to_thread(self._train_on, frame)
+            except HierflError as exc:
+                self.metrics.reject(exc.reason)
+                log.warning("edge %s: cannot train on v%d: %s", s.edge_id, frame.version, exc)
+                continue
+            data = await asyncio.to_thread(encode_frame, update, codec=_codec(s.codec))
+            await mqtt.publish(topics.update(s.federation, s.fog_id, s.edge_id), data)
+            self._trained = (frame.version, frame.seq)
+            self.updates_sent += 1
+            self.metrics.inc("updates_sent")
+            self.metrics.inc("bytes_up", len(data))
+            log.debug("edge %s: sent update for v%d seq %d (%d bytes)", s.edge_id,
+                      frame.version, frame.seq, len(data))
+
+    def _train_on(self, frame: ModelFrame) -> UpdateFrame:
+        torch.set_num_threads(self.settings.threads)
+        base = frame.weights
+        vector_to_model(self.model, base)
+        result = self.task.train(self.model, self.settings.local_epochs)
+        delta = (model_to_vector(self.model) - base).astype(np.float32)
+        return UpdateFrame(
+            federation=self.settings.federation,
+            fog_id=self.settings.fog_id,
+            edge_id=self.settings.edge_id,
+            base_version=frame.version,
+            base_seq=frame.seq,
+            num_samples=int(result.num_samples),
+            delta=delta,
+            metrics={k: float(v) for k, v in result.metrics.items()},
+            created_at=time.time(),
+        )
+
+
+def _codec(spec: str) -> str | None:
+    return None if spec == "raw" else spec
+
+
+class _Stopped(Exception):  # noqa: N818 - control flow, never escapes
+    pass

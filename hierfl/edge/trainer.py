@@ -1,0 +1,110 @@
+"""What an edge trains: the :class:`EdgeTask` protocol and a ready-made supervised task."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+__all__ = ["EdgeTask", "SupervisedTask", "TrainResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    """What one local training pass reports: its sample count and metrics."""
+
+    num_samples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class EdgeTask(Protocol):
+    """The device-side part a factory integrator provides."""
+
+    def build_model(self) -> torch.nn.Module:
+        """Return a fresh model (its weights are overwritten by the fog's model)."""
+        ...
+
+    def train(self, model: torch.nn.Module, epochs: int) -> TrainResult:
+        """Train ``model`` in place for ``epochs`` local epochs on this device's data."""
+        ...
+
+
+class SupervisedTask:
+    """Mini-batch SGD on in-memory tensors: the common case, no subclassing needed.
+
+    Args:
+        model_factory: returns a fresh ``torch.nn.Module``.
+        x: inputs, first dimension = samples.
+        y: targets.
+        batch_size: mini-batch size.
+        lr: SGD learning rate.
+        momentum: SGD momentum.
+        seed: shuffling seed (advanced every epoch; reproducible per device).
+        loss_fn: defaults to cross-entropy.
+        prox_mu: FedProx proximal term weight (0 = plain FedAvg local training).
+
+    Usage::
+
+        task = SupervisedTask(lambda: MyNet(), x_local, y_local, lr=0.05)
+        client = EdgeClient(settings, task)
+    """
+
+    def __init__(
+        self,
+        model_factory: Callable[[], torch.nn.Module],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        batch_size: int = 16,
+        lr: float = 0.05,
+        momentum: float = 0.0,
+        seed: int = 0,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        prox_mu: float = 0.0,
+    ) -> None:
+        if len(x) != len(y) or len(x) == 0:
+            raise ValueError("x and y must be non-empty and of equal length")
+        self.model_factory = model_factory
+        self.x, self.y = x, y
+        self.batch_size = batch_size
+        self.lr = lr
+        self.momentum = momentum
+        self.loss_fn = loss_fn or torch.nn.functional.cross_entropy
+        self.prox_mu = prox_mu
+        self._gen = torch.Generator().manual_seed(seed)
+
+    def build_model(self) -> torch.nn.Module:
+        """Return a fresh model from the factory."""
+        return self.model_factory()
+
+    def train(self, model: torch.nn.Module, epochs: int) -> TrainResult:
+        """Run ``epochs`` epochs of mini-batch SGD; report mean loss and accuracy."""
+        opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum)
+        anchor = [p.detach().clone() for p in model.parameters()] if self.prox_mu else []
+        model.train()
+        n = len(self.x)
+        total_loss, correct, seen = 0.0, 0, 0
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=self._gen)
+            for i in range(0, n, self.batch_size):
+                idx = order[i : i + self.batch_size]
+                xb, yb = self.x[idx], self.y[idx]
+                opt.zero_grad()
+                out = model(xb)
+                loss = self.loss_fn(out, yb)
+                if self.prox_mu:
+                    prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor,
+                                                                      strict=True))
+                    loss = loss + 0.5 * self.prox_mu * prox
+                loss.backward()
+                opt.step()
+                total_loss += float(loss.detach()) * len(idx)
+                if out.ndim == 2:  # noqa: PLR2004
+                    correct += int((out.argmax(1) == yb).sum())
+                seen += len(idx)
+        metrics = {"train_loss": total_loss / max(seen, 1)}
+        if correct:
+            metrics["train_acc"] = correct / max(seen, 1)
+        return TrainResult(num_samples=n, metrics=metrics)

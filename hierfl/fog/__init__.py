@@ -1,0 +1,1 @@
+"""Fog tier: the round state machine and the service binding it to MQTT and Kafka."""

@@ -1,0 +1,336 @@
+"""The fog's round logic as a pure state machine: events in, actions out (no I/O).
+
+One *fog round* collects updates from this fog's edges for the current model
+``(version, seq)`` and closes when ``min_updates`` were accepted or at the deadline
+(``round_timeout_s`` after it opened; with fewer than ``quorum`` updates the round is
+skipped and reopened under a new ``seq``). Closing aggregates the deltas into the fog
+model. HierFAVG [Liu et al., 2020, arxiv.org/abs/1905.06641]: after ``k2`` fog rounds the
+fog forwards its total delta against the global model to the cloud and waits for the
+next global version; between them it publishes its fog-level model to its edges.
+
+States::
+
+    WAITING_MODEL --global model--> COLLECTING --k2-th close--> FORWARDED --newer model--> COLLECTING
+                                      |  ^
+                                      +--+ close (< k2) or skip: new seq, publish fog model
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hierfl.aggregation import validation as checks
+from hierfl.errors import (
+    DuplicateUpdateError,
+    StaleUpdateError,
+    StateError,
+    WrongRecipientError,
+)
+from hierfl.types import Float32Matrix, Float32Vector, Float64Vector
+from hierfl.wire.frames import AggregateFrame, LayoutEntry, ModelFrame, UpdateFrame
+
+__all__ = [
+    "Action",
+    "Forward",
+    "FogRound",
+    "FogRoundConfig",
+    "FogState",
+    "PublishModel",
+    "RoundClosed",
+    "RoundSkipped",
+]
+
+log = logging.getLogger(__name__)
+
+AggregateFn = Callable[[Float32Matrix, Float64Vector], Float32Vector]
+
+
+class FogState(enum.Enum):
+    """Where the fog is in its cycle."""
+
+    WAITING_MODEL = "waiting_model"
+    COLLECTING = "collecting"
+    FORWARDED = "forwarded"
+
+
+@dataclass(frozen=True, slots=True)
+class PublishModel:
+    """Publish ``frame`` retained on this fog's MQTT model topic."""
+
+    frame: ModelFrame
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Send ``frame`` to the cloud over Kafka."""
+
+    frame: AggregateFrame
+
+
+@dataclass(frozen=True, slots=True)
+class RoundClosed:
+    """A fog round was aggregated (for logs and metrics)."""
+
+    version: int
+    seq: int
+    fog_round: int
+    contributors: tuple[str, ...]
+    num_samples: int
+    timed_out: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RoundSkipped:
+    """A fog round reached its deadline with fewer than ``quorum`` updates."""
+
+    version: int
+    seq: int
+    received: int
+
+
+Action = PublishModel | Forward | RoundClosed | RoundSkipped
+
+
+@dataclass(frozen=True, slots=True)
+class FogRoundConfig:
+    """Parameters of the fog's round logic (validated by :class:`hierfl.config.FogSettings`)."""
+
+    federation: str
+    fog_id: str
+    min_updates: int = 1
+    quorum: int = 1
+    k2: int = 1
+    round_timeout_s: float = 30.0
+    min_samples: int = 1
+    max_samples: int = 1_000_000
+    max_norm: float | None = None
+    allowed_edges: frozenset[str] = frozenset()
+
+
+@dataclass(slots=True)
+class _Accepted:
+    num_samples: int
+    delta: Float32Vector
+    metrics: dict[str, float]
+
+
+@dataclass(slots=True)
+class _Cycle:
+    """State of one cloud round at this fog."""
+
+    version: int
+    global_weights: Float32Vector
+    weights: Float32Vector
+    layout: tuple[LayoutEntry, ...]
+    cum_delta: Float32Vector
+    fog_round: int = 0
+    samples: dict[str, int] = field(default_factory=dict)
+    metrics: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+
+
+class FogRound:
+    """The fog's state machine.
+
+    Args:
+        config: round parameters.
+        aggregate: the aggregation rule, ``(updates, weights) -> delta``.
+        seq: the first model sequence number to use (resumes after a restart).
+
+    Usage::
+
+        fog = FogRound(cfg, make_aggregator("fedavg"))
+        actions = fog.on_global_model(frame, now)
+        actions = fog.on_update(update, now)      # raises ValidationError subclasses
+        actions = fog.on_tick(now)                # call at fog.deadline
+    """
+
+    def __init__(self, config: FogRoundConfig, aggregate: AggregateFn, *, seq: int = 0) -> None:
+        self.config = config
+        self._aggregate = aggregate
+        self.state = FogState.WAITING_MODEL
+        self.seq = seq
+        self.deadline: float | None = None
+        self._cycle: _Cycle | None = None
+        self._updates: dict[str, _Accepted] = {}
+
+    # --- queries ------------------------------------------------------------------------
+
+    @property
+    def version(self) -> int | None:
+        """Global version the fog currently works on."""
+        return self._cycle.version if self._cycle else None
+
+    @property
+    def model_size(self) -> int | None:
+        """Number of parameters of the current model."""
+        return int(self._cycle.weights.size) if self._cycle else None
+
+    @property
+    def pending(self) -> tuple[str, ...]:
+        """Edges accepted in the open fog round."""
+        return tuple(self._updates)
+
+    # --- events -------------------------------------------------------------------------
+
+    def on_global_model(self, frame: ModelFrame, now: float) -> list[Action]:
+        """A global model arrived from the cloud.
+
+        Older or equal versions are ignored (returns no action) unless the fog is still
+        waiting for its first model.
+        """
+        if frame.scope != "global" or frame.federation != self.config.federation:
+            return []
+        if self._cycle is not None and frame.version <= self._cycle.version:
+            return []
+        w = frame.weights.astype(np.float32, copy=True)
+        self._cycle = _Cycle(frame.version, w.copy(), w, frame.layout, np.zeros_like(w))
+        return self._open_round(now)
+
+    def resume(self, global_frame: ModelFrame, fog_frame: ModelFrame, now: float) -> list[Action]:
+        """Resume after a restart from the fog model this fog last published (retained).
+
+        Args:
+            global_frame: the newest global model.
+            fog_frame: this fog's last published model; used when it derives from
+                ``global_frame``'s version, else a fresh cycle starts.
+            now: current time.
+
+        Returns:
+            Actions (a re-publish of the fog model with its original ``seq``).
+        """
+        if fog_frame.version != global_frame.version or fog_frame.fog_id != self.config.fog_id:
+            self.seq = max(self.seq, fog_frame.seq)
+            return self.on_global_model(global_frame, now)
+        g = global_frame.weights.astype(np.float32, copy=True)
+        w = fog_frame.weights.astype(np.float32, copy=True)
+        self._cycle = _Cycle(global_frame.version, g, w, global_frame.layout, (w - g),
+                             fog_round=fog_frame.fog_round)
+        self.seq = fog_frame.seq
+        self._updates = {}
+        self.state = FogState.COLLECTING
+        self.deadline = now + self.config.round_timeout_s
+        return [PublishModel(self._fog_model())]
+
+    def on_update(self, frame: UpdateFrame, now: float) -> list[Action]:
+        """An edge's update arrived; validate it and maybe close the round.
+
+        Raises:
+            ValidationError: (a subclass naming the reason) when the update is refused;
+                the state is unchanged then.
+        """
+        cfg = self.config
+        if frame.federation != cfg.federation or frame.fog_id != cfg.fog_id:
+            raise WrongRecipientError(
+                f"update for {frame.federation}/{frame.fog_id} reached fog {cfg.fog_id}"
+            )
+        if frame.edge_id in self._updates and frame.base_seq == self.seq:
+            raise DuplicateUpdateError(f"edge {frame.edge_id} already sent seq {self.seq}")
+        checks.check_sender(frame.edge_id, cfg.allowed_edges)
+        if self.state is not FogState.COLLECTING or self._cycle is None:
+            raise StaleUpdateError(
+                f"edge {frame.edge_id}: fog is {self.state.value}, not collecting"
+            )
+        if frame.base_version != self._cycle.version or frame.base_seq != self.seq:
+            raise StaleUpdateError(
+                f"edge {frame.edge_id} trained from ({frame.base_version}, seq "
+                f"{frame.base_seq}); current is ({self._cycle.version}, seq {self.seq})"
+            )
+        checks.check_samples(frame.num_samples, cfg.min_samples, cfg.max_samples)
+        checks.check_shape(frame.delta, self._cycle.weights.size)
+        checks.check_finite(frame.delta)
+        if cfg.max_norm is not None:
+            checks.check_norm(frame.delta, cfg.max_norm)
+        self._updates[frame.edge_id] = _Accepted(frame.num_samples, frame.delta, frame.metrics)
+        if len(self._updates) >= cfg.min_updates:
+            return self._close(now, timed_out=False)
+        return []
+
+    def on_tick(self, now: float) -> list[Action]:
+        """Time passed; close or skip the round if its deadline is reached."""
+        if self.state is not FogState.COLLECTING or self.deadline is None or now < self.deadline:
+            return []
+        if len(self._updates) >= self.config.quorum:
+            return self._close(now, timed_out=True)
+        skipped = RoundSkipped(self.version or 0, self.seq, len(self._updates))
+        log.warning(
+            "fog %s: round (v%s, seq %s) skipped at its deadline with %d of %d updates",
+            self.config.fog_id, skipped.version, skipped.seq, skipped.received, self.config.quorum,
+        )
+        return [skipped, *self._open_round(now)]
+
+    # --- transitions --------------------------------------------------------------------
+
+    def _open_round(self, now: float) -> list[Action]:
+        self.seq += 1
+        self._updates = {}
+        self.state = FogState.COLLECTING
+        self.deadline = now + self.config.round_timeout_s
+        return [PublishModel(self._fog_model())]
+
+    def _fog_model(self) -> ModelFrame:
+        c = self._cycle
+        if c is None:
+            raise StateError("no model yet")
+        return ModelFrame(
+            federation=self.config.federation,
+            version=c.version,
+            weights=c.weights,
+            parent=c.version,
+            scope="fog",
+            fog_id=self.config.fog_id,
+            seq=self.seq,
+            fog_round=c.fog_round,
+            layout=c.layout,
+        )
+
+    def _close(self, now: float, *, timed_out: bool) -> list[Action]:
+        c = self._cycle
+        if self.state is not FogState.COLLECTING or c is None:
+            raise StateError(f"cannot close a round in state {self.state.value}")
+        edges = tuple(sorted(self._updates))
+        stack = np.stack([self._updates[e].delta for e in edges])
+        weights = np.array([self._updates[e].num_samples for e in edges], dtype=np.float64)
+        delta = self._aggregate(stack, weights)
+        # Accumulate the cloud-round delta separately: forwarding (g + D) - g would lose
+        # float32 precision that the cloud's weighted average then could not recover.
+        c.cum_delta = (c.cum_delta + delta).astype(np.float32)
+        c.weights = (c.global_weights + c.cum_delta).astype(np.float32)
+        c.fog_round += 1
+        for e in edges:
+            u = self._updates[e]
+            c.samples[e] = max(c.samples.get(e, 0), u.num_samples)
+            c.metrics.append((u.num_samples, u.metrics))
+        total = int(weights.sum())
+        closed = RoundClosed(c.version, self.seq, c.fog_round, edges, total, timed_out)
+        self._updates = {}
+        if c.fog_round < self.config.k2:
+            return [closed, *self._open_round(now)]
+        self.state = FogState.FORWARDED
+        self.deadline = None
+        agg = AggregateFrame(
+            federation=self.config.federation,
+            fog_id=self.config.fog_id,
+            base_version=c.version,
+            num_samples=sum(c.samples.values()),
+            contributors=tuple(sorted(c.samples)),
+            fog_rounds=c.fog_round,
+            delta=c.cum_delta.copy(),
+            metrics=_weighted_metrics(c.metrics),
+        )
+        return [closed, Forward(agg)]
+
+
+def _weighted_metrics(items: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
+    """Sample-weighted mean of each metric over the updates that reported it."""
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for n, m in items:
+        for k, v in m.items():
+            sums[k] = sums.get(k, 0.0) + n * float(v)
+            counts[k] = counts.get(k, 0.0) + n
+    return {k: sums[k] / counts[k] for k in sums if counts[k] > 0}

@@ -1,0 +1,312 @@
+"""FogService: binds the pure :class:`~hierfl.fog.round.FogRound` to MQTT and Kafka.
+
+Tasks (one TaskGroup, named ``fog[<id>].<task>``):
+
+- ``mqtt``: persistent-session MQTT connection; update frames from this fog's edges are
+  decoded off the event loop and queued for the core.
+- ``models``: Kafka consumer of the global models topic (newest complete frame first).
+- ``core``: feeds events to the state machine in order, fires round deadlines, and
+  carries out its actions (publish the fog model retained, forward aggregates to Kafka).
+
+Bad input never stops the service: every rejected frame is counted by its error's
+``reason``. Aggregates waiting to be forwarded survive broker outages (outbox).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from hierfl import topics
+from hierfl.aggregation import make_aggregator
+from hierfl.config import FogSettings
+from hierfl.errors import HierflError, TransportError, UnknownSenderError
+from hierfl.fog.round import Forward, FogRound, FogRoundConfig, PublishModel, RoundClosed, RoundSkipped
+from hierfl.metrics import ServiceMetrics
+from hierfl.transport.base import backoff_delays
+from hierfl.transport.kafka import KafkaConsumerTransport, KafkaProducerTransport, ensure_topics
+from hierfl.transport.mqtt import MqttTransport
+from hierfl.wire.codec import decode_frame, encode_frame
+from hierfl.wire.frames import AggregateFrame, ModelFrame, UpdateFrame
+
+__all__ = ["FogService"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    kind: str  # "update" | "model"
+    frame: Any
+    size: int
+
+
+class FogService:
+    """A fog aggregator process.
+
+    Args:
+        settings: the fog's settings.
+        clock: time source (seconds), injectable for tests.
+
+    Usage::
+
+        service = FogService(FogSettings.load("fog.toml"))
+        await service.run()          # until cancelled or service.stop()
+    """
+
+    def __init__(self, settings: FogSettings, *, clock: Any = time.monotonic) -> None:
+        self.settings = settings
+        self.clock = clock
+        s = settings
+        self.metrics = ServiceMetrics("fog", s.fog_id)
+        self.round = FogRound(
+            FogRoundConfig(
+                federation=s.federation,
+                fog_id=s.fog_id,
+                min_updates=s.min_updates,
+                quorum=s.quorum,
+                k2=s.k2,
+                round_timeout_s=s.round_timeout_s,
+                max_samples=s.max_samples,
+                max_norm=s.max_norm,
+                allowed_edges=frozenset(s.allowed_edges),
+            ),
+            make_aggregator(s.aggregator, s.aggregator_params),
+        )
+        self._events: asyncio.Queue[_Event] = asyncio.Queue(maxsize=s.mqtt.queue_size)
+        self._early: list[UpdateFrame] = []
+        self._outbox: list[AggregateFrame] = []
+        self._to_publish: ModelFrame | None = None
+        self._resume: ModelFrame | None = None
+        self._mqtt: MqttTransport | None = None
+        self._producer: KafkaProducerTransport | None = None
+        self._stop = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.forwarded: list[AggregateFrame] = []
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return."""
+        self._stop.set()
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until :meth:`stop` or cancellation, reconnecting with jittered backoff."""
+        s = self.settings
+        delays = backoff_delays(s.mqtt.reconnect_base_s, s.mqtt.reconnect_max_s)
+        fed = s.federation
+        while not self._stop.is_set():
+            try:
+                if s.kafka.create_topics:
+                    await ensure_topics(s.kafka, [topics.aggregates(fed), topics.models(fed)])
+                await self._run_connected()
+                return
+            except* TransportError as eg:
+                delay = next(delays)
+                log.warning("fog %s: broker trouble (%s); retrying in %.1fs", s.fog_id,
+                            eg.exceptions[0], delay)
+                self.metrics.inc("reconnects")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+
+    async def _run_connected(self) -> None:
+        s = self.settings
+        fed, fog = s.federation, s.fog_id
+        if self.round.version is None:
+            resume = await self._probe_retained_model()
+        else:
+            resume = None
+        will = (topics.status(fed, fog, fog), b"offline")
+        async with (
+            MqttTransport(s.mqtt, client_id=f"hierfl-fog-{fed}-{fog}", clean_session=False,
+                          will=will) as mqtt,
+            KafkaProducerTransport(s.kafka, client_id=f"hierfl-fog-{fog}") as producer,
+            KafkaConsumerTransport(
+                s.kafka, topics.models(fed), client_id=f"hierfl-fog-{fog}-models",
+                start="latest_frame", max_frame_bytes=s.limits.max_frame_bytes,
+            ) as models,
+        ):
+            self._mqtt, self._producer = mqtt, producer
+            await mqtt.subscribe(topics.update_filter(fed, fog))
+            await mqtt.publish(topics.status(fed, fog, fog), b"online", retain=True)
+            self._resume = resume
+            self.ready.set()
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._ingest_mqtt(mqtt), name=f"fog[{fog}].mqtt")
+                    tg.create_task(self._ingest_models(models), name=f"fog[{fog}].models")
+                    tg.create_task(self._core(), name=f"fog[{fog}].core")
+                    stopper = tg.create_task(self._stop.wait(), name=f"fog[{fog}].stop")
+                    await stopper
+                    raise _Stopped
+            except* _Stopped:
+                pass
+            finally:
+                self._mqtt = self._producer = None
+                with contextlib.suppress(TransportError):
+                    await asyncio.wait_for(
+                        mqtt.publish(topics.status(fed, fog, fog), b"offline", retain=True), 2
+                    )
+
+    async def _probe_retained_model(self) -> ModelFrame | None:
+        """Read this fog's last published (retained) model, to resume after a restart."""
+        s = self.settings
+        fed, fog = s.federation, s.fog_id
+        async with MqttTransport(s.mqtt, client_id=f"hierfl-fog-{fed}-{fog}-probe") as probe:
+            await probe.subscribe(topics.model(fed, fog))
+            try:
+                async with asyncio.timeout(s.resume_wait_s):
+                    async for inbound in probe.messages():
+                        try:
+                            frame = await asyncio.to_thread(
+                                decode_frame, inbound.payload, limits=s.limits.decode_limits()
+                            )
+                        except HierflError:
+                            return None
+                        return frame if isinstance(frame, ModelFrame) else None
+            except TimeoutError:
+                return None
+        return None
+
+    # --- ingest -------------------------------------------------------------------------
+
+    async def _ingest_mqtt(self, mqtt: MqttTransport) -> None:
+        limits = self.settings.limits.decode_limits()
+        async for inbound in mqtt.messages():
+            self.metrics.inc("received")
+            self.metrics.inc("bytes_in", len(inbound.payload))
+            try:
+                parsed = topics.parse_mqtt(inbound.topic)
+                if parsed.kind != "update":
+                    continue
+                frame = await asyncio.to_thread(decode_frame, inbound.payload, limits=limits)
+                if not isinstance(frame, UpdateFrame):
+                    raise UnknownSenderError(f"a {type(frame).__name__} on an update topic")
+                if frame.edge_id != parsed.client:
+                    raise UnknownSenderError(
+                        f"frame from edge {frame.edge_id!r} on the topic of {parsed.client!r}"
+                    )
+            except HierflError as exc:
+                self._reject(exc, inbound.topic)
+                continue
+            await self._events.put(_Event("update", frame, len(inbound.payload)))
+
+    async def _ingest_models(self, models: KafkaConsumerTransport) -> None:
+        limits = self.settings.limits.decode_limits()
+        async for inbound in models.messages():
+            if inbound.error is not None or inbound.payload is None:
+                self._reject(inbound.error or HierflError("empty"), "kafka:models")
+                continue
+            try:
+                frame = await asyncio.to_thread(decode_frame, inbound.payload, limits=limits)
+            except HierflError as exc:
+                self._reject(exc, "kafka:models")
+                continue
+            if isinstance(frame, ModelFrame) and frame.scope == "global":
+                self.metrics.inc("models_received")
+                self.metrics.inc("bytes_down", len(inbound.payload))
+                await self._events.put(_Event("model", frame, len(inbound.payload)))
+
+    def _reject(self, exc: HierflError, where: str) -> None:
+        self.metrics.reject(exc.reason)
+        log.info("fog %s: rejected input from %s: %s: %s", self.settings.fog_id, where,
+                 exc.reason, exc)
+
+    # --- core ---------------------------------------------------------------------------
+
+    async def _core(self) -> None:
+        await self._flush()
+        while True:
+            deadline = self.round.deadline
+            timeout = None if deadline is None else max(0.0, deadline - self.clock())
+            try:
+                async with asyncio.timeout(timeout):
+                    event = await self._events.get()
+            except TimeoutError:
+                await self._apply(self.round.on_tick(self.clock()))
+                continue
+            if event.kind == "model":
+                await self._on_model(event.frame)
+            else:
+                await self._on_update(event.frame)
+
+    async def _on_model(self, frame: ModelFrame) -> None:
+        resume, self._resume = self._resume, None
+        now = self.clock()
+        if resume is not None and self.round.version is None:
+            actions = self.round.resume(frame, resume, now)
+            log.info("fog %s: resumed v%s seq %s", self.settings.fog_id, self.round.version,
+                     self.round.seq)
+        else:
+            actions = self.round.on_global_model(frame, now)
+        await self._apply(actions)
+        early, self._early = self._early, []
+        for u in early:
+            await self._on_update(u)
+
+    async def _on_update(self, frame: UpdateFrame) -> None:
+        if self.round.version is None:
+            if len(self._early) >= self.settings.mqtt.queue_size:
+                self.metrics.inc("dropped_queue_full")
+                return
+            self._early.append(frame)  # the model has not arrived yet: keep, do not judge
+            return
+        try:
+            # Aggregation may run here (when this update closes the round): off the loop.
+            actions = await asyncio.to_thread(self.round.on_update, frame, self.clock())
+        except HierflError as exc:
+            self._reject(exc, f"edge {frame.edge_id}")
+            return
+        self.metrics.inc("accepted")
+        await self._apply(actions)
+
+    async def _apply(self, actions: list[Any]) -> None:
+        for a in actions:
+            if isinstance(a, PublishModel):
+                self._to_publish = a.frame
+            elif isinstance(a, Forward):
+                self._outbox.append(a.frame)
+                self.forwarded.append(a.frame)
+            elif isinstance(a, RoundClosed):
+                self.metrics.inc("fog_rounds")
+                self.metrics.set("last_round_edges", len(a.contributors))
+                log.info("fog %s: fog round %d of v%d closed with %d edges%s",
+                         self.settings.fog_id, a.fog_round, a.version, len(a.contributors),
+                         " (deadline)" if a.timed_out else "")
+            elif isinstance(a, RoundSkipped):
+                self.metrics.inc("rounds_skipped")
+        await self._flush()
+
+    async def _flush(self) -> None:
+        """Deliver pending actions; on failure they stay queued for the next connection."""
+        s = self.settings
+        if self._to_publish is not None and self._mqtt is not None:
+            frame = self._to_publish
+            data = await asyncio.to_thread(encode_frame, frame)
+            await self._mqtt.publish(topics.model(s.federation, s.fog_id), data, retain=True)
+            self.metrics.inc("bytes_down_edges", len(data))
+            if self._to_publish is frame:
+                self._to_publish = None
+        while self._outbox and self._producer is not None:
+            agg = self._outbox[0]
+            data = await asyncio.to_thread(encode_frame, agg, codec=_codec(s.cloud_codec))
+            await self._producer.send_frame(
+                topics.aggregates(s.federation), key=s.fog_id.encode(), frame=data
+            )
+            self._outbox.pop(0)
+            self.metrics.inc("aggregates_forwarded")
+            self.metrics.inc("bytes_up", len(data))
+            log.info("fog %s: forwarded aggregate for v%d (%d edges, %d samples)", s.fog_id,
+                     agg.base_version, len(agg.contributors), agg.num_samples)
+
+
+def _codec(spec: str) -> str | None:
+    return None if spec == "raw" else spec
+
+
+class _Stopped(Exception):  # noqa: N818 - control flow, never escapes
+    pass

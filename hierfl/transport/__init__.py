@@ -1,0 +1,1 @@
+"""Broker I/O. Only this package imports aiomqtt and aiokafka."""

@@ -1,0 +1,330 @@
+"""Kafka transport: the only module that imports aiokafka (fog <-> cloud traffic).
+
+Producer: ``acks="all"``; every frame is split into chunks under the record limit
+(:mod:`hierfl.wire.chunking`) and all chunks share the key, so they stay in order on one
+partition. Consumer: manual partition assignment; with a ``group_id`` the position
+resumes from the group's committed offsets, and offsets are committed only when the
+runtime says a frame is processed (:meth:`KafkaConsumerTransport.commit`), never before.
+Every aiokafka/OS failure is mapped to a :class:`~hierfl.errors.TransportError` here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from hierfl.config import KafkaSettings
+from hierfl.errors import (
+    BrokerUnavailableError,
+    DisconnectedError,
+    HierflError,
+    PublishTimeoutError,
+    TransportError,
+)
+from hierfl.wire.chunking import Reassembler, split_frame
+
+__all__ = [
+    "KafkaConsumerTransport",
+    "KafkaInbound",
+    "KafkaProducerTransport",
+    "ensure_topics",
+    "map_kafka_errors",
+]
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def map_kafka_errors(action: str) -> Iterator[None]:
+    """Map aiokafka and OS errors raised inside the block to TransportError subclasses.
+
+    Args:
+        action: what was being done, for the message.
+
+    Raises:
+        PublishTimeoutError: on a timeout.
+        BrokerUnavailableError: when the cluster cannot be reached.
+        DisconnectedError: for other (retriable or not) Kafka errors.
+    """
+    try:
+        yield
+    except TransportError:
+        raise
+    except (TimeoutError, asyncio.TimeoutError) as exc:
+        raise PublishTimeoutError(f"Kafka {action} timed out") from exc
+    except KafkaError as exc:
+        name = type(exc).__name__
+        if name in ("KafkaConnectionError", "NodeNotReadyError", "KafkaUnavailableError"):
+            raise BrokerUnavailableError(f"Kafka {action} failed: {name}: {exc}") from exc
+        if name in ("KafkaTimeoutError", "RequestTimedOutError"):
+            raise PublishTimeoutError(f"Kafka {action} timed out: {exc}") from exc
+        raise DisconnectedError(f"Kafka {action} failed: {name}: {exc}") from exc
+    except OSError as exc:
+        raise BrokerUnavailableError(f"Kafka {action} failed: {exc}") from exc
+
+
+async def ensure_topics(settings: KafkaSettings, names: Sequence[str]) -> None:
+    """Create the given topics when missing (no-op for existing ones).
+
+    Raises:
+        TransportError: when the cluster cannot be reached.
+    """
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap, request_timeout_ms=settings.request_timeout_ms
+    )
+    with map_kafka_errors("create topics"):
+        await admin.start()
+        try:
+            for name in names:
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    await admin.create_topics(
+                        [NewTopic(name, settings.partitions, settings.replication_factor)]
+                    )
+        finally:
+            await admin.close()
+
+
+class KafkaProducerTransport:
+    """A Kafka producer that sends whole frames as ordered chunks.
+
+    Args:
+        settings: bootstrap servers, chunk size, timeouts.
+        client_id: Kafka client id.
+
+    Usage::
+
+        async with KafkaProducerTransport(settings.kafka, client_id="fog-a") as kafka:
+            await kafka.send_frame(topics.aggregates(fed), key=b"fog-a", frame=data)
+    """
+
+    def __init__(self, settings: KafkaSettings, *, client_id: str) -> None:
+        self.settings = settings
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap,
+            client_id=client_id,
+            acks="all",
+            request_timeout_ms=settings.request_timeout_ms,
+            max_request_size=settings.chunk_bytes + 4096,
+            linger_ms=0,
+        )
+        self.bytes_sent = 0
+
+    async def __aenter__(self) -> Self:
+        with map_kafka_errors("connect"):
+            await self._producer.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(KafkaError, OSError, asyncio.TimeoutError):
+            await self._producer.stop()
+
+    async def send_frame(self, topic: str, *, key: bytes, frame: bytes) -> int:
+        """Send one frame as chunks and wait until every chunk is acknowledged by all ISRs.
+
+        Returns:
+            The number of chunk records sent.
+
+        Raises:
+            TransportError: when a chunk cannot be delivered.
+        """
+        chunks = split_frame(frame, chunk_bytes=self.settings.chunk_bytes)
+        with map_kafka_errors("send"):
+            futures = [await self._producer.send(topic, c, key=key) for c in chunks]
+            await asyncio.gather(*futures)
+        self.bytes_sent += sum(len(c) for c in chunks)
+        return len(chunks)
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaInbound:
+    """A reassembled frame (or the typed error that prevented it) and where it came from."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    payload: bytes | None
+    error: HierflError | None = None
+
+
+class KafkaConsumerTransport:
+    """Consume chunked frames from one topic, reassembled, with explicit commits.
+
+    Args:
+        settings: bootstrap servers and timeouts.
+        topic: the topic to read.
+        group_id: consumer group whose committed offsets set the start position (and
+            which :meth:`commit` advances). Without one, ``start`` decides.
+        start: ``"committed"`` (default with a group; falls back to the earliest offset),
+            ``"earliest"``, or ``"latest_frame"`` (the newest complete frame, then follow).
+        max_frame_bytes: largest frame reassembled.
+        lookback_records: how far back ``latest_frame`` looks first.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topic: str,
+        *,
+        client_id: str,
+        group_id: str | None = None,
+        start: str = "committed",
+        max_frame_bytes: int = 64 << 20,
+        lookback_records: int = 256,
+    ) -> None:
+        if start not in ("committed", "earliest", "latest_frame"):
+            raise ValueError(f"unknown start {start!r}")
+        self.settings = settings
+        self.topic = topic
+        self.group_id = group_id
+        self.start = start
+        self.lookback_records = lookback_records
+        self._reassembler = Reassembler(max_frame_bytes=max_frame_bytes)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap,
+            client_id=client_id,
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            request_timeout_ms=settings.request_timeout_ms,
+            max_partition_fetch_bytes=max(settings.chunk_bytes + 65536, 1 << 20),
+            fetch_max_wait_ms=100,
+        )
+        self._tps: list[TopicPartition] = []
+        self._backlog: list[KafkaInbound] = []
+
+    async def __aenter__(self) -> Self:
+        with map_kafka_errors("connect"):
+            await self._consumer.start()
+            try:
+                await self._assign()
+            except BaseException:
+                await self._consumer.stop()
+                raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(KafkaError, OSError, asyncio.TimeoutError):
+            await self._consumer.stop()
+
+    async def _assign(self) -> None:
+        parts: set[int] | None = None
+        for _ in range(100):
+            parts = self._consumer.partitions_for_topic(self.topic)
+            if parts:
+                break
+            await self._consumer._client.force_metadata_update()  # noqa: SLF001
+            await asyncio.sleep(0.05)
+        if not parts:
+            raise BrokerUnavailableError(f"Kafka topic {self.topic!r} has no partitions")
+        self._tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        self._consumer.assign(self._tps)
+        if self.start == "earliest":
+            await self._consumer.seek_to_beginning(*self._tps)
+        elif self.start == "committed":
+            for tp in self._tps:
+                off = await self._consumer.committed(tp) if self.group_id else None
+                if off is None or off < 0:
+                    await self._consumer.seek_to_beginning(tp)
+                else:
+                    self._consumer.seek(tp, off)
+        else:
+            await self._find_latest_frame()
+
+    async def _find_latest_frame(self) -> None:
+        """Position after the newest complete frame, keeping it as a backlog item."""
+        ends = await self._consumer.end_offsets(self._tps)
+        begins = await self._consumer.beginning_offsets(self._tps)
+        lookback = self.lookback_records
+        while True:
+            newest: KafkaInbound | None = None
+            for tp in self._tps:
+                start = max(begins[tp], ends[tp] - lookback)
+                self._consumer.seek(tp, start)
+            pending = {tp for tp in self._tps if ends[tp] > begins[tp]}
+            scratch = Reassembler(max_frame_bytes=self._reassembler.max_frame_bytes)
+            while pending:
+                batch = await self._consumer.getmany(*pending, timeout_ms=1000)
+                for tp, records in batch.items():
+                    for r in records:
+                        if r.offset >= ends[tp]:
+                            continue
+                        try:
+                            frame = scratch.feed(r.value, r.offset)
+                        except HierflError:
+                            continue  # partial frames at the window's start are expected
+                        if frame is not None:
+                            newest = KafkaInbound(tp.topic, tp.partition, r.offset, r.key, frame)
+                    if records and records[-1].offset >= ends[tp] - 1:
+                        pending.discard(tp)
+            starts_at_begin = all(ends[tp] - lookback <= begins[tp] for tp in self._tps)
+            if newest is not None or starts_at_begin:
+                break
+            lookback *= 4
+        for tp in self._tps:
+            self._consumer.seek(tp, ends[tp])
+        if newest is not None:
+            self._backlog.append(newest)
+
+    async def messages(self) -> AsyncIterator[KafkaInbound]:
+        """Yield reassembled frames (or typed errors for bad records) in log order.
+
+        Raises:
+            TransportError: when the consumer fails.
+        """
+        while self._backlog:
+            yield self._backlog.pop(0)
+        while True:
+            with map_kafka_errors("receive"):
+                batch = await self._consumer.getmany(timeout_ms=1000)
+            for tp, records in batch.items():
+                for r in records:
+                    try:
+                        frame = self._reassembler.feed(r.value, r.offset)
+                    except HierflError as exc:
+                        yield KafkaInbound(tp.topic, tp.partition, r.offset, r.key, None, exc)
+                        continue
+                    if frame is not None:
+                        yield KafkaInbound(tp.topic, tp.partition, r.offset, r.key, frame)
+
+    async def commit(self, inbound: KafkaInbound) -> None:
+        """Commit up to and including ``inbound`` (never past an incomplete chunked frame).
+
+        Raises:
+            TransportError: when the commit fails.
+        """
+        if self.group_id is None:
+            return
+        offset = inbound.offset + 1
+        pending = self._reassembler.min_pending_offset()
+        if pending is not None:
+            offset = min(offset, pending)
+        tp = TopicPartition(inbound.topic, inbound.partition)
+        with map_kafka_errors("commit"):
+            await self._consumer.commit({tp: offset})
+
+    async def committed(self) -> dict[int, int | None]:
+        """Committed offsets of the group, by partition."""
+        with map_kafka_errors("committed"):
+            return {tp.partition: await self._consumer.committed(tp) for tp in self._tps}
+
+
