@@ -1,0 +1,46 @@
+# hierfl — one-command set-up on a fresh machine.
+#   make demo    set up, then run a real federation (brokers started and stopped for you)
+#   make test    set up, then run the whole test suite against real brokers
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+HIERFL := $(VENV)/bin/hierfl
+# torch first, pinned: a CPU wheel (any other spec may pull a multi-GB CUDA build).
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup system-deps demo test lint bench clean
+
+setup: system-deps $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[edge,sim,dev]"
+	touch $@
+
+# mosquitto from the OS packages when we may install it; otherwise hierfl falls back to
+# the pure-Python amqtt broker (slower, same behaviour).
+system-deps:
+	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing mosquitto (apt)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null) \
+	      || echo "mosquitto install failed: using the amqtt fallback"; \
+	  else echo "mosquitto not found: hierfl will use the amqtt fallback broker"; fi; \
+	fi
+
+demo: setup
+	$(HIERFL) sim digits --fogs 4 --edges 20 --rounds 30 --out runs/demo
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check hierfl tests benchmarks
+	$(VENV)/bin/mypy hierfl
+
+bench: setup
+	$(PY) benchmarks/digits.py
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,176 @@
+"""The ``hierfl`` command: run a tier (cloud, fog, edge), a whole federation (sim), brokers.
+
+This is the only module that configures logging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from hierfl import __version__
+from hierfl.errors import HierflError
+
+app = typer.Typer(
+    name="hierfl",
+    help="Hierarchical federated learning for IoT: edge -> fog (MQTT) -> cloud (Kafka).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML settings file (HIERFL_* env vars override it)."),
+]
+
+
+def _setup_logging(level: str) -> None:
+    from rich.logging import RichHandler  # noqa: PLC0415
+
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(rich_tracebacks=False, show_path=False, console=None)],
+        force=True,
+    )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+
+def _run_service(service: Any) -> None:
+    """Run ``service.run()`` until it returns or SIGINT/SIGTERM asks it to stop."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, service.stop)
+        await service.run()
+
+    asyncio.run(main())
+
+
+def _fail(exc: HierflError) -> None:
+    typer.secho(f"error: {exc}", fg="red", err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def cloud(config: ConfigOpt = None) -> None:
+    """Run the cloud aggregator: consume fog aggregates, checkpoint and publish global models."""
+    from hierfl.cloud.service import CloudService  # noqa: PLC0415
+    from hierfl.config import CloudSettings  # noqa: PLC0415
+    from hierfl.metrics import serve_prometheus  # noqa: PLC0415
+
+    try:
+        settings = CloudSettings.load(config)
+        _setup_logging(settings.log_level)
+        service = CloudService(settings)
+    except HierflError as exc:
+        _fail(exc)
+        return
+    if settings.metrics_port is not None:
+        serve_prometheus(service.metrics, settings.metrics_port)
+    _run_service(service)
+
+
+@app.command()
+def fog(config: ConfigOpt = None) -> None:
+    """Run a fog aggregator: collect edge updates over MQTT, aggregate, forward over Kafka."""
+    from hierfl.config import FogSettings  # noqa: PLC0415
+    from hierfl.fog.service import FogService  # noqa: PLC0415
+    from hierfl.metrics import serve_prometheus  # noqa: PLC0415
+
+    try:
+        settings = FogSettings.load(config)
+        _setup_logging(settings.log_level)
+        service = FogService(settings)
+    except HierflError as exc:
+        _fail(exc)
+        return
+    if settings.metrics_port is not None:
+        serve_prometheus(service.metrics, settings.metrics_port)
+    _run_service(service)
+
+
+@app.command()
+def edge(config: ConfigOpt = None) -> None:
+    """Run an edge device: train on local data from the fog's model, publish deltas."""
+    try:
+        from hierfl.config import EdgeSettings  # noqa: PLC0415
+        from hierfl.edge import EdgeClient  # noqa: PLC0415
+        from hierfl.edge.client import load_task  # noqa: PLC0415
+
+        settings = EdgeSettings.load(config)
+        _setup_logging(settings.log_level)
+        task = load_task(settings.task, settings.task_options, settings)
+        client = EdgeClient(settings, task)
+    except HierflError as exc:
+        _fail(exc)
+        return
+    _run_service(client)
+
+
+@app.command("init-model")
+def init_model(
+    task: Annotated[str, typer.Option(help="import path 'module:callable' of an EdgeTask factory")],
+    out: Annotated[Path, typer.Option(help="where to write the version-0 weights (.npz)")],
+    options: Annotated[str, typer.Option(help="JSON object passed to the task factory")] = "{}",
+) -> None:
+    """Write a task's freshly built model as the cloud's ``initial_model`` (needs torch)."""
+    import numpy as np  # noqa: PLC0415
+
+    from hierfl.model.flatten import unflatten  # noqa: PLC0415
+
+    try:
+        from hierfl.config import EdgeSettings  # noqa: PLC0415
+        from hierfl.edge.client import load_task  # noqa: PLC0415
+        from hierfl.model.torch_adapter import model_layout, model_to_vector  # noqa: PLC0415
+
+        settings = EdgeSettings.load(fog_id="init", edge_id="init", task=task)
+        t = load_task(task, json.loads(options), settings)
+    except HierflError as exc:
+        _fail(exc)
+        return
+    model = t.build_model()
+    named = unflatten(model_to_vector(model), model_layout(model))
+    np.savez(out, **named)
+    typer.echo(f"wrote {out} ({sum(a.size for a in named.values())} parameters)")
+
+
+@app.command()
+def version() -> None:
+    """Print the hierfl version."""
+    typer.echo(__version__)
+
+
+def _register_optional() -> None:
+    """Attach commands whose modules need the ``sim`` extra (registered lazily)."""
+    try:
+        from hierfl.sim.cli import register  # noqa: PLC0415
+    except ImportError:
+        return
+    register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _register_optional()
+    try:
+        app()
+    except HierflError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
