@@ -1,0 +1,177 @@
+"""Error feedback: carry what a lossy codec dropped into the next update.
+
+EF-SGD [Seide et al., 2014, "1-bit SGD"; Karimireddy et al., 2019, "Error Feedback Fixes
+SignSGD and other Gradient Compression Schemes"]: send C(delta + e) and keep
+e <- delta + e - C(delta + e), so nothing is lost, only delayed. Over any run,
+sum(sent) + e_final == sum(deltas) up to float32 rounding.
+
+Paper: arxiv.org/abs/1901.09847
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hierfl.compression._fields import check_input, check_size
+from hierfl.errors import CompressionError
+from hierfl.types import Float32Vector
+
+if TYPE_CHECKING:
+    from hierfl.compression.base import Codec
+
+__all__ = ["ErrorFeedback"]
+
+
+class ErrorFeedback:
+    """Residual memory of one sender for one model size.
+
+    Args:
+        size: length of the update vectors.
+        path: if given, the residual is loaded from this ``.npy`` file when it exists and
+            saved to it (atomically) after every :meth:`compress`, so a restarted edge keeps
+            the mass it has not sent yet.
+
+    Raises:
+        CompressionError: if ``size`` is invalid or the file at ``path`` is not a residual of
+            this size.
+
+    Example:
+        >>> ef = ErrorFeedback(delta.size, path="state/ef.npy")
+        >>> fields, sent = ef.compress(delta, make_codec("topk+int8:fraction=0.01"), rng)
+    """
+
+    __slots__ = ("_path", "_residual", "_size")
+
+    def __init__(self, size: int, *, path: str | os.PathLike[str] | None = None) -> None:
+        self._size = check_size(size)
+        self._residual: Float32Vector = np.zeros(self._size, dtype=np.float32)
+        self._path = None if path is None else Path(path)
+        if self._path is not None and self._path.exists():
+            self.load(self._path)
+
+    @property
+    def size(self) -> int:
+        """Length of the vectors this memory accepts."""
+        return self._size
+
+    @property
+    def residual(self) -> Float32Vector:
+        """A read-only view of the current residual e."""
+        view = self._residual.view()
+        view.flags.writeable = False
+        return view
+
+    def reset(self) -> None:
+        """Zero the residual (e.g. after the model was replaced); persisted if ``path`` is set."""
+        residual = np.zeros(self._size, dtype=np.float32)
+        if self._path is not None:
+            _atomic_save(self._path, residual)
+        self._residual = residual
+
+    def compress(
+        self,
+        delta: Float32Vector,
+        codec: Codec,
+        rng: np.random.Generator | None = None,
+    ) -> tuple[dict[str, Any], Float32Vector]:
+        """Encode ``delta + e`` and keep what the codec dropped as the new residual.
+
+        The residual changes only if encoding (and saving, with ``path``) succeeds.
+
+        Args:
+            delta: this round's update, float32 of length :attr:`size`; not modified.
+            codec: any codec; lossless ones leave the residual at zero.
+            rng: randomness for the codec.
+
+        Returns:
+            ``(fields, sent)``: the wire fields and the vector the receiver will decode from
+            them.
+
+        Raises:
+            CompressionError: if ``delta`` is not a finite float32 vector of length
+                :attr:`size`, or ``delta + e`` overflows.
+        """
+        x = check_input(delta)
+        if x.size != self._size:
+            raise CompressionError(f"delta has {x.size} values, error feedback holds {self._size}")
+        corrected = x + self._residual
+        fields = codec.encode(corrected, rng)
+        # Decode exactly what the receiver will: the residual tracks the real wire loss.
+        sent = codec.decode(fields, self._size)
+        residual = corrected - sent
+        if self._path is not None:
+            _atomic_save(self._path, residual)
+        self._residual = residual
+        return fields, sent
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the residual to ``path`` as ``.npy`` atomically (temp file + ``os.replace``)."""
+        _atomic_save(Path(path), self._residual)
+
+    def load(self, path: str | os.PathLike[str]) -> None:
+        """Replace the residual with the one saved at ``path``.
+
+        Raises:
+            CompressionError: if the file is unreadable as a pickle-free ``.npy`` or does not
+                hold a finite float32 vector of length :attr:`size`.
+        """
+        try:
+            loaded = _read_npy_vector(Path(path), self._size)
+        except (ValueError, OSError, EOFError) as exc:
+            raise CompressionError(
+                f"cannot load error-feedback residual from {path}: {exc}"
+            ) from exc
+        if not np.isfinite(loaded).all():
+            raise CompressionError(f"{path}: residual holds NaN or Inf")
+        self._residual = loaded
+
+    def __repr__(self) -> str:
+        return f"ErrorFeedback(size={self._size}, path={self._path!r})"
+
+
+def _read_npy_vector(path: Path, size: int) -> Float32Vector:
+    """Read a ``.npy`` file that must hold exactly ``size`` float32 values.
+
+    The header is checked before any data is read, so a corrupt or hostile file cannot make
+    this allocate more than ``4 * size`` bytes.
+
+    Raises:
+        ValueError: if the file is not a version 1/2 ``.npy`` of shape ``(size,)``, dtype
+            float32, or its data is truncated.
+    """
+    fmt = np.lib.format
+    with path.open("rb") as f:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = fmt.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+        # WARNING: object dtypes would need pickle; only plain float32 is ever accepted.
+        if dtype != np.float32 or shape != (size,):
+            raise ValueError(f"expected float32 of shape ({size},), got {dtype} {shape}")
+        data = f.read(4 * size + 1)
+    if len(data) != 4 * size:
+        raise ValueError(f"expected {4 * size} data bytes, got {len(data)}")
+    return np.frombuffer(data, dtype=dtype).astype(np.float32)
+
+
+def _atomic_save(path: Path, residual: Float32Vector) -> None:
+    """Write ``residual`` to ``path`` so readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, residual, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
