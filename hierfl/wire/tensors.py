@@ -88,8 +88,9 @@ def decode_vector(fields: Any, *, max_size: int, field: str = "vector") -> Float
     else:
         from hierfl.compression import decode_vector as _decode  # noqa: PLC0415
 
+        inner = {k: v for k, v in fields.items() if k != "size"}
         try:
-            out = np.asarray(_decode(fields, size), dtype=np.float32)
+            out = np.asarray(_decode(inner, size), dtype=np.float32)
         except BadTensorError as exc:
             raise BadTensorError(f"{field}: {exc}") from exc
         if out.shape != (size,):

@@ -112,17 +112,17 @@ def settings_for(
     cloud_overrides: dict[str, Any] | None = None,
 ) -> tuple[CloudSettings, list[FogSettings], list[EdgeSettings]]:
     common: dict[str, Any] = {"federation": fed}
-    cloud = CloudSettings.load(
-        **common, kafka={"bootstrap": bootstrap}, fogs=list(topo.fogs), min_fogs=len(topo.fogs),
-        store_dir=store, initial_model=initial, max_versions=versions, round_timeout_s=30,
-        **(cloud_overrides or {}),
-    )
+    cloud = CloudSettings.load(**{
+        **common, "kafka": {"bootstrap": bootstrap}, "fogs": list(topo.fogs),
+        "min_fogs": len(topo.fogs), "store_dir": store, "initial_model": initial,
+        "max_versions": versions, "round_timeout_s": 30, **(cloud_overrides or {}),
+    })
     fogs = [
-        FogSettings.load(
-            **common, fog_id=f, mqtt={"url": mqtt_url}, kafka={"bootstrap": bootstrap},
-            min_updates=len(es), round_timeout_s=30, k2=k2, resume_wait_s=0.3,
+        FogSettings.load(**{
+            **common, "fog_id": f, "mqtt": {"url": mqtt_url}, "kafka": {"bootstrap": bootstrap},
+            "min_updates": len(es), "round_timeout_s": 30, "k2": k2, "resume_wait_s": 0.3,
             **(fog_overrides or {}),
-        )
+        })
         for f, es in topo.fogs.items()
     ]
     edges = [

@@ -1,0 +1,257 @@
+"""Fault behaviour over real brokers: silent edges, hostile frames, fog and cloud restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zstandard
+
+from hierfl import topics
+from hierfl.cloud.service import CloudService
+from hierfl.config import FogSettings
+from hierfl.model import ModelStore
+from hierfl.transport.kafka import KafkaConsumerTransport
+from hierfl.transport.mqtt import MqttTransport
+from hierfl.wire import ModelFrame, UpdateFrame, decode_frame, encode_frame
+from tests.integration.fed import (
+    Topology,
+    make_edges,
+    make_fogs,
+    running,
+    settings_for,
+    spy_updates,
+    wait_for,
+    write_initial,
+)
+from tests.integration.test_federation import expected_next
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_silent_edge_delays_round_by_at_most_timeout(
+    mqtt_broker, kafka_broker, unique_id, tmp_path
+):
+    topo = Topology({"north": ["n0", "n1", "n2"]})
+    write_initial(tmp_path / "init.npz")
+    timeout = 1.5
+    cloud_s, fog_s, edge_s = settings_for(
+        mqtt_broker.url, kafka_broker.bootstrap, unique_id, topo, tmp_path / "store",
+        tmp_path / "init.npz", versions=1,
+        fog_overrides={"round_timeout_s": timeout, "quorum": 2},
+    )
+    cloud = CloudService(cloud_s)
+    (fog,) = make_fogs(fog_s)
+    edges = make_edges(edge_s[:2])  # n2 never answers
+    async with spy_updates(mqtt_broker.url, unique_id, ["north"]) as spy:
+        async with running(cloud, fog, *edges):
+            await wait_for(lambda: fog.round.deadline is not None, 30)
+            opened = time.monotonic()
+            await wait_for(lambda: bool(fog.forwarded), 30)
+            waited = time.monotonic() - opened
+            await wait_for(cloud.finished.is_set, 30)
+    assert timeout - 0.2 <= waited <= timeout + 1.0, waited
+    (agg,) = fog.forwarded
+    assert agg.contributors == ("n0", "n1")
+    store = ModelStore(tmp_path / "store")
+    w0 = store.load(0).weights.astype(np.float64)
+    np.testing.assert_allclose(store.load(1).weights, expected_next(w0, spy.updates, 1),
+                               rtol=1e-5, atol=1e-6)
+
+
+async def test_round_below_quorum_is_skipped_not_forwarded(
+    mqtt_broker, kafka_broker, unique_id, tmp_path
+):
+    topo = Topology({"north": ["n0", "n1", "n2"]})
+    write_initial(tmp_path / "init.npz")
+    cloud_s, fog_s, edge_s = settings_for(
+        mqtt_broker.url, kafka_broker.bootstrap, unique_id, topo, tmp_path / "store",
+        tmp_path / "init.npz", versions=1,
+        fog_overrides={"round_timeout_s": 0.7, "quorum": 3},
+    )
+    cloud = CloudService(cloud_s)
+    (fog,) = make_fogs(fog_s)
+    edges = make_edges(edge_s[:2])
+    async with running(cloud, fog, *edges):
+        await wait_for(lambda: fog.metrics.counters["rounds_skipped"] >= 2, 30)
+        assert not fog.forwarded
+        assert fog.round.seq >= 3  # every skip reopens the round under a new seq
+        # both live edges retrained on each reopened round
+        await wait_for(lambda: all(e.updates_sent >= 2 for e in edges), 30)
+    assert cloud.version == 0
+
+
+async def test_hostile_frames_are_rejected_and_counted(
+    mqtt_broker, kafka_broker, unique_id, tmp_path
+):
+    topo = Topology({"north": ["n0", "n1", "n2"]})
+    write_initial(tmp_path / "init.npz")
+    cloud_s, fog_s, edge_s = settings_for(
+        mqtt_broker.url, kafka_broker.bootstrap, unique_id, topo, tmp_path / "store",
+        tmp_path / "init.npz", versions=1,
+        fog_overrides={"limits": {"max_body_bytes": 8 << 20}},
+    )
+    cloud = CloudService(cloud_s)
+    (fog,) = make_fogs(fog_s)
+    edges = make_edges(edge_s)
+    fed = unique_id
+    async with spy_updates(mqtt_broker.url, fed, ["north"]) as spy:
+        async with running(cloud, fog):
+            await wait_for(lambda: fog.round.version == 0, 30)
+            size = fog.round.model_size
+            good = UpdateFrame(fed, "north", "evil4", 0, fog.round.seq, 10,
+                               np.ones(size, np.float32))
+            valid = encode_frame(good)
+            wrong_shape = encode_frame(
+                UpdateFrame(fed, "north", "evil3", 0, fog.round.seq, 10, np.ones(7, np.float32))
+            )
+            bomb_body = zstandard.ZstdCompressor(level=19).compress(b"\0" * (200 << 20))
+            bomb = valid[:8] + (1000).to_bytes(4, "little") + bomb_body
+            bomb_big = valid[:8] + (200 << 20).to_bytes(4, "little") + bomb_body
+            hostile = {
+                "evil0": os.urandom(300),              # garbage
+                "evil1": valid[: len(valid) // 2],     # truncated
+                "evil2": bomb,                         # zstd bomb, small declared size
+                "evil5": bomb_big,                     # zstd bomb, huge declared size
+                "evil3": wrong_shape,                  # wrong tensor shape
+                "evil6": valid,                        # sent on another edge's topic
+            }
+            s = FogSettings.load(fog_id="x", mqtt={"url": mqtt_broker.url}).mqtt
+            async with MqttTransport(s, client_id=f"attacker-{fed}") as mqtt:
+                for edge, payload in hostile.items():
+                    await mqtt.publish(topics.update(fed, "north", edge), payload)
+            await wait_for(lambda: sum(fog.metrics.rejected.values()) >= len(hostile), 30)
+            async with running(*edges):
+                await wait_for(cloud.finished.is_set, 60)
+    rejected = fog.metrics.rejected
+    assert rejected["wire.version"] == 1          # garbage: bad magic
+    assert rejected["wire.too_large"] == 2        # both bombs, before inflating
+    assert rejected["validation.shape"] == 1
+    assert rejected["validation.sender"] == 1     # edge id does not match its topic
+    assert sum(rejected.values()) == len(hostile)
+    (agg,) = fog.forwarded
+    assert agg.contributors == ("n0", "n1", "n2")
+    honest = [u for u in spy.updates if u.edge_id.startswith("n")]
+    store = ModelStore(tmp_path / "store")
+    np.testing.assert_allclose(
+        store.load(1).weights,
+        expected_next(store.load(0).weights.astype(np.float64), honest, 1), rtol=1e-5, atol=1e-6,
+    )
+
+
+def _no_torch_cli(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Run ``hierfl <args>`` in a child where ``import torch`` fails (an IoT gateway)."""
+    code = (
+        "import sys; sys.modules['torch'] = None; "
+        "from hierfl.cli import main; sys.argv = ['hierfl', *sys.argv[1:]]; main()"
+    )
+    with log.open("ab") as f:
+        return subprocess.Popen(
+            [sys.executable, "-c", code, *args], env={**os.environ, **env}, cwd=ROOT,
+            stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+
+def _kill(p: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+    if p.poll() is None:
+        os.kill(p.pid, sig)
+    p.wait(timeout=10)
+
+
+async def test_fog_killed_mid_round_gets_updates_sent_while_down(
+    mqtt_broker, kafka_broker, unique_id, tmp_path
+):
+    topo = Topology({"north": ["n0", "n1", "n2"]})
+    write_initial(tmp_path / "init.npz")
+    cloud_s, _, edge_s = settings_for(
+        mqtt_broker.url, kafka_broker.bootstrap, unique_id, topo, tmp_path / "store",
+        tmp_path / "init.npz", versions=1,
+    )
+    fed = unique_id
+    env = {
+        "HIERFL_FEDERATION": fed, "HIERFL_FOG_ID": "north",
+        "HIERFL_MQTT__URL": mqtt_broker.url, "HIERFL_KAFKA__BOOTSTRAP": kafka_broker.bootstrap,
+        "HIERFL_MIN_UPDATES": "3", "HIERFL_ROUND_TIMEOUT_S": "60", "HIERFL_LOG_LEVEL": "DEBUG",
+    }
+    cloud = CloudService(cloud_s)
+    s = FogSettings.load(fog_id="x", mqtt={"url": mqtt_broker.url}).mqtt
+    models: list[ModelFrame] = []
+
+    async def watch(mqtt: MqttTransport) -> None:
+        async for m in mqtt.messages():
+            f = decode_frame(m.payload)
+            assert isinstance(f, ModelFrame)
+            models.append(f)
+
+    fog = _no_torch_cli("fog", env=env, log=tmp_path / "fog.log")
+    try:
+        async with running(cloud), spy_updates(mqtt_broker.url, fed, ["north"]) as spy:
+            async with MqttTransport(s, client_id=f"watch-{fed}") as mqtt:
+                await mqtt.subscribe(topics.model(fed, "north"))
+                watcher = asyncio.create_task(watch(mqtt))
+                await wait_for(lambda: bool(models), 60)   # the fog opened round (v0, seq 1)
+                _kill(fog)                                  # crash: no clean disconnect
+                edges = make_edges(edge_s)
+                async with running(*edges):
+                    await wait_for(lambda: len(spy.updates) == 3, 60)  # sent while fog is down
+                    assert cloud.version == 0
+                    fog = _no_torch_cli("fog", env=env, log=tmp_path / "fog.log")
+                    await wait_for(cloud.finished.is_set, 60)
+                watcher.cancel()
+        assert fog.poll() is None, (tmp_path / "fog.log").read_text()
+    finally:
+        _kill(fog, signal.SIGTERM)
+    meta = ModelStore(tmp_path / "store").load(1).meta
+    assert meta["fogs"]["north"]["contributors"] == ["n0", "n1", "n2"]
+    # The restarted fog resumed the same round (same seq) rather than starting a new one.
+    assert {(u.base_version, u.base_seq) for u in spy.updates} == {(0, models[0].seq)}
+
+
+async def test_cloud_restart_resumes_and_never_reapplies(
+    mqtt_broker, kafka_broker, unique_id, tmp_path, monkeypatch
+):
+    topo = Topology({"north": ["n0", "n1"], "south": ["s0", "s1"]})
+    write_initial(tmp_path / "init.npz")
+    cloud_s, fog_s, edge_s = settings_for(
+        mqtt_broker.url, kafka_broker.bootstrap, unique_id, topo, tmp_path / "store",
+        tmp_path / "init.npz", versions=2,
+    )
+    # Crash window: the checkpoint is written but the consumed offsets are never committed.
+    async def no_commit(self, inbound):  # noqa: ARG001
+        return None
+
+    with monkeypatch.context() as m:
+        m.setattr(KafkaConsumerTransport, "commit", no_commit)
+        cloud = CloudService(cloud_s)
+        fogs = make_fogs(fog_s)
+        edges = make_edges(edge_s)
+        async with running(cloud, *fogs, *edges):
+            await wait_for(cloud.finished.is_set, 60)
+    store = ModelStore(tmp_path / "store")
+    assert store.versions() == [0, 1, 2]
+    v2 = store.load(2).weights.copy()
+
+    # Restart: same store, one more version wanted. The replayed aggregates for v0 and v1
+    # are refused as stale; v3 is built only from the new round's updates.
+    cloud2 = CloudService(cloud_s.model_copy(update={"max_versions": 3}))
+    assert cloud2.version == 2
+    np.testing.assert_array_equal(cloud2.round.weights, v2)
+    fogs = make_fogs(fog_s)
+    edges = make_edges(edge_s)
+    async with spy_updates(mqtt_broker.url, unique_id, list(topo.fogs)) as spy:
+        async with running(cloud2, *fogs, *edges):
+            await wait_for(cloud2.finished.is_set, 60)
+    assert cloud2.metrics.rejected["validation.stale"] == 4  # 2 fogs x versions 0 and 1
+    assert store.versions() == [0, 1, 2, 3]
+    ups = [u for u in spy.updates if u.base_version == 2]
+    np.testing.assert_allclose(store.load(3).weights, expected_next(v2.astype(np.float64), ups, 1),
+                               rtol=1e-5, atol=1e-6)
