@@ -5,6 +5,7 @@ MQTT (edge <-> fog), for federation ``F``, fog ``G``, edge ``E``:
 - ``hierfl/F/G/model``        retained, QoS 1: the model the edges of fog G train from next
 - ``hierfl/F/G/update/E``     QoS 1: edge E's update frame (broker ACLs can pin E to it)
 - ``hierfl/F/G/status/E``     retained ``online``/``offline`` (last will), for liveness
+- ``hierfl/F/G/stats``        retained JSON counters of fog G (monitoring; never aggregated)
 
 Kafka (fog <-> cloud):
 
@@ -28,6 +29,7 @@ __all__ = [
     "models",
     "parse_mqtt",
     "status",
+    "stats",
     "status_filter",
     "update",
     "update_filter",
@@ -85,6 +87,11 @@ def status_filter(federation: str, fog: str) -> str:
     return f"{PREFIX}/{federation}/{fog}/status/+"
 
 
+def stats(federation: str, fog: str) -> str:
+    """MQTT topic where fog ``fog`` publishes its counters (retained JSON, for monitoring)."""
+    return f"{PREFIX}/{federation}/{fog}/stats"
+
+
 def aggregates(federation: str) -> str:
     """Kafka topic carrying fog aggregates to the cloud (key = fog id)."""
     return f"{PREFIX}.{federation}.aggregates"
@@ -124,8 +131,8 @@ def parse_mqtt(topic: str) -> ParsedMqttTopic:
         and parts[0] == PREFIX
         and all(_ID.match(p) for p in parts[1:])
     )
-    if ok and len(parts) == 4 and parts[3] == "model":  # noqa: PLR2004
-        return ParsedMqttTopic(parts[1], parts[2], "model", None)
+    if ok and len(parts) == 4 and parts[3] in ("model", "stats"):  # noqa: PLR2004
+        return ParsedMqttTopic(parts[1], parts[2], parts[3], None)
     if ok and len(parts) == 5 and parts[3] in ("update", "status"):  # noqa: PLR2004
         return ParsedMqttTopic(parts[1], parts[2], parts[3], parts[4])
     raise UnknownSenderError(f"topic {topic!r} is not a hierfl topic")

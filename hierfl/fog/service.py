@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -82,6 +83,7 @@ class FogService:
         self._outbox: list[AggregateFrame] = []
         self._to_publish: ModelFrame | None = None
         self._resume: ModelFrame | None = None
+        self._stats_at = float("-inf")
         self._mqtt: MqttTransport | None = None
         self._producer: KafkaProducerTransport | None = None
         self._stop = asyncio.Event()
@@ -260,6 +262,7 @@ class FogService:
             actions = await asyncio.to_thread(self.round.on_update, frame, self.clock())
         except HierflError as exc:
             self._reject(exc, f"edge {frame.edge_id}")
+            await self._publish_stats(force=False)
             return
         self.metrics.inc("accepted")
         await self._apply(actions)
@@ -280,6 +283,25 @@ class FogService:
             elif isinstance(a, RoundSkipped):
                 self.metrics.inc("rounds_skipped")
         await self._flush()
+        await self._publish_stats()
+
+    async def _publish_stats(self, *, force: bool = True) -> None:
+        """Publish the counters retained on the fog's stats topic (monitoring, best effort).
+
+        Rejections alone publish at most twice a second, so a flood of junk cannot turn
+        the fog into an amplifier.
+        """
+        now = self.clock()
+        if self._mqtt is None or (not force and now - self._stats_at < 0.5):
+            return
+        self._stats_at = now
+        s = self.settings
+        snap = self.metrics.snapshot()
+        snap.update(version=self.round.version, seq=self.round.seq,
+                    state=self.round.state.value, time=time.time())
+        with contextlib.suppress(TransportError):
+            await self._mqtt.publish(topics.stats(s.federation, s.fog_id),
+                                     json.dumps(snap).encode(), retain=True, timeout=5)
 
     async def _flush(self) -> None:
         """Deliver pending actions; on failure they stay queued for the next connection."""

@@ -1,0 +1,201 @@
+"""The sim's observer: watches a federation from the outside and measures every round.
+
+It subscribes to the same topics the tiers use (never to anything private): update frames
+on MQTT (edge -> fog bytes), fog models and fog stats on MQTT, aggregates and global
+models on Kafka (fog -> cloud and cloud -> fog bytes). Each new global version is
+evaluated on the scenario's test set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hierfl import topics
+from hierfl.config import KafkaSettings, MqttSettings
+from hierfl.errors import HierflError
+from hierfl.transport.kafka import KafkaConsumerTransport
+from hierfl.transport.mqtt import MqttTransport
+from hierfl.wire import AggregateFrame, ModelFrame, UpdateFrame, decode_frame
+
+__all__ = ["Observer", "RoundRecord"]
+
+
+@dataclass
+class RoundRecord:
+    """What one cloud round (version v-1 -> v) cost and produced."""
+
+    round: int
+    version: int
+    accuracy: float
+    loss: float
+    wall_s: float
+    edge_fog_bytes: int
+    fog_cloud_bytes: int
+    cloud_edge_bytes: int
+    updates: int
+    accepted: int
+    rejected: dict[str, int]
+    fogs: dict[str, int] = field(default_factory=dict)
+
+
+class Observer:
+    """Measure a running federation.
+
+    Args:
+        federation: the federation id.
+        fog_edges: fog id -> number of edges subscribed to it (for downlink bytes).
+        mqtt: MQTT connection settings.
+        kafka: Kafka connection settings.
+        evaluate: ``weights -> (accuracy, loss)``, run off the event loop.
+        on_round: called with each new :class:`RoundRecord`.
+    """
+
+    def __init__(
+        self,
+        federation: str,
+        fog_edges: dict[str, int],
+        mqtt: MqttSettings,
+        kafka: KafkaSettings,
+        evaluate: Callable[[np.ndarray], tuple[float, float]],
+        on_round: Callable[[RoundRecord], None] | None = None,
+    ) -> None:
+        self.federation = federation
+        self.fog_edges = fog_edges
+        self.mqtt = mqtt
+        self.kafka = kafka
+        self.evaluate = evaluate
+        self.on_round = on_round
+        self.records: list[RoundRecord] = []
+        self.initial: tuple[float, float] | None = None
+        self.version = -1
+        self.ready = asyncio.Event()
+        self._up: Counter[int] = Counter()
+        self._updates: Counter[int] = Counter()
+        self._agg: Counter[int] = Counter()
+        self._down: Counter[int] = Counter()
+        self._fogs: dict[int, dict[str, int]] = defaultdict(dict)
+        self._stats: dict[str, dict[str, Any]] = {}
+        self._prev_acc = 0
+        self._prev_rej: Counter[str] = Counter()
+        self._last_t = time.monotonic()
+        self.changed = asyncio.Event()
+
+    async def run(self) -> None:
+        """Observe until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._watch_mqtt(), name="observer.mqtt")
+            tg.create_task(self._watch_models(), name="observer.models")
+            tg.create_task(self._watch_aggregates(), name="observer.aggregates")
+
+    async def _watch_mqtt(self) -> None:
+        fed = self.federation
+        async with MqttTransport(self.mqtt, client_id=f"hierfl-sim-observer-{fed}") as m:
+            for fog in self.fog_edges:
+                await m.subscribe(topics.update_filter(fed, fog))
+                await m.subscribe(topics.model(fed, fog))
+                await m.subscribe(topics.stats(fed, fog))
+            self.ready.set()
+            async for inbound in m.messages():
+                try:
+                    t = topics.parse_mqtt(inbound.topic)
+                except HierflError:
+                    continue
+                if t.kind == "stats":
+                    with contextlib.suppress(ValueError):
+                        self._stats[t.fog] = json.loads(inbound.payload)
+                    continue
+                try:
+                    frame = await asyncio.to_thread(decode_frame, inbound.payload)
+                except HierflError:
+                    continue  # hostile traffic is the fogs' business; they count it
+                if isinstance(frame, UpdateFrame):
+                    self._up[frame.base_version] += len(inbound.payload)
+                    self._updates[frame.base_version] += 1
+                elif isinstance(frame, ModelFrame) and not inbound.retain:
+                    # every edge of that fog receives a copy
+                    n = self.fog_edges.get(t.fog, 0)
+                    self._down[frame.version] += len(inbound.payload) * n
+
+    async def _watch_aggregates(self) -> None:
+        async with KafkaConsumerTransport(
+            self.kafka, topics.aggregates(self.federation), client_id="hierfl-sim-observer",
+            start="earliest",
+        ) as c:
+            async for inbound in c.messages():
+                if inbound.payload is None:
+                    continue
+                try:
+                    frame = await asyncio.to_thread(decode_frame, inbound.payload)
+                except HierflError:
+                    continue
+                if isinstance(frame, AggregateFrame):
+                    self._agg[frame.base_version] += len(inbound.payload)
+                    self._fogs[frame.base_version][frame.fog_id] = len(frame.contributors)
+
+    async def _watch_models(self) -> None:
+        async with KafkaConsumerTransport(
+            self.kafka, topics.models(self.federation), client_id="hierfl-sim-observer-m",
+            start="earliest",
+        ) as c:
+            async for inbound in c.messages():
+                if inbound.payload is None:
+                    continue
+                try:
+                    frame = await asyncio.to_thread(decode_frame, inbound.payload)
+                except HierflError:
+                    continue
+                if not isinstance(frame, ModelFrame) or frame.version <= self.version:
+                    continue
+                now = time.monotonic()
+                acc, loss = await asyncio.to_thread(self.evaluate, frame.weights)
+                # each fog consumes the global model once from Kafka
+                self._down[frame.version] += len(inbound.payload) * len(self.fog_edges)
+                if frame.version == 0 or self.version < 0:
+                    self.initial = (acc, loss)
+                    self.version = frame.version
+                    self._last_t = now
+                    self.changed.set()
+                    continue
+                v = frame.version
+                acc_total = sum(int(s.get("counters", {}).get("accepted", 0))
+                                for s in self._stats.values())
+                rej: Counter[str] = Counter()
+                for s in self._stats.values():
+                    rej.update({k: int(n) for k, n in s.get("rejected", {}).items()})
+                rec = RoundRecord(
+                    round=v,
+                    version=v,
+                    accuracy=acc,
+                    loss=loss,
+                    wall_s=now - self._last_t,
+                    edge_fog_bytes=self._up[v - 1],
+                    fog_cloud_bytes=self._agg[v - 1],
+                    cloud_edge_bytes=self._down[v - 1],
+                    updates=self._updates[v - 1],
+                    accepted=max(0, acc_total - self._prev_acc),
+                    rejected={k: n for k, n in (rej - self._prev_rej).items() if n},
+                    fogs=dict(self._fogs[v - 1]),
+                )
+                self._prev_acc, self._prev_rej = acc_total, rej
+                self._last_t = now
+                self.version = v
+                self.records.append(rec)
+                if self.on_round:
+                    self.on_round(rec)
+                self.changed.set()
+
+    async def wait_version(self, version: int, timeout: float | None = None) -> None:
+        """Wait until ``version`` has been observed and evaluated."""
+        async with asyncio.timeout(timeout):
+            while self.version < version:
+                self.changed.clear()
+                await self.changed.wait()

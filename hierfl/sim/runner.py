@@ -1,0 +1,431 @@
+"""``hierfl sim``: a whole federation on one machine, measured round by round.
+
+Starts the brokers it needs (unless pointed at existing ones), then the cloud, the fogs
+and the edges, either as separate OS processes running ``hierfl cloud|fog|edge`` (the
+deployable services; the default) or in this process (fast, for tests). An
+:class:`~hierfl.sim.observer.Observer` measures each round from the outside. Every
+process and broker started here is stopped on the way out, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hierfl import __version__
+from hierfl.config import CloudSettings, EdgeSettings, FogSettings, KafkaSettings, MqttSettings
+from hierfl.sim.observer import Observer, RoundRecord
+
+__all__ = ["SimConfig", "run_sim", "run_sim_async"]
+
+log = logging.getLogger(__name__)
+
+SCENARIO_TASKS = {
+    "digits": "hierfl.sim.scenarios:digits_task",
+    "sensors": "hierfl.sim.scenarios:sensors_task",
+}
+
+
+@dataclass
+class SimConfig:
+    """Everything a simulated federation needs (the ``hierfl sim`` options)."""
+
+    scenario: str = "digits"
+    fogs: int = 4
+    edges: int = 20
+    rounds: int = 30
+    k1: int = 2
+    k2: int = 1
+    min_updates: int | None = None
+    quorum: int | None = None
+    round_timeout_s: float = 60.0
+    seed: int = 0
+    wide: bool = False
+    mode: str = "processes"
+    mqtt_url: str | None = None
+    kafka_bootstrap: str | None = None
+    out: Path = Path("runs/sim")
+    codec: str = "raw"
+    aggregator: str = "fedavg"
+    aggregator_params: dict[str, Any] = field(default_factory=dict)
+    attack: str | None = None
+    byzantine: float = 0.0
+    federation: str = ""
+    live: bool = True
+    lr: float = 0.05
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.scenario not in SCENARIO_TASKS:
+            raise ValueError(f"unknown scenario {self.scenario!r}: {sorted(SCENARIO_TASKS)}")
+        if self.mode not in ("processes", "inprocess"):
+            raise ValueError("mode must be 'processes' or 'inprocess'")
+        if not 1 <= self.fogs <= self.edges:
+            raise ValueError("need 1 <= fogs <= edges")
+        self.out = Path(self.out)
+        if not self.federation:
+            self.federation = f"sim{os.getpid()}{int(time.time()) % 100000}"
+
+    def topology(self) -> dict[str, list[int]]:
+        """fog id -> indices of its edges (contiguous blocks, as even as possible)."""
+        fogs: dict[str, list[int]] = {}
+        per, extra = divmod(self.edges, self.fogs)
+        i = 0
+        for f in range(self.fogs):
+            n = per + (1 if f < extra else 0)
+            fogs[f"fog{f}"] = list(range(i, i + n))
+            i += n
+        return fogs
+
+    def byzantine_edges(self) -> set[int]:
+        """Indices of the malicious edges: spread across fogs, the last edges of each fog."""
+        if not self.attack or self.byzantine <= 0:
+            return set()
+        n_bad = round(self.byzantine * self.edges)
+        order = []
+        topo = list(self.topology().values())
+        depth = max(len(t) for t in topo)
+        for d in range(depth):  # round-robin over fogs, from the back of each fog
+            order.extend(t[-1 - d] for t in topo if d < len(t))
+        return set(order[:n_bad])
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _evaluator(cfg: SimConfig) -> Callable[[np.ndarray], tuple[float, float]]:
+    import torch  # noqa: PLC0415
+
+    from hierfl.model.torch_adapter import vector_to_model  # noqa: PLC0415
+    from hierfl.sim.scenarios import evaluate, scenario_data, scenario_model  # noqa: PLC0415
+
+    data = scenario_data(cfg.scenario, cfg.edges, cfg.fogs, cfg.seed)
+    model = scenario_model(cfg.scenario, wide=cfg.wide)
+    torch.set_num_threads(1)
+
+    def run(weights: np.ndarray) -> tuple[float, float]:
+        vector_to_model(model, weights)
+        return evaluate(model, data.x_test, data.y_test)
+
+    return run
+
+
+def _write_initial(cfg: SimConfig, path: Path) -> None:
+    from hierfl.model.flatten import unflatten  # noqa: PLC0415
+    from hierfl.model.torch_adapter import model_layout, model_to_vector  # noqa: PLC0415
+    from hierfl.sim.scenarios import scenario_model  # noqa: PLC0415
+
+    m = scenario_model(cfg.scenario, wide=cfg.wide)
+    np.savez(path, **unflatten(model_to_vector(m), model_layout(m)))
+
+
+def _task_options(cfg: SimConfig, index: int) -> dict[str, Any]:
+    opts: dict[str, Any] = {"index": index, "num_edges": cfg.edges, "seed": cfg.seed,
+                            "lr": cfg.lr, "batch_size": cfg.batch_size}
+    if cfg.scenario == "digits":
+        opts["wide"] = cfg.wide
+    else:
+        opts["num_fogs"] = cfg.fogs
+    if index in cfg.byzantine_edges() and cfg.attack == "label-flip":
+        opts["label_flip"] = True
+    return opts
+
+
+def _tier_settings(
+    cfg: SimConfig, mqtt_url: str, bootstrap: str
+) -> tuple[CloudSettings, list[FogSettings], list[EdgeSettings]]:
+    topo = cfg.topology()
+    cloud = CloudSettings.load(
+        federation=cfg.federation, kafka={"bootstrap": bootstrap}, fogs=list(topo),
+        min_fogs=len(topo), round_timeout_s=cfg.round_timeout_s,
+        store_dir=cfg.out / "store", initial_model=cfg.out / "initial.npz",
+        max_versions=cfg.rounds, aggregator="fedavg",
+    )
+    fogs = []
+    for fog, idx in topo.items():
+        fogs.append(FogSettings.load(
+            federation=cfg.federation, fog_id=fog, mqtt={"url": mqtt_url},
+            kafka={"bootstrap": bootstrap}, min_updates=cfg.min_updates or len(idx),
+            quorum=min(cfg.quorum or 1, cfg.min_updates or len(idx)), k2=cfg.k2,
+            round_timeout_s=cfg.round_timeout_s, aggregator=cfg.aggregator,
+            aggregator_params=cfg.aggregator_params, resume_wait_s=0.2,
+        ))
+    edges = []
+    for fog, idx in topo.items():
+        for i in idx:
+            edges.append(EdgeSettings.load(
+                federation=cfg.federation, fog_id=fog, edge_id=f"e{i:03d}",
+                mqtt={"url": mqtt_url}, task=SCENARIO_TASKS[cfg.scenario],
+                task_options=_task_options(cfg, i), local_epochs=cfg.k1, codec=cfg.codec,
+            ))
+    return cloud, fogs, edges
+
+
+def _env(settings: Any, prefix: str = "HIERFL_") -> dict[str, str]:
+    """Settings -> HIERFL_* environment variables (nested with ``__``, JSON for containers)."""
+    out: dict[str, str] = {}
+    data = settings.model_dump(mode="json", exclude_none=True)
+    for k, v in data.items():
+        if isinstance(v, dict) and k in ("mqtt", "kafka", "limits"):
+            for k2, v2 in v.items():
+                out[f"{prefix}{k.upper()}__{k2.upper()}"] = (
+                    json.dumps(v2) if isinstance(v2, list | dict | bool) else str(v2)
+                )
+        elif isinstance(v, list | dict | bool):
+            out[f"{prefix}{k.upper()}"] = json.dumps(v)
+        else:
+            out[f"{prefix}{k.upper()}"] = str(v)
+    return out
+
+
+class _Processes:
+    """Child processes started by the sim; all stopped (TERM, then KILL) on close."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, tier: str, env: dict[str, str], attack: str | None = None) -> None:
+        args = [sys.executable, "-m", "hierfl", tier]
+        if attack:
+            args = [sys.executable, "-m", "hierfl.sim.attacks", attack]
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("HIERFL_")}
+        full_env.update(env)
+        full_env.setdefault("OMP_NUM_THREADS", "1")
+        full_env["HIERFL_LOG_LEVEL"] = "INFO"
+        with (self.log_dir / f"{name}.log").open("ab") as f:
+            self.procs[name] = subprocess.Popen(
+                args, env=full_env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def check(self) -> None:
+        for name, p in self.procs.items():
+            if p.poll() is not None and p.returncode not in (0, -signal.SIGTERM):
+                tail = (self.log_dir / f"{name}.log").read_text()[-2000:]
+                raise RuntimeError(f"{name} exited with {p.returncode}:\n{tail}")
+
+    def close(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait(timeout=5)
+
+
+@contextlib.asynccontextmanager
+async def _brokers(cfg: SimConfig) -> AsyncIterator[tuple[str, str, dict[str, str]]]:
+    from hierfl.sim.brokers import KafkaBroker, MqttBroker  # noqa: PLC0415
+
+    with contextlib.ExitStack() as stack:
+        info = {}
+        mqtt_url = cfg.mqtt_url
+        if mqtt_url is None:
+            b = stack.enter_context(MqttBroker())
+            mqtt_url = b.url
+            info["mqtt"] = f"{b.kind} pid {b.pid} at {b.url}"
+        bootstrap = cfg.kafka_bootstrap
+        if bootstrap is None:
+            k = stack.enter_context(KafkaBroker())
+            bootstrap = k.bootstrap
+            info["kafka"] = f"tansu pid {k.pid} at {k.bootstrap}"
+        yield mqtt_url, bootstrap, info
+
+
+async def _run(cfg: SimConfig, on_round: Callable[[RoundRecord], None] | None,
+               on_start: Callable[[dict[str, str]], None] | None) -> dict[str, Any]:
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    (cfg.out / "logs").mkdir(exist_ok=True)
+    store = cfg.out / "store"
+    if store.exists():
+        for p in store.iterdir():
+            p.unlink()
+    _write_initial(cfg, cfg.out / "initial.npz")
+    t0 = time.monotonic()
+    async with _brokers(cfg) as (mqtt_url, bootstrap, info):
+        if on_start:
+            on_start(info)
+        cloud_s, fog_s, edge_s = _tier_settings(cfg, mqtt_url, bootstrap)
+        topo = cfg.topology()
+        observer = Observer(
+            cfg.federation, {f: len(i) for f, i in topo.items()},
+            MqttSettings(url=mqtt_url), KafkaSettings(bootstrap=bootstrap), _evaluator(cfg),
+            on_round,
+        )
+        from hierfl.transport.kafka import ensure_topics  # noqa: PLC0415
+        from hierfl import topics  # noqa: PLC0415
+
+        await ensure_topics(cloud_s.kafka, [topics.aggregates(cfg.federation),
+                                            topics.models(cfg.federation)])
+        obs_task = asyncio.create_task(observer.run(), name="sim.observer")
+        await observer.ready.wait()
+        bad = cfg.byzantine_edges()
+        procs = _Processes(cfg.out / "logs")
+        services: list[Any] = []
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            if cfg.mode == "processes":
+                procs.start("cloud", "cloud", _env(cloud_s))
+                for s in fog_s:
+                    procs.start(s.fog_id, "fog", _env(s))
+                for i, s in enumerate(edge_s):
+                    attack = cfg.attack if (i in bad and cfg.attack != "label-flip") else None
+                    env = _env(s)
+                    if attack:
+                        env["HIERFL_SIM_BYZANTINE_OF"] = str(len(bad))
+                    procs.start(s.edge_id, "edge", env, attack=attack)
+            else:
+                services = _inprocess_services(cfg, cloud_s, fog_s, edge_s, bad)
+                tasks = [asyncio.create_task(s.run()) for s in services]
+            while observer.version < cfg.rounds:
+                procs.check()
+                for t in tasks:
+                    if t.done() and t.exception() is not None:
+                        raise t.exception()  # type: ignore[misc]
+                with contextlib.suppress(TimeoutError):
+                    await observer.wait_version(observer.version + 1, timeout=1.0)
+        finally:
+            for s in services:
+                s.stop()
+            if tasks:
+                _, pending = await asyncio.wait(tasks, timeout=10)
+                for t in pending:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.to_thread(procs.close)
+            obs_task.cancel()
+            await asyncio.gather(obs_task, return_exceptions=True)
+    wall = time.monotonic() - t0
+    return _report(cfg, observer, wall)
+
+
+def _inprocess_services(cfg: SimConfig, cloud_s: CloudSettings, fog_s: list[FogSettings],
+                        edge_s: list[EdgeSettings], bad: set[int]) -> list[Any]:
+    from hierfl.cloud.service import CloudService  # noqa: PLC0415
+    from hierfl.edge import EdgeClient  # noqa: PLC0415
+    from hierfl.edge.client import load_task  # noqa: PLC0415
+    from hierfl.fog.service import FogService  # noqa: PLC0415
+
+    services: list[Any] = [CloudService(cloud_s), *(FogService(s) for s in fog_s)]
+    for i, s in enumerate(edge_s):
+        task = load_task(s.task, s.task_options, s)
+        if i in bad and cfg.attack and cfg.attack != "label-flip":
+            from hierfl.sim.attacks import MaliciousEdge  # noqa: PLC0415
+
+            services.append(MaliciousEdge(s, task, cfg.attack, n_byzantine=len(bad)))
+        else:
+            services.append(EdgeClient(s, task))
+    return services
+
+
+def _report(cfg: SimConfig, observer: Observer, wall: float) -> dict[str, Any]:
+    rounds = [asdict(r) for r in observer.records]
+    rejected: Counter[str] = Counter()
+    for r in observer.records:
+        rejected.update(r.rejected)
+    walls = [r.wall_s for r in observer.records]
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    report = {
+        "system": f"hierfl-{__version__}",
+        "config": config,
+        "initial_accuracy": observer.initial[0] if observer.initial else None,
+        "rounds": rounds,
+        "totals": {
+            "rounds": len(rounds),
+            "wall_s": wall,
+            "median_round_s": float(np.median(walls[1:] if len(walls) > 1 else walls)) if walls else None,
+            "edge_fog_bytes": sum(r.edge_fog_bytes for r in observer.records),
+            "fog_cloud_bytes": sum(r.fog_cloud_bytes for r in observer.records),
+            "cloud_edge_bytes": sum(r.cloud_edge_bytes for r in observer.records),
+            "updates": sum(r.updates for r in observer.records),
+            "accepted": sum(r.accepted for r in observer.records),
+            "rejected": dict(rejected),
+        },
+        "final_accuracy": observer.records[-1].accuracy if observer.records else None,
+    }
+    path = cfg.out / "report.json"
+    path.write_text(json.dumps(report, indent=2))
+    report["report_path"] = str(path)
+    report["plot_path"] = _plot(cfg, observer.records)
+    return report
+
+
+def _plot(cfg: SimConfig, records: list[RoundRecord]) -> str | None:
+    try:
+        import matplotlib  # noqa: PLC0415
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return None
+    r = [x.round for x in records]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    a1.plot(r, [x.accuracy for x in records], marker="o")
+    a1.set_xlabel("round")
+    a1.set_ylabel("test accuracy")
+    a1.set_title(f"{cfg.scenario}: {cfg.fogs} fogs, {cfg.edges} edges, k2={cfg.k2}")
+    a1.grid(alpha=0.3)
+    a2.plot(r, [x.edge_fog_bytes / 1e6 for x in records], label="edge -> fog")
+    a2.plot(r, [x.fog_cloud_bytes / 1e6 for x in records], label="fog -> cloud")
+    a2.plot(r, [x.cloud_edge_bytes / 1e6 for x in records], label="cloud -> edges")
+    a2.set_xlabel("round")
+    a2.set_ylabel("MB per round")
+    a2.legend()
+    a2.grid(alpha=0.3)
+    fig.tight_layout()
+    path = cfg.out / "report.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)
+
+
+def run_sim(
+    cfg: SimConfig,
+    *,
+    on_round: Callable[[RoundRecord], None] | None = None,
+    on_start: Callable[[dict[str, str]], None] | None = None,
+) -> dict[str, Any]:
+    """Run a simulated federation to completion and return its report (also written as JSON).
+
+    SIGTERM is turned into a clean shutdown, like Ctrl-C: every child process and broker
+    started here is stopped before this returns or raises.
+    """
+
+    def _term(signum: int, frame: Any) -> None:  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, _term)
+    try:
+        return asyncio.run(_run(cfg, on_round, on_start))
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+async def run_sim_async(
+    cfg: SimConfig,
+    *,
+    on_round: Callable[[RoundRecord], None] | None = None,
+    on_start: Callable[[dict[str, str]], None] | None = None,
+) -> dict[str, Any]:
+    """:func:`run_sim` for callers already inside an event loop (tests, notebooks)."""
+    return await _run(cfg, on_round, on_start)

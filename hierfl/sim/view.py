@@ -1,0 +1,81 @@
+"""The sim's live terminal view (rich) and its closing summary."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from hierfl.sim.observer import RoundRecord
+
+__all__ = ["LiveView"]
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.2f}"
+
+
+class LiveView:
+    """A table with one row per cloud round, refreshed as rounds complete."""
+
+    def __init__(self, cfg: Any, *, enabled: bool = True) -> None:
+        self.cfg = cfg
+        self.enabled = enabled
+        self.console = Console()
+        self.rows: list[RoundRecord] = []
+        self._live: Live | None = None
+
+    def _table(self) -> Table:
+        c = self.cfg
+        t = Table(title=f"hierfl sim: {c.scenario}{' (wide)' if c.wide else ''} | {c.fogs} fogs, "
+                  f"{c.edges} edges, k1={c.k1}, k2={c.k2}, {c.mode}")
+        for col in ("round", "accuracy", "loss", "round s", "edges/fog", "up MB", "fog->cloud MB",
+                    "down MB", "rejected"):
+            t.add_column(col, justify="right")
+        for r in self.rows[-25:]:
+            t.add_row(
+                f"{r.round}/{c.rounds}", f"{r.accuracy:.4f}", f"{r.loss:.4f}", f"{r.wall_s:.2f}",
+                " ".join(str(n) for _, n in sorted(r.fogs.items())), _mb(r.edge_fog_bytes),
+                _mb(r.fog_cloud_bytes), _mb(r.cloud_edge_bytes),
+                ", ".join(f"{k}={v}" for k, v in r.rejected.items()) or "0",
+            )
+        return t
+
+    def __enter__(self) -> LiveView:
+        if self.enabled:
+            self._live = Live(self._table(), console=self.console, refresh_per_second=4)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._live is not None:
+            self._live.__exit__(et, e, tb)
+
+    def on_start(self, info: dict[str, str]) -> None:
+        """Brokers are up."""
+        for k, v in info.items():
+            self.console.print(f"[dim]{k} broker: {v}[/dim]")
+
+    def on_round(self, rec: RoundRecord) -> None:
+        """A round completed."""
+        self.rows.append(rec)
+        if self._live is not None:
+            self._live.update(self._table())
+        elif not self.enabled:
+            self.console.print(f"round {rec.round}: accuracy {rec.accuracy:.4f} "
+                               f"({rec.wall_s:.2f}s)")
+
+    def summary(self, report: dict[str, Any]) -> None:
+        """Print the closing lines: final accuracy and where the report went."""
+        tot = report["totals"]
+        self.console.print(
+            f"[bold]final accuracy {report['final_accuracy']:.4f}[/bold] after {tot['rounds']} "
+            f"rounds in {tot['wall_s']:.1f}s (median round {tot['median_round_s']:.3f}s)"
+        )
+        self.console.print(f"report: {report['report_path']}")
+        if report.get("plot_path"):
+            self.console.print(f"plot:   {report['plot_path']}")
