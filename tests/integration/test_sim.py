@@ -1,0 +1,64 @@
+"""``hierfl sim`` end to end: in-process mode in the suite, and the CLI leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hierfl.sim.runner import SimConfig, run_sim_async
+
+pytestmark = pytest.mark.integration
+
+ROUND_FIELDS = {
+    "round", "version", "accuracy", "loss", "wall_s", "edge_fog_bytes", "fog_cloud_bytes",
+    "cloud_edge_bytes", "updates", "accepted", "rejected", "fogs",
+}
+
+
+async def test_inprocess_sim_learns_and_reports(mqtt_broker, kafka_broker, tmp_path, unique_id):
+    cfg = SimConfig(
+        scenario="digits", fogs=2, edges=6, rounds=3, k1=2, mode="inprocess",
+        mqtt_url=mqtt_broker.url, kafka_bootstrap=kafka_broker.bootstrap, out=tmp_path,
+        federation=unique_id, live=False, lr=0.2,
+    )
+    report = await run_sim_async(cfg)
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert on_disk["final_accuracy"] == report["final_accuracy"]
+    assert len(report["rounds"]) == 3
+    for r in report["rounds"]:
+        assert set(r) == ROUND_FIELDS
+        assert r["updates"] == 6 and r["accepted"] == 6 and r["rejected"] == {}
+        assert r["fogs"] == {"fog0": 3, "fog1": 3}
+        # six float32 deltas of a 4,810-parameter model (zstd squeezes some zeros out)
+        assert 6 * 4810 * 4 * 0.5 < r["edge_fog_bytes"] < 6 * 4810 * 4 * 1.1
+        assert r["fog_cloud_bytes"] > 0 and r["cloud_edge_bytes"] > 0
+    accs = [r["accuracy"] for r in report["rounds"]]
+    assert accs[-1] > 0.3  # ten classes: chance is 0.1
+    assert accs[-1] > report["initial_accuracy"]
+    assert set(report["totals"]) >= {"wall_s", "median_round_s", "edge_fog_bytes", "rejected"}
+    assert Path(report["plot_path"]).stat().st_size > 1000
+
+
+def test_sim_processes_cli_leaves_nothing_running(tmp_path):
+    """The deployable path: brokers + cloud + fogs + edges as OS processes, all stopped."""
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "hierfl", "sim", "digits", "--fogs", "2", "--edges", "4",
+         "--rounds", "2", "--out", str(tmp_path), "--no-live"],
+        env=env, capture_output=True, text=True, timeout=240, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "final accuracy" in proc.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert len(report["rounds"]) == 2
+    # every child the sim started was stopped: no process has its logs open any more
+    logs = {str(p) for p in (tmp_path / "logs").iterdir()}
+    assert len(logs) == 1 + 2 + 4
+    lsof = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+    assert str(tmp_path) not in lsof.stdout
+    assert report["config"]["federation"] not in lsof.stdout
