@@ -212,6 +212,17 @@ class _Processes:
                 args, env=full_env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
             )
 
+    def peak_rss_mb(self, name: str) -> float | None:
+        """Peak resident memory of a running child (Linux /proc VmHWM), in MiB."""
+        p = self.procs.get(name)
+        if p is None or p.poll() is not None:
+            return None
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return None
+
     def check(self) -> None:
         for name, p in self.procs.items():
             if p.poll() is not None and p.returncode not in (0, -signal.SIGTERM):
@@ -283,6 +294,7 @@ async def _run(cfg: SimConfig, on_round: Callable[[RoundRecord], None] | None,
         procs = _Processes(cfg.out / "logs")
         services: list[Any] = []
         tasks: list[asyncio.Task[None]] = []
+        cloud_rss: float | None = None
         try:
             if cfg.mode == "processes":
                 procs.start("cloud", "cloud", _env(cloud_s))
@@ -312,11 +324,16 @@ async def _run(cfg: SimConfig, on_round: Callable[[RoundRecord], None] | None,
                 for t in pending:
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+            cloud_rss = procs.peak_rss_mb("cloud")
             await asyncio.to_thread(procs.close)
             obs_task.cancel()
             await asyncio.gather(obs_task, return_exceptions=True)
     wall = time.monotonic() - t0
-    return _report(cfg, observer, wall)
+    if cloud_rss is None:  # in-process: the whole process (edges included) is the bound
+        import resource  # noqa: PLC0415
+
+        cloud_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return _report(cfg, observer, wall, cloud_rss)
 
 
 def _inprocess_services(cfg: SimConfig, cloud_s: CloudSettings, fog_s: list[FogSettings],
@@ -338,7 +355,8 @@ def _inprocess_services(cfg: SimConfig, cloud_s: CloudSettings, fog_s: list[FogS
     return services
 
 
-def _report(cfg: SimConfig, observer: Observer, wall: float) -> dict[str, Any]:
+def _report(cfg: SimConfig, observer: Observer, wall: float, cloud_rss: float | None
+            ) -> dict[str, Any]:
     rounds = [asdict(r) for r in observer.records]
     rejected: Counter[str] = Counter()
     for r in observer.records:
@@ -362,6 +380,7 @@ def _report(cfg: SimConfig, observer: Observer, wall: float) -> dict[str, Any]:
             "rejected": dict(rejected),
         },
         "final_accuracy": observer.records[-1].accuracy if observer.records else None,
+        "cloud_peak_rss_mb": cloud_rss,
     }
     path = cfg.out / "report.json"
     path.write_text(json.dumps(report, indent=2))
