@@ -311,6 +311,9 @@ async def _run(cfg: SimConfig, on_round: Callable[[RoundRecord], None] | None,
                 tasks = [asyncio.create_task(s.run()) for s in services]
             while observer.version < cfg.rounds:
                 procs.check()
+                rss = procs.peak_rss_mb("cloud")  # VmHWM only grows; read while it lives
+                if rss is not None:
+                    cloud_rss = max(cloud_rss or 0.0, rss)
                 for t in tasks:
                     if t.done() and t.exception() is not None:
                         raise t.exception()  # type: ignore[misc]
@@ -324,7 +327,6 @@ async def _run(cfg: SimConfig, on_round: Callable[[RoundRecord], None] | None,
                 for t in pending:
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
-            cloud_rss = procs.peak_rss_mb("cloud")
             await asyncio.to_thread(procs.close)
             obs_task.cancel()
             await asyncio.gather(obs_task, return_exceptions=True)
