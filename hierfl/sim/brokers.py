@@ -75,8 +75,9 @@ _MOSQUITTO_PATHS = (
     "/opt/homebrew/sbin/mosquitto",
 )
 
-# 16 MiB frames plus headroom. mosquitto disconnects a client that sends a larger packet.
-_MAX_PACKET_BYTES = 64 * 1024 * 1024
+# hierfl's default frame limit (limits.max_frame_bytes, 64 MiB) plus topic and header, as in
+# brokers/mosquitto.conf. mosquitto disconnects a client that sends a larger packet.
+_MAX_PACKET_BYTES = 65 * 1024 * 1024
 
 _LOG_TAIL_BYTES = 4000
 
@@ -272,7 +273,7 @@ class MqttBroker(_BrokerProcess):
     Configured for a federation on one machine: anonymous clients, no disk persistence (sessions
     of ``clean_session=False`` clients and retained messages still live in memory while the
     broker runs), TCP_NODELAY, per-client queues large enough that a burst is never silently
-    dropped, and packets up to 64 MiB.
+    dropped, and packets up to 65 MiB.
 
     Args:
         port: TCP port; a free one is picked when None.
@@ -459,7 +460,7 @@ max_queued_messages {max_queued_messages}
 max_queued_bytes 0
 # Outgoing QoS 1/2 messages in flight per client (default 20): fewer waits on a fog's PUBACKs.
 max_inflight_messages 100
-# Whole MQTT packet, so 16 MiB frames fit; message_size_limit (deprecated in 2.x) stays 0.
+# Whole MQTT packet: a 64 MiB frame plus headers; message_size_limit (deprecated) stays 0.
 max_packet_size {_MAX_PACKET_BYTES}
 
 log_dest stderr
