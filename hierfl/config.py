@@ -9,6 +9,7 @@ examples live in ``edge/edge.toml``, ``fog/fog.toml`` and ``cloud/cloud.toml``.
 from __future__ import annotations
 
 import contextvars
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import (
     BaseSettings,
+    SettingsError,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -98,7 +100,7 @@ class LimitsSettings(_Section):
 
     max_frame_bytes: int = Field(64 * 2**20, ge=1024)
     max_body_bytes: int = Field(256 * 2**20, ge=1024)
-    max_params: int = Field(50_000_000, ge=1)
+    max_params: int = Field(50_000_000, ge=1, le=2**31 - 1)
 
     def decode_limits(self) -> DecodeLimits:
         """The wire-layer limits object."""
@@ -167,6 +169,13 @@ class _TierSettings(BaseSettings):
             return cls(**overrides)
         except PydanticValidationError as exc:
             raise ConfigError(_explain(cls.tier, exc, path)) from exc
+        except SettingsError as exc:  # e.g. a list/dict env var that is not JSON
+            m = re.search(r'field "(\w+)"', str(exc))
+            env = f" (env HIERFL_{m.group(1).upper()})" if m else ""
+            raise ConfigError(
+                f"invalid {cls.tier} settings: {exc}{env}; lists and maps in HIERFL_* "
+                "variables are JSON, e.g. '[\"a\", \"b\"]'"
+            ) from exc
         finally:
             _config_file.reset(token)
 
@@ -242,6 +251,13 @@ class FogSettings(_TierSettings):
     @classmethod
     def _fog(cls, v: str) -> str:
         return _id("fog", v)
+
+    @field_validator("allowed_edges")
+    @classmethod
+    def _edges(cls, v: list[str]) -> list[str]:
+        for e in v:
+            _id("edge", e)
+        return v
 
     @model_validator(mode="after")
     def _quorum(self) -> Self:

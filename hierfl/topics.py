@@ -38,7 +38,7 @@ __all__ = [
 PREFIX = "hierfl"
 
 # Ids end up in MQTT topic levels and Kafka topic names: keep them to a safe alphabet.
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # always used with fullmatch
 
 
 def check_id(kind: str, value: str) -> str:
@@ -55,7 +55,7 @@ def check_id(kind: str, value: str) -> str:
         ConfigError: if the id is empty, too long, or holds characters other than
             ``A-Z a-z 0-9 _ -``.
     """
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or not _ID.fullmatch(value):
         raise ConfigError(
             f"{kind} id {value!r} is invalid: use 1-64 characters from A-Z a-z 0-9 _ -"
         )
@@ -129,7 +129,7 @@ def parse_mqtt(topic: str) -> ParsedMqttTopic:
     ok = (
         len(parts) >= 4  # noqa: PLR2004
         and parts[0] == PREFIX
-        and all(_ID.match(p) for p in parts[1:])
+        and all(_ID.fullmatch(p) for p in parts[1:])
     )
     if ok and len(parts) == 4 and parts[3] in ("model", "stats"):  # noqa: PLR2004
         return ParsedMqttTopic(parts[1], parts[2], parts[3], None)

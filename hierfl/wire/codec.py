@@ -18,7 +18,6 @@ problem; no other exception escapes :func:`decode_frame`.
 
 from __future__ import annotations
 
-import io
 import struct
 import time
 from dataclasses import dataclass
@@ -156,18 +155,25 @@ def _decode(data: bytes, limits: DecodeLimits) -> Frame:
 
 
 def _decompress(payload: bytes, body_len: int) -> bytes:
-    # SAFETY: never call decompress() without a bound. The frame header's declared length
-    # (already checked against the limit) caps the output; one byte more reveals a lie.
-    # A zstd bomb therefore costs at most body_len + 1 bytes of memory.
+    # SAFETY: never call decompress() without a bound. The zstd frame must declare its
+    # content size, equal to the header's (already checked against the limit); the
+    # decompressor then allocates exactly that and refuses to produce more, and trailing
+    # bytes after the frame are refused (no malleable frames). A zstd bomb costs nothing.
     try:
-        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(payload))
-        with reader:
-            body = reader.read(body_len + 1)
+        params = zstandard.get_frame_parameters(payload)
     except zstandard.ZstdError as exc:
         raise DecompressionError(f"corrupt zstd body: {exc}") from exc
-    if len(body) > body_len:
-        raise FrameTooLargeError(f"body decompresses past its declared {body_len} bytes")
-    return body
+    if params.content_size != body_len:
+        raise FrameTooLargeError(
+            f"zstd frame declares {params.content_size} bytes, header declares {body_len}"
+        )
+    try:
+        body = zstandard.ZstdDecompressor().decompress(
+            payload, max_output_size=body_len, allow_extra_data=False
+        )
+    except zstandard.ZstdError as exc:
+        raise DecompressionError(f"corrupt zstd body: {exc}") from exc
+    return bytes(body)
 
 
 def _unpack(body: bytes, limits: DecodeLimits) -> dict[str, Any]:
@@ -238,14 +244,14 @@ _COMMON = ("kind", "federation", "created_at", "metrics")
 
 def _from_map(m: dict[str, Any], limits: DecodeLimits) -> Frame:
     kind = m.get("kind")
-    if kind not in _REQUIRED:
+    if not isinstance(kind, str) or kind not in _REQUIRED:
         raise FrameFieldError("kind", f"expected one of {sorted(_REQUIRED)}, got {kind!r}")
     for key in (*_COMMON, *_REQUIRED[kind]):
         if key not in m:
             raise FrameFieldError(key, "missing")
     extra = set(m) - set(_COMMON) - set(_REQUIRED[kind]) - {"sig"}
     if extra:
-        raise FrameFieldError(sorted(extra)[0], "unknown field")
+        raise FrameFieldError(sorted(map(str, extra))[0], "unknown field")
     common = {"federation": m["federation"], "created_at": m["created_at"], "metrics": m["metrics"]}
     if kind == "update":
         return UpdateFrame(

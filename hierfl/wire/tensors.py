@@ -77,6 +77,8 @@ def decode_vector(fields: Any, *, max_size: int, field: str = "vector") -> Float
     if size > max_size:
         raise BadTensorError(f"{field}.size: {size} exceeds the limit of {max_size} values")
     if codec == RAW:
+        if set(fields) != {"codec", "size", "data"}:
+            raise BadTensorError(f"{field}: a raw vector holds exactly codec, size and data")
         data = fields.get("data")
         if not isinstance(data, bytes):
             raise BadTensorError(f"{field}.data: expected bytes")

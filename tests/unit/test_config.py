@@ -388,22 +388,12 @@ def test_out_of_range_settings(kwargs: dict[str, Any], field: str) -> None:
     assert "HIERFL_" + field.replace(".", "__").upper() in message
 
 
-@pytest.mark.xfail(
-    reason="BUG (hierfl/config.py): a complex field (list/dict) whose env value is not JSON "
-    "makes pydantic-settings raise SettingsError, which load() does not map to ConfigError",
-    strict=True,
-)
 def test_non_json_env_for_a_list_is_a_config_error(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("HIERFL_FOGS", "a,b")
     with pytest.raises(ConfigError, match="HIERFL_FOGS"):
         CloudSettings.load()
 
 
-@pytest.mark.xfail(
-    reason="BUG (hierfl/topics.py _ID): '$' also matches before a trailing newline, so "
-    "check_id accepts 'fog-1\\n' (e.g. from an env file), which every frame then rejects",
-    strict=True,
-)
 def test_id_with_trailing_newline_is_rejected(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("HIERFL_FOG_ID", "fog-1\n")
     with pytest.raises(ConfigError):

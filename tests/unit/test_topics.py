@@ -167,11 +167,6 @@ def test_check_id_rejects(value: object) -> None:
         topics.check_id("edge", value)  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    reason="BUG (hierfl/topics.py _ID): the pattern ends in '$', which also matches before a "
-    "trailing newline; use \\Z or re.fullmatch",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "call",
     [

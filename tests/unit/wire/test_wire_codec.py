@@ -394,12 +394,6 @@ def test_unknown_kind(kind: object) -> None:
     assert info.value.field == "kind"
 
 
-@pytest.mark.xfail(
-    reason="BUG (hierfl/wire/codec.py _from_map): an unhashable 'kind' hits `kind not in "
-    "_REQUIRED` -> TypeError, reported as plain WireFormatError, not FrameFieldError('kind')",
-    raises=AssertionError,
-    strict=True,
-)
 def test_unhashable_kind_is_a_field_error() -> None:
     with pytest.raises(WireFormatError) as info:
         decode_frame(craft(update_map(kind=["update"])))

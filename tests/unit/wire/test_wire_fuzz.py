@@ -187,12 +187,6 @@ def test_plain_frames_reject_trailing_bytes(frame: Any, extra: bytes) -> None:
     raise AssertionError("trailing bytes after a plain body were accepted")
 
 
-@pytest.mark.xfail(
-    reason="BUG (hierfl/wire/codec.py _decompress): bytes after the end of the zstd frame are "
-    "never looked at, so a compressed frame with trailing junk decodes (the plain-body path "
-    "rejects the same junk); frames are malleable",
-    strict=True,
-)
 def test_compressed_frames_reject_trailing_bytes() -> None:
     data = craft(MAPS["update"]())
     with pytest.raises(WireFormatError):
