@@ -166,6 +166,11 @@ class Observer:
                     self.changed.set()
                     continue
                 v = frame.version
+                # The aggregates are read by another consumer: let it catch up with this round.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(3.0):
+                        while len(self._fogs[v - 1]) < len(self.fog_edges):
+                            await asyncio.sleep(0.01)
                 acc_total = sum(int(s.get("counters", {}).get("accepted", 0))
                                 for s in self._stats.values())
                 rej: Counter[str] = Counter()
