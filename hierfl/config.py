@@ -238,6 +238,12 @@ class FogSettings(_TierSettings):
     aggregator_params: dict[str, Any] = Field(default_factory=dict)
     max_samples: int = Field(1_000_000, ge=1, description="largest claimed sample count accepted")
     max_norm: float | None = Field(None, gt=0, description="reject updates with a larger L2 norm")
+    adaptive_norm_multiplier: float | None = Field(
+        None, gt=0, description="reject norms above this x the running median of accepted norms"
+    )
+    max_staleness: int = Field(
+        0, ge=0, description="accept updates trained this many fog rounds (seq) behind"
+    )
     allowed_edges: list[str] = Field(default_factory=list, description="empty = any edge")
     spool_dir: Path | None = Field(
         None, description="persist accepted updates here until forwarded (survives restarts)"

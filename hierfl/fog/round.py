@@ -109,6 +109,8 @@ class FogRoundConfig:
     min_samples: int = 1
     max_samples: int = 1_000_000
     max_norm: float | None = None
+    adaptive_norm_multiplier: float | None = None
+    max_staleness: int = 0
     allowed_edges: frozenset[str] = frozenset()
 
 

@@ -74,6 +74,8 @@ class FogService:
                 round_timeout_s=s.round_timeout_s,
                 max_samples=s.max_samples,
                 max_norm=s.max_norm,
+                adaptive_norm_multiplier=s.adaptive_norm_multiplier,
+                max_staleness=s.max_staleness,
                 allowed_edges=frozenset(s.allowed_edges),
             ),
             make_aggregator(s.aggregator, s.aggregator_params),
