@@ -26,6 +26,7 @@ from hierfl import topics
 from hierfl.aggregation import make_aggregator
 from hierfl.config import FogSettings
 from hierfl.errors import HierflError, TransportError, UnknownSenderError
+from hierfl.fog.spool import Spool
 from hierfl.fog.round import Forward, FogRound, FogRoundConfig, PublishModel, RoundClosed, RoundSkipped
 from hierfl.metrics import ServiceMetrics
 from hierfl.transport.base import backoff_delays
@@ -44,6 +45,7 @@ class _Event:
     kind: str  # "update" | "model"
     frame: Any
     size: int
+    raw: bytes = b""
 
 
 class FogService:
@@ -81,7 +83,9 @@ class FogService:
             make_aggregator(s.aggregator, s.aggregator_params),
         )
         self._events: asyncio.Queue[_Event] = asyncio.Queue(maxsize=s.mqtt.queue_size)
-        self._early: list[UpdateFrame] = []
+        self._early: list[tuple[UpdateFrame, bytes]] = []
+        self._spool = Spool(s.spool_dir) if s.spool_dir is not None else None
+        self._replayed = False
         self._outbox: list[AggregateFrame] = []
         self._to_publish: ModelFrame | None = None
         self._resume: ModelFrame | None = None
@@ -197,7 +201,7 @@ class FogService:
             except HierflError as exc:
                 self._reject(exc, inbound.topic)
                 continue
-            await self._events.put(_Event("update", frame, len(inbound.payload)))
+            await self._events.put(_Event("update", frame, len(inbound.payload), inbound.payload))
 
     async def _ingest_models(self, models: KafkaConsumerTransport) -> None:
         limits = self.settings.limits.decode_limits()
@@ -236,7 +240,7 @@ class FogService:
             if event.kind == "model":
                 await self._on_model(event.frame)
             else:
-                await self._on_update(event.frame)
+                await self._on_update(event.frame, event.raw)
 
     async def _on_model(self, frame: ModelFrame) -> None:
         resume, self._resume = self._resume, None
@@ -248,25 +252,56 @@ class FogService:
         else:
             actions = self.round.on_global_model(frame, now)
         await self._apply(actions)
+        if self._spool is not None and not self._replayed:
+            self._replayed = True
+            await self._replay_spool()
         early, self._early = self._early, []
-        for u in early:
-            await self._on_update(u)
+        for u, raw in early:
+            await self._on_update(u, raw)
 
-    async def _on_update(self, frame: UpdateFrame) -> None:
+    async def _replay_spool(self) -> None:
+        """Feed the frames accepted before a crash back into the (resumed) round."""
+        assert self._spool is not None
+        limits = self.settings.limits.decode_limits()
+        for v, s, edge, path in self._spool.entries():
+            try:
+                raw = path.read_bytes()
+                frame = decode_frame(raw, limits=limits)
+            except (OSError, HierflError) as exc:
+                log.warning("fog %s: dropping unreadable spool file %s: %s",
+                            self.settings.fog_id, path.name, exc)
+                path.unlink(missing_ok=True)
+                continue
+            if not isinstance(frame, UpdateFrame) or (v, s, edge) != (
+                frame.base_version, frame.base_seq, frame.edge_id
+            ):
+                path.unlink(missing_ok=True)
+                continue
+            self.metrics.inc("spool_replayed")
+            await self._on_update(frame, raw, replay=True)
+
+    async def _on_update(self, frame: UpdateFrame, raw: bytes = b"", *,
+                         replay: bool = False) -> None:
         if self.round.version is None:
             if len(self._early) >= self.settings.mqtt.queue_size:
                 self.metrics.inc("dropped_queue_full")
                 return
-            self._early.append(frame)  # the model has not arrived yet: keep, do not judge
+            self._early.append((frame, raw))  # the model has not arrived yet: keep, do not judge
             return
+        key = (self.round.version, self.round.seq)
         try:
             # Aggregation may run here (when this update closes the round): off the loop.
             actions = await asyncio.to_thread(self.round.on_update, frame, self.clock())
         except HierflError as exc:
+            if replay and self._spool is not None:
+                self._spool.drop_except((self.round.version or 0, self.round.seq))
             self._reject(exc, f"edge {frame.edge_id}")
             await self._publish_stats(force=False)
             return
         self.metrics.inc("accepted")
+        if self._spool is not None and raw and not replay:
+            # Durable before anything depends on it; removed once folded into durable state.
+            await asyncio.to_thread(self._spool.put, key[0], key[1], frame.edge_id, raw)
         await self._apply(actions)
 
     async def _apply(self, actions: list[Any]) -> None:
@@ -326,6 +361,14 @@ class FogService:
             self.metrics.inc("bytes_up", len(data))
             log.info("fog %s: forwarded aggregate for v%d (%d edges, %d samples)", s.fog_id,
                      agg.base_version, len(agg.contributors), agg.num_samples)
+        if (self._spool is not None and self._replayed and self._to_publish is None
+                and not self._outbox):
+            # Everything folded so far is durable (retained fog model / Kafka aggregate):
+            # only the open round's frames still need the spool.
+            open_round = None
+            if self.round.state.value == "collecting" and self.round.version is not None:
+                open_round = (self.round.version, self.round.seq)
+            await asyncio.to_thread(self._spool.drop_except, open_round)
 
 
 def _codec(spec: str) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -170,6 +171,8 @@ def _kill(p: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
 async def test_fog_killed_mid_round_gets_updates_sent_while_down(
     mqtt_broker, kafka_broker, unique_id, tmp_path
 ):
+    """SIGKILL a torch-less fog mid-round: it loses nothing it accepted (spool) and gets
+    what edges published while it was down (persistent MQTT session)."""
     topo = Topology({"north": ["n0", "n1", "n2"]})
     write_initial(tmp_path / "init.npz")
     cloud_s, _, edge_s = settings_for(
@@ -181,39 +184,54 @@ async def test_fog_killed_mid_round_gets_updates_sent_while_down(
         "HIERFL_FEDERATION": fed, "HIERFL_FOG_ID": "north",
         "HIERFL_MQTT__URL": mqtt_broker.url, "HIERFL_KAFKA__BOOTSTRAP": kafka_broker.bootstrap,
         "HIERFL_MIN_UPDATES": "3", "HIERFL_ROUND_TIMEOUT_S": "60", "HIERFL_LOG_LEVEL": "DEBUG",
+        "HIERFL_SPOOL_DIR": str(tmp_path / "spool"),
     }
     cloud = CloudService(cloud_s)
     s = FogSettings.load(fog_id="x", mqtt={"url": mqtt_broker.url}).mqtt
     models: list[ModelFrame] = []
+    stats: list[dict] = []
 
     async def watch(mqtt: MqttTransport) -> None:
         async for m in mqtt.messages():
+            if m.topic.endswith("/stats"):
+                stats.append(json.loads(m.payload))
+                continue
             f = decode_frame(m.payload)
             assert isinstance(f, ModelFrame)
             models.append(f)
 
-    fog = _no_torch_cli("fog", env=env, log=tmp_path / "fog.log")
+    log = tmp_path / "fog.log"
+    fog = _no_torch_cli("fog", env=env, log=log)
     try:
         async with running(cloud), spy_updates(mqtt_broker.url, fed, ["north"]) as spy:
             async with MqttTransport(s, client_id=f"watch-{fed}") as mqtt:
                 await mqtt.subscribe(topics.model(fed, "north"))
+                await mqtt.subscribe(topics.stats(fed, "north"))
                 watcher = asyncio.create_task(watch(mqtt))
                 await wait_for(lambda: bool(models), 60)   # the fog opened round (v0, seq 1)
+                first, rest = make_edges(edge_s[:1]), make_edges(edge_s[1:])
+                async with running(*first):
+                    await wait_for(lambda: any(
+                        x["counters"].get("accepted", 0) >= 1 for x in stats), 60)
                 _kill(fog)                                  # crash: no clean disconnect
-                edges = make_edges(edge_s)
-                async with running(*edges):
-                    await wait_for(lambda: len(spy.updates) == 3, 60)  # sent while fog is down
+                assert len(list((tmp_path / "spool").glob("*.hfl"))) == 1
+                async with running(*rest):
+                    await wait_for(lambda: len(spy.updates) == 3, 60)  # 2 sent while fog is down
                     assert cloud.version == 0
-                    fog = _no_torch_cli("fog", env=env, log=tmp_path / "fog.log")
+                    fog = _no_torch_cli("fog", env=env, log=log)
                     await wait_for(cloud.finished.is_set, 60)
                 watcher.cancel()
-        assert fog.poll() is None, (tmp_path / "fog.log").read_text()
+        assert fog.poll() is None, log.read_text()
     finally:
         _kill(fog, signal.SIGTERM)
     meta = ModelStore(tmp_path / "store").load(1).meta
+    # n0 was accepted before the crash (replayed from the spool); n1, n2 arrived while down.
     assert meta["fogs"]["north"]["contributors"] == ["n0", "n1", "n2"]
     # The restarted fog resumed the same round (same seq) rather than starting a new one.
     assert {(u.base_version, u.base_seq) for u in spy.updates} == {(0, models[0].seq)}
+    assert "resumed v0" in log.read_text()
+    # Forwarded: the spool is empty again.
+    await wait_for(lambda: not list((tmp_path / "spool").glob("*.hfl")), 10)
 
 
 async def test_cloud_restart_resumes_and_never_reapplies(
