@@ -19,8 +19,7 @@ the terminal interrupts only the Python parent, which then stops the brokers its
 exit, ``stop()``, or the ``weakref.finalize`` fallback that runs on garbage collection and at
 interpreter exit). ``stop()`` sends SIGTERM to the broker's process group, waits, then SIGKILL.
 A parent killed outright (SIGKILL, or SIGTERM without a handler) cannot clean up; on Linux with
-util-linux ``setpriv`` the kernel then sends the broker SIGTERM (parent-death signal), except to
-a mosquitto started as root, whose privilege drop clears that signal.
+util-linux ``setpriv`` the kernel then sends the broker SIGTERM (parent-death signal).
 
 Tansu and aiokafka consumer groups (measured on 2 vCPUs, loopback, Tansu 0.6.0, aiokafka 0.14):
 
@@ -46,6 +45,7 @@ import importlib.util
 import json
 import logging
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -201,6 +201,10 @@ class _BrokerProcess:
         """Write any config into ``workdir`` and return the argv that runs the broker."""
         raise NotImplementedError
 
+    def _run_as(self) -> str | None:
+        """The user to run the broker as, when not the current one."""
+        return None
+
     def _probe(self, timeout_s: float) -> None:
         """Return if the broker answers a protocol request; raise OSError or _ProbeError if not."""
         raise NotImplementedError
@@ -210,7 +214,13 @@ class _BrokerProcess:
     def _spawn(self) -> None:
         workdir = Path(tempfile.mkdtemp(prefix=f"hierfl-{self._name}-"))
         self._workdir = workdir
-        argv = _parent_death_prefix() + self._command(workdir)
+        run_as = self._run_as()
+        argv = _launcher(run_as) + self._command(workdir)
+        if run_as is not None:
+            # That user must read the configuration, which holds nothing secret.
+            workdir.chmod(0o755)
+            for path in workdir.iterdir():
+                path.chmod(0o644)
         env = {k: v for k, v in os.environ.items() if k not in self._scrubbed_env}
         log_path = workdir / f"{self._name}.log"
         # The child inherits its own copy of the descriptor; the parent closes its copy at once,
@@ -337,6 +347,17 @@ class MqttBroker(_BrokerProcess):
         conf = workdir / "amqtt.json"
         conf.write_text(_amqtt_conf(self.port))
         return [self._executable, "-c", _AMQTT_MAIN, str(conf)]
+
+    def _run_as(self) -> str | None:
+        # As root, mosquitto switches to its 'mosquitto' user itself, which would clear the
+        # parent-death signal (see _launcher); let setpriv switch users instead.
+        if self.kind != "mosquitto" or os.geteuid() != 0 or shutil.which("setpriv") is None:
+            return None
+        try:
+            pwd.getpwnam("mosquitto")
+        except KeyError:
+            return None
+        return "mosquitto"
 
     def _probe(self, timeout_s: float) -> None:
         _mqtt_connect(self.host, self.port, timeout_s)
@@ -521,18 +542,27 @@ def _amqtt_conf(port: int) -> str:
     return json.dumps(config, indent=2) + "\n"
 
 
-def _parent_death_prefix() -> list[str]:
-    """Return ``setpriv --pdeathsig TERM --`` where it is available, else nothing.
+def _launcher(run_as: str | None) -> list[str]:
+    """Return a ``setpriv ... --`` prefix for the broker's argv, or nothing.
 
-    The kernel then sends the broker SIGTERM when its parent dies without cleaning up (SIGTERM
-    or SIGKILL to pytest, a cancelled CI job), which no Python-level hook can handle. The signal
-    follows the *thread* that spawned the broker, so it is only used from the main thread, whose
-    end is the process's end. setpriv execs the broker, so ``pid`` stays the broker's pid.
+    ``--pdeathsig TERM``: the kernel sends the broker SIGTERM when its parent dies without
+    cleaning up (SIGKILL, or SIGTERM to a pytest that a CI timeout cancels), which no Python-level
+    hook can handle. The signal follows the *thread* that spawned the broker, so it is used only
+    from the main thread, whose end is the process's end.
+
+    ``run_as``: drop to this user before exec. mosquitto started as root would drop privileges
+    itself, and that credential change clears the parent-death signal; setpriv sets the signal
+    after switching users, so it survives. setpriv execs the broker: ``pid`` stays its pid.
     """
-    if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
+    setpriv = shutil.which("setpriv") if sys.platform == "linux" else None
+    if setpriv is None:
         return []
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
+    args = [setpriv]
+    if run_as is not None:
+        args += [f"--reuid={run_as}", f"--regid={run_as}", "--clear-groups"]
+    if threading.current_thread() is threading.main_thread():
+        args += ["--pdeathsig", "TERM"]
+    return [*args, "--"] if len(args) > 1 else []
 
 
 # -- readiness probes --------------------------------------------------------------------------
