@@ -124,7 +124,7 @@ class _BrokerProcess:
 
     @property
     def pid(self) -> int | None:
-        """The broker's process id while it runs, else None."""
+        """The broker's process id from start() until stop(), else None."""
         return self._proc.pid if self._proc is not None else None
 
     @property
