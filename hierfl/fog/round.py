@@ -8,11 +8,32 @@ model. HierFAVG [Liu et al., 2020, arxiv.org/abs/1905.06641]: after ``k2`` fog r
 fog forwards its total delta against the global model to the cloud and waits for the
 next global version; between them it publishes its fog-level model to its edges.
 
+Every update passes :class:`~hierfl.aggregation.validation.UpdateValidator` before it may join
+a round (each refusal raises a :class:`~hierfl.errors.ValidationError` subclass whose
+``reason`` the service counts). The checks run in this order:
+
+1. recipient  -> WrongRecipientError   (federation and fog id of the frame)
+2. sender     -> UnknownSenderError    (``allowed_edges``, when non-empty)
+3. state      -> StaleUpdateError      (the fog is not collecting)
+4. version    -> StaleUpdateError      (``base_version`` is not the global version worked on)
+5. the validator: duplicate, sender, staleness, samples, shape, finite, norm.
+
+Staleness is counted in fog model sequence numbers *within one global version*: with
+``max_staleness = s`` an update trained from fog model ``base_seq`` is accepted while the
+fog collects seq ``q`` iff ``q - s <= base_seq <= q`` and its ``base_version`` is the current
+one. An update trained from an older global version is always stale (the fog's cumulative
+delta is against the current global model). A sender contributes at most once per fog round,
+whatever seq it trained from. The norm bound is the tighter of ``max_norm`` and
+``adaptive_norm_multiplier`` x the median of the last ``norm_window`` accepted norms (applied
+from ``adaptive_min_norms`` accepted norms on); the window survives rounds and versions.
+
 States::
 
-    WAITING_MODEL --global model--> COLLECTING --k2-th close--> FORWARDED --newer model--> COLLECTING
-                                      |  ^
-                                      +--+ close (< k2) or skip: new seq, publish fog model
+    WAITING_MODEL --global model--> COLLECTING --k2-th close--> FORWARDED
+                                     |    ^  ^                      |
+                                     +----+  +----newer model-------+
+                     close (< k2) or skip:
+                     new seq, publish fog model
 """
 
 from __future__ import annotations
@@ -25,21 +46,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hierfl.aggregation import validation as checks
-from hierfl.errors import (
-    DuplicateUpdateError,
-    StaleUpdateError,
-    StateError,
-    WrongRecipientError,
-)
+from hierfl.aggregation.validation import UpdateValidator, ValidationPolicy
+from hierfl.errors import StaleUpdateError, StateError, WrongRecipientError
 from hierfl.types import Float32Matrix, Float32Vector, Float64Vector
 from hierfl.wire.frames import AggregateFrame, LayoutEntry, ModelFrame, UpdateFrame
 
 __all__ = [
     "Action",
-    "Forward",
     "FogRound",
     "FogRoundConfig",
     "FogState",
+    "Forward",
     "PublishModel",
     "RoundClosed",
     "RoundSkipped",
@@ -112,6 +129,26 @@ class FogRoundConfig:
     adaptive_norm_multiplier: float | None = None
     max_staleness: int = 0
     allowed_edges: frozenset[str] = frozenset()
+    norm_window: int = 100
+    adaptive_min_norms: int = 5
+
+    def policy(self, expected_size: int) -> ValidationPolicy:
+        """The validation policy for a model of ``expected_size`` parameters.
+
+        Raises:
+            ConfigError: if a validation field is out of range.
+        """
+        return ValidationPolicy(
+            expected_size=expected_size,
+            max_norm=self.max_norm,
+            adaptive_norm_multiplier=self.adaptive_norm_multiplier,
+            min_samples=self.min_samples,
+            max_samples=self.max_samples,
+            max_staleness=self.max_staleness,
+            allow_list=self.allowed_edges,
+            norm_window=self.norm_window,
+            adaptive_min_norms=self.adaptive_min_norms,
+        )
 
 
 @dataclass(slots=True)
@@ -143,6 +180,9 @@ class FogRound:
         aggregate: the aggregation rule, ``(updates, weights) -> delta``.
         seq: the first model sequence number to use (resumes after a restart).
 
+    Raises:
+        ConfigError: if the validation fields of ``config`` are out of range.
+
     Usage::
 
         fog = FogRound(cfg, make_aggregator("fedavg"))
@@ -159,6 +199,8 @@ class FogRound:
         self.deadline: float | None = None
         self._cycle: _Cycle | None = None
         self._updates: dict[str, _Accepted] = {}
+        config.policy(1)  # fail fast on a bad policy; the real one needs the model size
+        self._validator: UpdateValidator | None = None
 
     # --- queries ------------------------------------------------------------------------
 
@@ -177,6 +219,11 @@ class FogRound:
         """Edges accepted in the open fog round."""
         return tuple(self._updates)
 
+    @property
+    def norm_bound(self) -> float | None:
+        """The L2 bound an update must meet now (``inf``: none), or None before a model."""
+        return self._validator.norm_bound if self._validator else None
+
     # --- events -------------------------------------------------------------------------
 
     def on_global_model(self, frame: ModelFrame, now: float) -> list[Action]:
@@ -191,6 +238,7 @@ class FogRound:
             return []
         w = frame.weights.astype(np.float32, copy=True)
         self._cycle = _Cycle(frame.version, w.copy(), w, frame.layout, np.zeros_like(w))
+        self._ensure_validator(w.size)
         return self._open_round(now)
 
     def resume(self, global_frame: ModelFrame, fog_frame: ModelFrame, now: float) -> list[Action]:
@@ -212,6 +260,7 @@ class FogRound:
         w = fog_frame.weights.astype(np.float32, copy=True)
         self._cycle = _Cycle(global_frame.version, g, w, global_frame.layout, (w - g),
                              fog_round=fog_frame.fog_round)
+        self._ensure_validator(w.size)
         self.seq = fog_frame.seq
         self._updates = {}
         self.state = FogState.COLLECTING
@@ -222,31 +271,34 @@ class FogRound:
         """An edge's update arrived; validate it and maybe close the round.
 
         Raises:
-            ValidationError: (a subclass naming the reason) when the update is refused;
-                the state is unchanged then.
+            ValidationError: (a subclass naming the reason, in the order of the module
+                docstring) when the update is refused; the state is unchanged then.
         """
         cfg = self.config
         if frame.federation != cfg.federation or frame.fog_id != cfg.fog_id:
             raise WrongRecipientError(
                 f"update for {frame.federation}/{frame.fog_id} reached fog {cfg.fog_id}"
             )
-        if frame.edge_id in self._updates and frame.base_seq == self.seq:
-            raise DuplicateUpdateError(f"edge {frame.edge_id} already sent seq {self.seq}")
+        # Strangers are refused as strangers, whatever the round: that is the reason to alert on.
         checks.check_sender(frame.edge_id, cfg.allowed_edges)
-        if self.state is not FogState.COLLECTING or self._cycle is None:
+        c, validator = self._cycle, self._validator
+        if self.state is not FogState.COLLECTING or c is None or validator is None:
             raise StaleUpdateError(
                 f"edge {frame.edge_id}: fog is {self.state.value}, not collecting"
             )
-        if frame.base_version != self._cycle.version or frame.base_seq != self.seq:
+        if frame.base_version != c.version:
             raise StaleUpdateError(
                 f"edge {frame.edge_id} trained from ({frame.base_version}, seq "
-                f"{frame.base_seq}); current is ({self._cycle.version}, seq {self.seq})"
+                f"{frame.base_seq}); current is ({c.version}, seq {self.seq})"
             )
-        checks.check_samples(frame.num_samples, cfg.min_samples, cfg.max_samples)
-        checks.check_shape(frame.delta, self._cycle.weights.size)
-        checks.check_finite(frame.delta)
-        if cfg.max_norm is not None:
-            checks.check_norm(frame.delta, cfg.max_norm)
+        try:  # within one global version, staleness is counted in fog seqs
+            norm = validator.validate(
+                frame.edge_id, frame.base_seq, self.seq, frame.num_samples, frame.delta,
+                already_seen=self._updates,
+            )
+        except StaleUpdateError as exc:
+            raise StaleUpdateError(f"{exc} [fog model seqs of global v{c.version}]") from None
+        validator.accept_norm(norm)
         self._updates[frame.edge_id] = _Accepted(frame.num_samples, frame.delta, frame.metrics)
         if len(self._updates) >= cfg.min_updates:
             return self._close(now, timed_out=False)
@@ -266,6 +318,11 @@ class FogRound:
         return [skipped, *self._open_round(now)]
 
     # --- transitions --------------------------------------------------------------------
+
+    def _ensure_validator(self, size: int) -> None:
+        # One validator per model size: its adaptive norm window outlives rounds and versions.
+        if self._validator is None or self._validator.policy.expected_size != size:
+            self._validator = UpdateValidator(self.config.policy(size))
 
     def _open_round(self, now: float) -> list[Action]:
         self.seq += 1
