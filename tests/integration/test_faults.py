@@ -44,7 +44,7 @@ async def test_silent_edge_delays_round_by_at_most_timeout(
 ):
     topo = Topology({"north": ["n0", "n1", "n2"]})
     write_initial(tmp_path / "init.npz")
-    timeout = 1.5
+    timeout = 3.0  # room for two edges to train on a loaded 2-core machine
     cloud_s, fog_s, edge_s = settings_for(
         mqtt_broker.url, kafka_broker.bootstrap, unique_id, topo, tmp_path / "store",
         tmp_path / "init.npz", versions=1,
@@ -55,17 +55,27 @@ async def test_silent_edge_delays_round_by_at_most_timeout(
     edges = make_edges(edge_s[:2])  # n2 never answers
     async with spy_updates(mqtt_broker.url, unique_id, ["north"]) as spy:
         async with running(cloud, fog, *edges):
-            await wait_for(lambda: fog.round.deadline is not None, 30)
-            opened = time.monotonic()
-            await wait_for(lambda: bool(fog.forwarded), 30)
-            waited = time.monotonic() - opened
+            # The round that closes opened at (its deadline - timeout); on a loaded machine
+            # an earlier round may have been skipped (fewer than quorum), so track the last.
+            last_deadline = None
+
+            def forwarded() -> bool:
+                nonlocal last_deadline
+                if fog.round.deadline is not None:
+                    last_deadline = fog.round.deadline
+                return bool(fog.forwarded)
+
+            await wait_for(forwarded, 60)
+            waited = time.monotonic() - (last_deadline - timeout)
             await wait_for(cloud.finished.is_set, 30)
-    assert timeout - 0.2 <= waited <= timeout + 1.0, waited
+    assert timeout - 0.2 <= waited <= timeout + 1.5, waited
     (agg,) = fog.forwarded
     assert agg.contributors == ("n0", "n1")
     store = ModelStore(tmp_path / "store")
     w0 = store.load(0).weights.astype(np.float64)
-    np.testing.assert_allclose(store.load(1).weights, expected_next(w0, spy.updates, 1),
+    last_seq = max(u.base_seq for u in spy.updates if u.base_version == 0)
+    ups = [u for u in spy.updates if (u.base_version, u.base_seq) == (0, last_seq)]
+    np.testing.assert_allclose(store.load(1).weights, expected_next(w0, ups, 1),
                                rtol=1e-5, atol=1e-6)
 
 
@@ -141,7 +151,7 @@ async def test_hostile_frames_are_rejected_and_counted(
     assert sum(rejected.values()) == len(hostile)
     (agg,) = fog.forwarded
     assert agg.contributors == ("n0", "n1", "n2")
-    honest = [u for u in spy.updates if u.edge_id.startswith("n")]
+    honest = [u for u in spy.updates if u.edge_id.startswith("n") and u.base_version == 0]
     store = ModelStore(tmp_path / "store")
     np.testing.assert_allclose(
         store.load(1).weights,
@@ -228,7 +238,7 @@ async def test_fog_killed_mid_round_gets_updates_sent_while_down(
     # n0 was accepted before the crash (replayed from the spool); n1, n2 arrived while down.
     assert meta["fogs"]["north"]["contributors"] == ["n0", "n1", "n2"]
     # The restarted fog resumed the same round (same seq) rather than starting a new one.
-    assert {(u.base_version, u.base_seq) for u in spy.updates} == {(0, models[0].seq)}
+    assert {u.base_seq for u in spy.updates if u.base_version == 0} == {models[0].seq}
     assert "resumed v0" in log.read_text()
     # Forwarded: the spool is empty again.
     await wait_for(lambda: not list((tmp_path / "spool").glob("*.hfl")), 10)
