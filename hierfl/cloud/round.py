@@ -58,6 +58,7 @@ class NewGlobal:
 class _Pending:
     frames: dict[str, AggregateFrame] = field(default_factory=dict)
     first_at: float | None = None
+    expired: bool = False  # deadline passed below min_fogs: close on the quorum-making aggregate
 
 
 class CloudRound:
@@ -90,7 +91,7 @@ class CloudRound:
     @property
     def deadline(self) -> float | None:
         """When the open round times out (None before its first aggregate)."""
-        if self._pending.first_at is None:
+        if self._pending.first_at is None or self._pending.expired:
             return None
         return self._pending.first_at + self.config.round_timeout_s
 
@@ -127,6 +128,8 @@ class CloudRound:
             self._pending.first_at = now
         if cfg.fogs and set(self._pending.frames) >= cfg.fogs:
             return self._close(timed_out=False)
+        if self._pending.expired and len(self._pending.frames) >= cfg.min_fogs:
+            return self._close(timed_out=True)
         return None
 
     def on_tick(self, now: float) -> NewGlobal | None:
@@ -136,8 +139,11 @@ class CloudRound:
             return None
         if len(self._pending.frames) >= self.config.min_fogs:
             return self._close(timed_out=True)
-        log.warning("cloud: v%d deadline passed with %d of %d fogs; waiting on",
-                    self.version, len(self._pending.frames), self.config.min_fogs)
+        # Logged once: the round now has no deadline and closes on the aggregate that
+        # makes the quorum (a tight loop of warnings here once filled a disk).
+        self._pending.expired = True
+        log.warning("cloud: v%d deadline passed with %d of the %d fogs needed; waiting for "
+                    "a quorum", self.version, len(self._pending.frames), self.config.min_fogs)
         return None
 
     def _close(self, *, timed_out: bool) -> NewGlobal:

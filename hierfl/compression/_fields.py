@@ -13,7 +13,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from hierfl.errors import BadTensorError, CompressionError
+from hierfl.errors import BadTensorError, CompressionError, NonFiniteTensorError
 from hierfl.types import Float32Vector
 
 __all__ = [
@@ -152,10 +152,11 @@ def check_finite_output(values: npt.NDArray[np.floating[Any]], key: str) -> None
     """Reject decoded values that hold NaN or Inf.
 
     Raises:
-        BadTensorError: naming ``key`` if any value is not finite.
+        NonFiniteTensorError: naming ``key`` if any value is not finite (the same error, and
+            rejection reason ``wire.non_finite``, as a raw vector gets).
     """
     if values.size and not (np.isfinite(values.min()) and np.isfinite(values.max())):
-        raise BadTensorError(f"field {key!r}: holds NaN or Inf")
+        raise NonFiniteTensorError(f"field {key!r}: holds NaN or Inf")
 
 
 def split_prefixed(fields: Mapping[str, Any], prefix: str, codec: str) -> dict[str, Any]:

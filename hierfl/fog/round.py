@@ -47,7 +47,7 @@ import numpy as np
 
 from hierfl.aggregation import validation as checks
 from hierfl.aggregation.validation import UpdateValidator, ValidationPolicy
-from hierfl.errors import StaleUpdateError, StateError, WrongRecipientError
+from hierfl.errors import AggregationError, StaleUpdateError, StateError, WrongRecipientError
 from hierfl.types import Float32Matrix, Float32Vector, Float64Vector
 from hierfl.wire.frames import AggregateFrame, LayoutEntry, ModelFrame, UpdateFrame
 
@@ -103,11 +103,16 @@ class RoundClosed:
 
 @dataclass(frozen=True, slots=True)
 class RoundSkipped:
-    """A fog round reached its deadline with fewer than ``quorum`` updates."""
+    """A fog round ended without a result.
+
+    ``reason`` is ``"quorum"`` (its deadline passed with fewer than ``quorum`` updates) or
+    ``"aggregation"`` (the rule refused the updates it had, e.g. Krum with too few of them).
+    """
 
     version: int
     seq: int
     received: int
+    reason: str = "quorum"
 
 
 Action = PublishModel | Forward | RoundClosed | RoundSkipped
@@ -331,6 +336,21 @@ class FogRound:
         self.deadline = now + self.config.round_timeout_s
         return [PublishModel(self._fog_model())]
 
+    def _forwarded_samples(self) -> int:
+        """The sample count the fog claims for its aggregate (its weight at the cloud).
+
+        With FedAvg the fog trusts its edges' (capped) claims and forwards their sum. A
+        robust rule gave every contributor one vote, so one accepted but inflated claim must
+        not buy its fog the cloud's weight either: the fog forwards contributors x the
+        median claim.
+        """
+        c = self._cycle
+        assert c is not None
+        claims = list(c.samples.values())
+        if getattr(self._aggregate, "robust", False):
+            return max(1, round(len(claims) * float(np.median(claims))))
+        return max(1, sum(claims))
+
     def _fog_model(self) -> ModelFrame:
         c = self._cycle
         if c is None:
@@ -354,7 +374,14 @@ class FogRound:
         edges = tuple(sorted(self._updates))
         stack = np.stack([self._updates[e].delta for e in edges])
         weights = np.array([self._updates[e].num_samples for e in edges], dtype=np.float64)
-        delta = self._aggregate(stack, weights)
+        try:
+            delta = self._aggregate(stack, weights)
+        except AggregationError as exc:
+            # The rule cannot combine these updates: skip the round (counted), never crash.
+            skipped = RoundSkipped(c.version, self.seq, len(edges), reason="aggregation")
+            log.warning("fog %s: round (v%s, seq %s) skipped: %s", self.config.fog_id,
+                        c.version, self.seq, exc)
+            return [skipped, *self._open_round(now)]
         # Accumulate the cloud-round delta separately: forwarding (g + D) - g would lose
         # float32 precision that the cloud's weighted average then could not recover.
         c.cum_delta = (c.cum_delta + delta).astype(np.float32)
@@ -375,7 +402,7 @@ class FogRound:
             federation=self.config.federation,
             fog_id=self.config.fog_id,
             base_version=c.version,
-            num_samples=sum(c.samples.values()),
+            num_samples=self._forwarded_samples(),
             contributors=tuple(sorted(c.samples)),
             fog_rounds=c.fog_round,
             delta=c.cum_delta.copy(),

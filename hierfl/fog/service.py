@@ -84,6 +84,8 @@ class FogService:
         )
         self._events: asyncio.Queue[_Event] = asyncio.Queue(maxsize=s.mqtt.queue_size)
         self._early: list[tuple[UpdateFrame, bytes]] = []
+        # accepted / rejected per base version, for monitors that attribute counts to rounds
+        self._by_version: dict[int, dict[str, Any]] = {}
         self._spool = Spool(s.spool_dir) if s.spool_dir is not None else None
         self._replayed = False
         self._outbox: list[AggregateFrame] = []
@@ -219,8 +221,21 @@ class FogService:
                 self.metrics.inc("bytes_down", len(inbound.payload))
                 await self._events.put(_Event("model", frame, len(inbound.payload)))
 
+    def _count_for_version(self, what: str, reason: str | None = None) -> None:
+        v = self.round.version
+        if v is None:
+            return
+        rec = self._by_version.setdefault(v, {"accepted": 0, "rejected": {}})
+        if reason is None:
+            rec[what] += 1
+        else:
+            rec["rejected"][reason] = rec["rejected"].get(reason, 0) + 1
+        while len(self._by_version) > 16:  # bounded: only recent versions matter
+            del self._by_version[min(self._by_version)]
+
     def _reject(self, exc: HierflError, where: str) -> None:
         self.metrics.reject(exc.reason)
+        self._count_for_version("rejected", exc.reason)
         log.info("fog %s: rejected input from %s: %s: %s", self.settings.fog_id, where,
                  exc.reason, exc)
 
@@ -235,7 +250,8 @@ class FogService:
                 async with asyncio.timeout(timeout):
                     event = await self._events.get()
             except TimeoutError:
-                await self._apply(self.round.on_tick(self.clock()))
+                # a deadline may close the round, and aggregation runs off the event loop
+                await self._apply(await asyncio.to_thread(self.round.on_tick, self.clock()))
                 continue
             if event.kind == "model":
                 await self._on_model(event.frame)
@@ -299,6 +315,7 @@ class FogService:
             await self._publish_stats(force=False)
             return
         self.metrics.inc("accepted")
+        self._count_for_version("accepted")
         if self._spool is not None and raw and not replay:
             # Durable before anything depends on it; removed once folded into durable state.
             await asyncio.to_thread(self._spool.put, key[0], key[1], frame.edge_id, raw)
@@ -319,6 +336,7 @@ class FogService:
                          " (deadline)" if a.timed_out else "")
             elif isinstance(a, RoundSkipped):
                 self.metrics.inc("rounds_skipped")
+                self.metrics.inc(f"rounds_skipped_{a.reason}")
         await self._flush()
         await self._publish_stats()
 
@@ -335,7 +353,8 @@ class FogService:
         s = self.settings
         snap = self.metrics.snapshot()
         snap.update(version=self.round.version, seq=self.round.seq,
-                    state=self.round.state.value, time=time.time())
+                    state=self.round.state.value, time=time.time(),
+                    by_version={str(v): rec for v, rec in self._by_version.items()})
         with contextlib.suppress(TransportError):
             await self._mqtt.publish(topics.stats(s.federation, s.fog_id),
                                      json.dumps(snap).encode(), retain=True, timeout=5)

@@ -84,8 +84,6 @@ class Observer:
         self._down: Counter[int] = Counter()
         self._fogs: dict[int, dict[str, int]] = defaultdict(dict)
         self._stats: dict[str, dict[str, Any]] = {}
-        self._prev_acc = 0
-        self._prev_rej: Counter[str] = Counter()
         self._last_t = time.monotonic()
         self.changed = asyncio.Event()
 
@@ -171,11 +169,19 @@ class Observer:
                     async with asyncio.timeout(3.0):
                         while len(self._fogs[v - 1]) < len(self.fog_edges):
                             await asyncio.sleep(0.01)
-                acc_total = sum(int(s.get("counters", {}).get("accepted", 0))
-                                for s in self._stats.values())
+                # Fogs count accepted/rejected per base version on their stats topic (MQTT):
+                # wait briefly until every fog's count covers the contributors it forwarded.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(2.0):
+                        while not all(self._by_version(f, v - 1)["accepted"] >= n
+                                      for f, n in self._fogs[v - 1].items()):
+                            await asyncio.sleep(0.01)
+                accepted = 0
                 rej: Counter[str] = Counter()
-                for s in self._stats.values():
-                    rej.update({k: int(n) for k, n in s.get("rejected", {}).items()})
+                for fog in self.fog_edges:
+                    bv = self._by_version(fog, v - 1)
+                    accepted += int(bv["accepted"])
+                    rej.update({k: int(n) for k, n in bv["rejected"].items()})
                 rec = RoundRecord(
                     round=v,
                     version=v,
@@ -186,17 +192,25 @@ class Observer:
                     fog_cloud_bytes=self._agg[v - 1],
                     cloud_edge_bytes=self._down[v - 1],
                     updates=self._updates[v - 1],
-                    accepted=max(0, acc_total - self._prev_acc),
-                    rejected={k: n for k, n in (rej - self._prev_rej).items() if n},
+                    accepted=accepted,
+                    rejected={k: n for k, n in rej.items() if n},
                     fogs=dict(self._fogs[v - 1]),
                 )
-                self._prev_acc, self._prev_rej = acc_total, rej
                 self._last_t = now
                 self.version = v
                 self.records.append(rec)
                 if self.on_round:
                     self.on_round(rec)
                 self.changed.set()
+
+    def _by_version(self, fog: str, version: int) -> dict[str, Any]:
+        """One fog's accepted/rejected counts for updates against ``version`` (0 when unseen)."""
+        rec = self._stats.get(fog, {}).get("by_version", {}).get(str(version))
+        if not isinstance(rec, dict):
+            return {"accepted": 0, "rejected": {}}
+        rejected = rec.get("rejected")
+        return {"accepted": rec.get("accepted", 0) if isinstance(rec.get("accepted"), int) else 0,
+                "rejected": rejected if isinstance(rejected, dict) else {}}
 
     async def wait_version(self, version: int, timeout: float | None = None) -> None:
         """Wait until ``version`` has been observed and evaluated."""

@@ -164,8 +164,15 @@ class MqttTransport:
             PublishTimeoutError: when the broker does not acknowledge in ``timeout`` s.
             DisconnectedError: when the connection is lost.
         """
+        task = asyncio.current_task()
+        cancelling = task.cancelling() if task is not None else 0
         with map_mqtt_errors("publish"):
             await self._client.publish(topic, payload, qos=qos, retain=retain, timeout=timeout)
+        # Python 3.11's wait_for (inside aiomqtt) can swallow a cancel that races the PUBACK:
+        # the publish returns normally and the caller never learns it was cancelled, so a
+        # shutdown hangs. Re-raise the cancellation it swallowed.
+        if task is not None and task.cancelling() > cancelling:
+            raise asyncio.CancelledError
 
     async def messages(self) -> AsyncIterator[Inbound]:
         """Yield inbound messages until the connection drops.

@@ -67,9 +67,11 @@ def test_median_and_trimmed_mean_are_order_invariant(updates: np.ndarray, seed: 
     perm = np.random.default_rng(seed).permutation(n)
     shuffled = updates[perm]
     np.testing.assert_array_equal(median(shuffled, np.ones(n)), median(updates, np.ones(n)))
-    np.testing.assert_array_equal(
+    # the kept values are the same; only float32 summation order may differ (an ulp or so)
+    np.testing.assert_allclose(
         trimmed_mean(shuffled, np.ones(n), trim_ratio=0.2),
         trimmed_mean(updates, np.ones(n), trim_ratio=0.2),
+        rtol=1e-6, atol=1e-6 * float(np.abs(updates).max(initial=0.0)),
     )
 
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from hierfl.compression import FP16_MAX, Fp16Codec, RawCodec
-from hierfl.errors import BadTensorError
+from hierfl.errors import BadTensorError, NonFiniteTensorError
 
 finite_f32 = hnp.arrays(
     np.float32,
@@ -66,7 +66,7 @@ def test_dense_rejects_non_finite_payload(codec: RawCodec | Fp16Codec) -> None:
     dtype = "<f4" if isinstance(codec, RawCodec) else "<f2"
     for bad in (np.nan, np.inf, -np.inf):
         fields = {"codec": codec.name, "data": np.array([0.0, bad], dtype=dtype).tobytes()}
-        with pytest.raises(BadTensorError, match="NaN or Inf"):
+        with pytest.raises(NonFiniteTensorError, match="NaN or Inf"):
             codec.decode(fields, 2)
 
 

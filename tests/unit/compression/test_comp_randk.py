@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hierfl.compression import RandKCodec, make_codec, randk_indices
-from hierfl.errors import BadTensorError
+from hierfl.errors import BadTensorError, NonFiniteTensorError
 
 
 def test_indices_are_pinned_across_numpy_versions() -> None:
@@ -131,13 +131,13 @@ def _valid() -> dict[str, object]:
         ({"seed": 1.0}, "'seed'"),
         ({"seed": None}, "'seed'"),
         ({"values.data": b"\x00" * 19}, "values"),
-        ({"values.data": np.array([np.nan] * 5, "<f4").tobytes()}, "values"),
+        ({"values.data": np.array([np.nan] * 5, "<f4").tobytes()}, "NaN or Inf"),
         ({"idx": b""}, "'idx'"),
     ],
 )
 def test_decode_rejects_malformed(patch: dict[str, object], field: str) -> None:
     fields = {**_valid(), **patch}
-    with pytest.raises(BadTensorError, match=field):
+    with pytest.raises((BadTensorError, NonFiniteTensorError), match=field):
         RandKCodec().decode(fields, 20)
 
 

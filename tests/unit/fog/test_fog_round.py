@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hierfl.aggregation import FedAvg, Median
+from hierfl.aggregation import FedAvg, Krum, Median
 from hierfl.errors import (
     ConfigError,
     DuplicateUpdateError,
@@ -461,6 +461,31 @@ def test_robust_rule_at_the_fog_ignores_a_scaled_outlier():
     _, fwd = fog.on_update(update("evil", 1, 1000.0, n=10**6), 0.0)
 
     np.testing.assert_allclose(fwd.frame.delta, np.full(D, 1.1))
+    # one vote each: the fog's weight at the cloud is 5 x the median claim, not 10**6 + 40
+    assert fwd.frame.num_samples == 5 * 10
+
+
+def test_fedavg_fog_forwards_the_sum_of_claims():
+    fog = collecting(min_updates=2)
+    fog.on_update(update("a", 1, n=7), 0.0)
+    _, fwd = fog.on_update(update("b", 1, n=5000), 0.0)
+
+    assert fwd.frame.num_samples == 5007
+
+
+def test_a_rule_that_refuses_its_updates_skips_the_round_instead_of_crashing():
+    fog = collecting(FogRound(config(min_updates=10, quorum=1), Krum(f=1)))
+    fog.on_update(update("a", 1), 0.0)
+    fog.on_update(update("b", 1), 0.0)
+
+    actions = fog.on_tick(10.0)  # deadline: Krum needs n >= 2f + 3 = 5 updates
+
+    (skipped,) = of_type(actions, RoundSkipped)
+    assert (skipped.reason, skipped.received, skipped.version) == ("aggregation", 2, 0)
+    assert of_type(actions, Forward) == []
+    (pub,) = of_type(actions, PublishModel)
+    assert pub.frame.seq == 2 and fog.state is FogState.COLLECTING and fog.pending == ()
+    np.testing.assert_array_equal(pub.frame.weights, G0)  # nothing was applied
 
 
 # --- metrics -------------------------------------------------------------------------------

@@ -654,13 +654,6 @@ def test_bad_compressed_vector(fields: dict[str, Any]) -> None:
         decode_frame(craft(update_map(delta=fields)))
 
 
-@pytest.mark.xfail(
-    reason="BUG (hierfl/wire/tensors.py): NaN/Inf inside a non-raw vector is rejected by "
-    "hierfl.compression with BadTensorError (reason wire.tensor) before tensors.py's own "
-    "NonFiniteTensorError (wire.non_finite) check can run; raw vectors get the latter",
-    raises=AssertionError,
-    strict=True,
-)
 def test_non_finite_fp16_vector_is_a_non_finite_error() -> None:
     data = np.array([1.0, np.nan], dtype="<f2").tobytes()
     with pytest.raises(WireFormatError) as info:
