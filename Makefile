@@ -7,7 +7,7 @@ HIERFL := $(VENV)/bin/hierfl
 # torch first, pinned: a CPU wheel (any other spec may pull a multi-GB CUDA build).
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup system-deps demo test lint bench clean
+.PHONY: setup system-deps demo test lint bench bench-compare clean
 
 setup: system-deps $(VENV)/.installed
 
@@ -41,6 +41,14 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/digits.py
+
+# hierfl and Flower 1.42 on the same scenarios, one after the other on this machine (~40 min:
+# Flower's deployment runtime takes ~1 min per round). JSON lines in runs/bench/.
+bench-compare: setup
+	benchmarks/install_flower.sh $(VENV)
+	mkdir -p runs/bench
+	$(PY) benchmarks/digits.py | tee runs/bench/hierfl.jsonl
+	$(PY) benchmarks/flower_digits.py | tee runs/bench/flower.jsonl
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache .mypy_cache

@@ -8,7 +8,7 @@ One line per scenario::
 
 Mapping: 20 edges over 4 fogs (5 each), k2 = 1 (equivalent to flat FedAvg), every tier a
 separate OS process (the deployable services) on brokers this script starts. "Server" is
-the cloud process (its peak RSS from /proc, read by the observer at the end); uplink is
+the cloud process (its peak RSS from /proc, VmHWM; each fog's is reported too); uplink is
 edge -> fog bytes per round (what an IoT device sends), median over rounds.
 
 Usage: python benchmarks/digits.py [--scenario digits-20|digits-20-wide|all] [--rounds N]
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             "median_round_s": round(statistics.median(walls), 4),
             "uplink_bytes_per_round": int(statistics.median(r["edge_fog_bytes"] for r in rounds_)),
             "server_peak_rss_mb": report.get("cloud_peak_rss_mb"),
+            "fog_peak_rss_mb": {k: round(v, 1) for k, v in report["fog_peak_rss_mb"].items()},
         }), flush=True)
     return 0
 

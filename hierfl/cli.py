@@ -64,42 +64,43 @@ def _fail(exc: HierflError) -> None:
     raise typer.Exit(code=2)
 
 
-@app.command()
-def cloud(config: ConfigOpt = None) -> None:
-    """Run the cloud aggregator: consume fog aggregates, checkpoint and publish global models."""
-    from hierfl.cloud.service import CloudService  # noqa: PLC0415
-    from hierfl.config import CloudSettings  # noqa: PLC0415
+def _serve_tier(tier: str, config: Path | None) -> None:
+    """Load a server tier's settings, build its service, expose metrics and run it."""
     from hierfl.metrics import serve_prometheus  # noqa: PLC0415
 
     try:
-        settings = CloudSettings.load(config)
-        _setup_logging(settings.log_level)
-        service = CloudService(settings)
+        if tier == "cloud":
+            from hierfl.cloud.service import CloudService  # noqa: PLC0415
+            from hierfl.config import CloudSettings  # noqa: PLC0415
+
+            cloud_settings = CloudSettings.load(config)
+            _setup_logging(cloud_settings.log_level)
+            service: Any = CloudService(cloud_settings)
+        else:
+            from hierfl.config import FogSettings  # noqa: PLC0415
+            from hierfl.fog.service import FogService  # noqa: PLC0415
+
+            fog_settings = FogSettings.load(config)
+            _setup_logging(fog_settings.log_level)
+            service = FogService(fog_settings)
     except HierflError as exc:
         _fail(exc)
         return
-    if settings.metrics_port is not None:
-        serve_prometheus(service.metrics, settings.metrics_port)
+    if service.settings.metrics_port is not None:
+        serve_prometheus(service.metrics, service.settings.metrics_port)
     _run_service(service)
+
+
+@app.command()
+def cloud(config: ConfigOpt = None) -> None:
+    """Run the cloud aggregator: consume fog aggregates, checkpoint and publish global models."""
+    _serve_tier("cloud", config)
 
 
 @app.command()
 def fog(config: ConfigOpt = None) -> None:
     """Run a fog aggregator: collect edge updates over MQTT, aggregate, forward over Kafka."""
-    from hierfl.config import FogSettings  # noqa: PLC0415
-    from hierfl.fog.service import FogService  # noqa: PLC0415
-    from hierfl.metrics import serve_prometheus  # noqa: PLC0415
-
-    try:
-        settings = FogSettings.load(config)
-        _setup_logging(settings.log_level)
-        service = FogService(settings)
-    except HierflError as exc:
-        _fail(exc)
-        return
-    if settings.metrics_port is not None:
-        serve_prometheus(service.metrics, settings.metrics_port)
-    _run_service(service)
+    _serve_tier("fog", config)
 
 
 @app.command()

@@ -13,7 +13,7 @@ import contextlib
 import json
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,11 +123,11 @@ class Observer:
                     n = self.fog_edges.get(t.fog, 0)
                     self._down[frame.version] += len(inbound.payload) * n
 
-    async def _watch_aggregates(self) -> None:
-        async with KafkaConsumerTransport(
-            self.kafka, topics.aggregates(self.federation), client_id="hierfl-sim-observer",
-            start="earliest",
-        ) as c:
+    async def _kafka_frames(self, topic: str,
+                            client_id: str) -> AsyncIterator[tuple[Any, Any]]:
+        """Every valid frame on a Kafka topic from the beginning (junk is skipped)."""
+        async with KafkaConsumerTransport(self.kafka, topic, client_id=client_id,
+                                          start="earliest") as c:
             async for inbound in c.messages():
                 if inbound.payload is None:
                     continue
@@ -135,73 +135,69 @@ class Observer:
                     frame = await asyncio.to_thread(decode_frame, inbound.payload)
                 except HierflError:
                     continue
-                if isinstance(frame, AggregateFrame):
-                    self._agg[frame.base_version] += len(inbound.payload)
-                    self._fogs[frame.base_version][frame.fog_id] = len(frame.contributors)
+                yield inbound, frame
+
+    async def _watch_aggregates(self) -> None:
+        async for inbound, frame in self._kafka_frames(topics.aggregates(self.federation),
+                                                       "hierfl-sim-observer"):
+            if isinstance(frame, AggregateFrame):
+                self._agg[frame.base_version] += len(inbound.payload)
+                self._fogs[frame.base_version][frame.fog_id] = len(frame.contributors)
 
     async def _watch_models(self) -> None:
-        async with KafkaConsumerTransport(
-            self.kafka, topics.models(self.federation), client_id="hierfl-sim-observer-m",
-            start="earliest",
-        ) as c:
-            async for inbound in c.messages():
-                if inbound.payload is None:
-                    continue
-                try:
-                    frame = await asyncio.to_thread(decode_frame, inbound.payload)
-                except HierflError:
-                    continue
-                if not isinstance(frame, ModelFrame) or frame.version <= self.version:
-                    continue
-                now = time.monotonic()
-                acc, loss = await asyncio.to_thread(self.evaluate, frame.weights)
-                # each fog consumes the global model once from Kafka
-                self._down[frame.version] += len(inbound.payload) * len(self.fog_edges)
-                if frame.version == 0 or self.version < 0:
-                    self.initial = (acc, loss)
-                    self.version = frame.version
-                    self._last_t = now
-                    self.changed.set()
-                    continue
-                v = frame.version
-                # The aggregates are read by another consumer: let it catch up with this round.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(3.0):
-                        while len(self._fogs[v - 1]) < len(self.fog_edges):
-                            await asyncio.sleep(0.01)
-                # Fogs count accepted/rejected per base version on their stats topic (MQTT):
-                # wait briefly until every fog's count covers the contributors it forwarded.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(2.0):
-                        while not all(self._by_version(f, v - 1)["accepted"] >= n
-                                      for f, n in self._fogs[v - 1].items()):
-                            await asyncio.sleep(0.01)
-                accepted = 0
-                rej: Counter[str] = Counter()
-                for fog in self.fog_edges:
-                    bv = self._by_version(fog, v - 1)
-                    accepted += int(bv["accepted"])
-                    rej.update({k: int(n) for k, n in bv["rejected"].items()})
-                rec = RoundRecord(
-                    round=v,
-                    version=v,
-                    accuracy=acc,
-                    loss=loss,
-                    wall_s=now - self._last_t,
-                    edge_fog_bytes=self._up[v - 1],
-                    fog_cloud_bytes=self._agg[v - 1],
-                    cloud_edge_bytes=self._down[v - 1],
-                    updates=self._updates[v - 1],
-                    accepted=accepted,
-                    rejected={k: n for k, n in rej.items() if n},
-                    fogs=dict(self._fogs[v - 1]),
-                )
+        async for inbound, frame in self._kafka_frames(topics.models(self.federation),
+                                                       "hierfl-sim-observer-m"):
+            if not isinstance(frame, ModelFrame) or frame.version <= self.version:
+                continue
+            now = time.monotonic()
+            acc, loss = await asyncio.to_thread(self.evaluate, frame.weights)
+            # each fog consumes the global model once from Kafka
+            self._down[frame.version] += len(inbound.payload) * len(self.fog_edges)
+            if frame.version == 0 or self.version < 0:
+                self.initial = (acc, loss)
+                self.version = frame.version
                 self._last_t = now
-                self.version = v
-                self.records.append(rec)
-                if self.on_round:
-                    self.on_round(rec)
                 self.changed.set()
+                continue
+            v = frame.version
+            # The aggregates are read by another consumer: let it catch up with this round.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(3.0):
+                    while len(self._fogs[v - 1]) < len(self.fog_edges):
+                        await asyncio.sleep(0.01)
+            # Fogs count accepted/rejected per base version on their stats topic (MQTT):
+            # wait briefly until every fog's count covers the contributors it forwarded.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    while not all(self._by_version(f, v - 1)["accepted"] >= n
+                                  for f, n in self._fogs[v - 1].items()):
+                        await asyncio.sleep(0.01)
+            accepted = 0
+            rej: Counter[str] = Counter()
+            for fog in self.fog_edges:
+                bv = self._by_version(fog, v - 1)
+                accepted += int(bv["accepted"])
+                rej.update({k: int(n) for k, n in bv["rejected"].items()})
+            rec = RoundRecord(
+                round=v,
+                version=v,
+                accuracy=acc,
+                loss=loss,
+                wall_s=now - self._last_t,
+                edge_fog_bytes=self._up[v - 1],
+                fog_cloud_bytes=self._agg[v - 1],
+                cloud_edge_bytes=self._down[v - 1],
+                updates=self._updates[v - 1],
+                accepted=accepted,
+                rejected={k: n for k, n in rej.items() if n},
+                fogs=dict(self._fogs[v - 1]),
+            )
+            self._last_t = now
+            self.version = v
+            self.records.append(rec)
+            if self.on_round:
+                self.on_round(rec)
+            self.changed.set()
 
     def _by_version(self, fog: str, version: int) -> dict[str, Any]:
         """One fog's accepted/rejected counts for updates against ``version`` (0 when unseen)."""

@@ -295,6 +295,7 @@ async def _run(cfg: SimConfig, on_round: Callable[[RoundRecord], None] | None,
         services: list[Any] = []
         tasks: list[asyncio.Task[None]] = []
         cloud_rss: float | None = None
+        fog_rss: dict[str, float] = {}
         try:
             if cfg.mode == "processes":
                 procs.start("cloud", "cloud", _env(cloud_s))
@@ -314,6 +315,9 @@ async def _run(cfg: SimConfig, on_round: Callable[[RoundRecord], None] | None,
                 rss = procs.peak_rss_mb("cloud")  # VmHWM only grows; read while it lives
                 if rss is not None:
                     cloud_rss = max(cloud_rss or 0.0, rss)
+                for fs in fog_s:
+                    if (rss := procs.peak_rss_mb(fs.fog_id)) is not None:
+                        fog_rss[fs.fog_id] = max(fog_rss.get(fs.fog_id, 0.0), rss)
                 for t in tasks:
                     if t.done() and t.exception() is not None:
                         raise t.exception()  # type: ignore[misc]
@@ -383,6 +387,8 @@ def _report(cfg: SimConfig, observer: Observer, wall: float, cloud_rss: float | 
         },
         "final_accuracy": observer.records[-1].accuracy if observer.records else None,
         "cloud_peak_rss_mb": cloud_rss,
+        # processes mode only: each fog's peak RSS (in-process, everything shares one process)
+        "fog_peak_rss_mb": dict(fog_rss or {}),
     }
     path = cfg.out / "report.json"
     path.write_text(json.dumps(report, indent=2))
