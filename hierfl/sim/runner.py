@@ -339,7 +339,7 @@ async def _run(cfg: SimConfig, on_round: Callable[[RoundRecord], None] | None,
         import resource  # noqa: PLC0415
 
         cloud_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return _report(cfg, observer, wall, cloud_rss)
+    return _report(cfg, observer, wall, cloud_rss, fog_rss)
 
 
 def _inprocess_services(cfg: SimConfig, cloud_s: CloudSettings, fog_s: list[FogSettings],
@@ -361,8 +361,8 @@ def _inprocess_services(cfg: SimConfig, cloud_s: CloudSettings, fog_s: list[FogS
     return services
 
 
-def _report(cfg: SimConfig, observer: Observer, wall: float, cloud_rss: float | None
-            ) -> dict[str, Any]:
+def _report(cfg: SimConfig, observer: Observer, wall: float, cloud_rss: float | None,
+            fog_rss: dict[str, float]) -> dict[str, Any]:
     rounds = [asdict(r) for r in observer.records]
     rejected: Counter[str] = Counter()
     for r in observer.records:
@@ -388,7 +388,7 @@ def _report(cfg: SimConfig, observer: Observer, wall: float, cloud_rss: float | 
         "final_accuracy": observer.records[-1].accuracy if observer.records else None,
         "cloud_peak_rss_mb": cloud_rss,
         # processes mode only: each fog's peak RSS (in-process, everything shares one process)
-        "fog_peak_rss_mb": dict(fog_rss or {}),
+        "fog_peak_rss_mb": dict(fog_rss),
     }
     path = cfg.out / "report.json"
     path.write_text(json.dumps(report, indent=2))

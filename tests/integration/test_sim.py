@@ -56,6 +56,10 @@ def test_sim_processes_cli_leaves_nothing_running(tmp_path):
     assert "final accuracy" in proc.stdout
     report = json.loads((tmp_path / "report.json").read_text())
     assert len(report["rounds"]) == 2
+    # each tier was its own process: the cloud's and every fog's peak memory were read
+    assert report["cloud_peak_rss_mb"] > 10
+    assert set(report["fog_peak_rss_mb"]) == {"fog0", "fog1"}
+    assert all(v > 10 for v in report["fog_peak_rss_mb"].values())
     # every child the sim started was stopped: no process has its logs open any more
     logs = {str(p) for p in (tmp_path / "logs").iterdir()}
     assert len(logs) == 1 + 2 + 4
