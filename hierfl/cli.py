@@ -144,7 +144,7 @@ def init_model(
         return
     model = t.build_model()
     named = unflatten(model_to_vector(model), model_layout(model))
-    np.savez(out, **named)
+    np.savez(out, **named)  # type: ignore[arg-type]
     typer.echo(f"wrote {out} ({sum(a.size for a in named.values())} parameters)")
 
 

@@ -96,7 +96,7 @@ class SimConfig:
         if not self.attack or self.byzantine <= 0:
             return set()
         n_bad = round(self.byzantine * self.edges)
-        order = []
+        order: list[int] = []
         topo = list(self.topology().values())
         depth = max(len(t) for t in topo)
         for d in range(depth):  # round-robin over fogs, from the back of each fog
@@ -130,7 +130,7 @@ def _write_initial(cfg: SimConfig, path: Path) -> None:
     from hierfl.sim.scenarios import scenario_model  # noqa: PLC0415
 
     m = scenario_model(cfg.scenario, wide=cfg.wide)
-    np.savez(path, **unflatten(model_to_vector(m), model_layout(m)))
+    np.savez(path, **unflatten(model_to_vector(m), model_layout(m)))  # type: ignore[arg-type]
 
 
 def _task_options(cfg: SimConfig, index: int) -> dict[str, Any]:
@@ -299,14 +299,14 @@ async def _run(cfg: SimConfig, on_round: Callable[[RoundRecord], None] | None,
         try:
             if cfg.mode == "processes":
                 procs.start("cloud", "cloud", _env(cloud_s))
-                for s in fog_s:
-                    procs.start(s.fog_id, "fog", _env(s))
-                for i, s in enumerate(edge_s):
+                for fs in fog_s:
+                    procs.start(fs.fog_id, "fog", _env(fs))
+                for i, es in enumerate(edge_s):
                     attack = cfg.attack if (i in bad and cfg.attack != "label-flip") else None
-                    env = _env(s)
+                    env = _env(es)
                     if attack:
                         env["HIERFL_SIM_BYZANTINE_OF"] = str(len(bad))
-                    procs.start(s.edge_id, "edge", env, attack=attack)
+                    procs.start(es.edge_id, "edge", env, attack=attack)
             else:
                 services = _inprocess_services(cfg, cloud_s, fog_s, edge_s, bad)
                 tasks = [asyncio.create_task(s.run()) for s in services]
