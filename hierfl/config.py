@@ -206,6 +206,19 @@ def _codec_spec(v: str, *, full_model: bool = False) -> str:
     return v
 
 
+def _downlink_codec_spec(v: str) -> str:
+    """Validate the codec of model deltas, which the fog sends with error feedback."""
+    from hierfl.compression import make_codec  # noqa: PLC0415
+
+    _codec_spec(v)
+    if getattr(make_codec(v), "scaled", False):
+        raise ValueError(
+            f"{v!r}: model deltas carry what they leave out into the next delta, so rand-k "
+            "must not scale what it keeps: add scaled=false"
+        )
+    return v
+
+
 def _explain(tier: str, exc: PydanticValidationError, path: Path | None) -> str:
     lines = [f"invalid {tier} settings" + (f" (file {path})" if path else "") + ":"]
     for err in exc.errors():
@@ -303,7 +316,10 @@ class FogSettings(_TierSettings):
     @model_validator(mode="after")
     def _model_codec(self) -> Self:
         try:
-            _codec_spec(self.model_codec, full_model=not self.downlink_delta)
+            if self.downlink_delta:
+                _downlink_codec_spec(self.model_codec)
+            else:
+                _codec_spec(self.model_codec, full_model=True)
         except ValueError as exc:
             when = " with downlink_delta = false" if not self.downlink_delta else ""
             raise ValueError(f"model_codec{when}: {exc}") from exc

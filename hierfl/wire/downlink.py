@@ -42,7 +42,8 @@ __all__ = ["Downlink", "DownlinkMessages", "apply_model_delta"]
 def _add(base: Float32Vector, delta: Float32Vector) -> Float32Vector:
     # The one reconstruction both ends compute: element-wise IEEE float32 addition, which is
     # exactly rounded and so identical on every platform.
-    return np.add(base, delta, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked by the callers
+        return np.add(base, delta, dtype=np.float32)
 
 
 def apply_model_delta(held: ModelFrame, delta: ModelDeltaFrame) -> ModelFrame:
@@ -172,7 +173,10 @@ class Downlink:
         return DownlinkMessages(target, target, full, full, is_delta=False)
 
     def _delta(self, prev: ModelFrame, target: ModelFrame) -> DownlinkMessages | None:
-        diff = (target.weights - prev.weights).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            diff = np.subtract(target.weights, prev.weights, dtype=np.float32)
+        if not np.isfinite(diff).all():
+            return None
         fields = encode_vector(diff, self.codec)
         # Decode as the edges will: the very fields they receive, after a msgpack round trip.
         wire_fields = msgpack.unpackb(msgpack.packb(fields, use_bin_type=True), raw=False)
