@@ -111,7 +111,7 @@ class EdgeClient:
         async with MqttTransport(s.mqtt, client_id=f"hierfl-edge-{fed}-{fog}-{edge}",
                                  will=(status, b"offline")) as mqtt:
             await mqtt.publish(status, b"online", retain=True)
-            feed = ModelFeed(fed, fog)
+            feed = self.model_feed = ModelFeed(fed, fog)  # per connection: resubscribes anew
             await mqtt.subscribe(topics.model_delta(fed, fog))
             await self._sync_subscriptions(mqtt, feed)
             self.ready.set()

@@ -1,15 +1,16 @@
 """Which fog model an edge holds, kept from the fog's two model topics (no I/O, no torch).
 
-The fog publishes every model in full, retained, on ``hierfl/F/G/model``, and on
+The fog publishes every model twice: in full, retained, on ``hierfl/F/G/model``, then on
 ``hierfl/F/G/delta`` (not retained) as a delta against the previous model, or in full when it
-has no base to send a delta against (``docs/architecture.md``, "Model fan-out"). An edge:
+has no base or does not send deltas (``docs/architecture.md``, "Model fan-out"). The stream
+therefore carries every model; the retained full model is for getting on it. An edge:
 
-- follows the full topic from the start, and whenever it cannot use the delta stream: a delta
-  whose base it does not hold (it missed a model), one that does not reproduce the fog's
-  digest, or a full model on the delta topic (the fog sent no delta: it restarted, or does not
-  send deltas);
-- stops following it once a delta leaves it holding the fog's newest model bit for bit, so the
-  broker no longer pushes full models to it.
+- subscribes to the stream, then to the full topic (so the retained model it gets is at least
+  as new as anything the stream already delivered);
+- unsubscribes from the full topic once it holds a model, so the broker no longer pushes full
+  models to it, and follows the stream;
+- subscribes to the full topic again when the stream leaves it behind: a delta whose base it
+  does not hold (it missed a model) or that does not reproduce the fog's digest.
 
 :class:`ModelFeed` makes those decisions; :class:`~hierfl.edge.client.EdgeClient` carries out
 the (un)subscriptions it asks for and trains on the models it returns.
@@ -68,9 +69,8 @@ class ModelFeed:
                     f"a {frame.scope} model of {frame.federation}/{frame.fog_id} reached an "
                     f"edge of {self.federation}/{self.fog_id}"
                 )
-            if topic_kind == DELTA:
-                self.follow_full = True  # the fog sent no delta: deltas may not follow
             self.held, self._digest = frame, None
+            self.follow_full = False  # holds the newest model: the stream brings the next
             return frame
         if not isinstance(frame, ModelDeltaFrame) or topic_kind != DELTA:
             raise UnknownSenderError(f"a {type(frame).__name__} on the {topic_kind} topic")

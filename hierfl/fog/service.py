@@ -10,7 +10,7 @@ Tasks (one TaskGroup, named ``fog[<id>].<task>``):
 
 The model fan-out to the edges (:class:`~hierfl.wire.downlink.Downlink`): every fog model is
 published in full, retained, on the model topic, and as a delta against the previous one
-(``downlink_delta``, encoded with ``model_codec``) on the delta topic.
+(``downlink_delta``, encoded with ``model_codec``; else in full again) on the delta topic.
 
 Bad input never stops the service: every rejected frame is counted by its error's
 ``reason``. Aggregates waiting to be forwarded survive broker outages (outbox).
@@ -382,10 +382,9 @@ class FogService:
             # Full model first: a fog that dies in between resumes from it and resends it.
             await self._mqtt.publish(topics.model(s.federation, s.fog_id), out.full, retain=True)
             self.metrics.inc("bytes_down_edges", len(out.full))
-            if out.stream is not None:
-                await self._mqtt.publish(topics.model_delta(s.federation, s.fog_id), out.stream)
-                self.metrics.inc("bytes_down_stream", len(out.stream))
-                self.metrics.inc("model_deltas_sent" if out.is_delta else "model_resyncs_sent")
+            await self._mqtt.publish(topics.model_delta(s.federation, s.fog_id), out.stream)
+            self.metrics.inc("bytes_down_stream", len(out.stream))
+            self.metrics.inc("model_deltas_sent" if out.is_delta else "models_streamed_full")
             self._downlink.commit(out)
             if self._to_publish is frame:
                 self._to_publish = None

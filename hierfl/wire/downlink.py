@@ -6,9 +6,10 @@ fan-out"):
 - ``full``, retained on ``hierfl/F/G/model``: the whole model. Edges that just joined, missed
   a model or reconnected take it. In delta mode it is always raw float32, so an edge that takes
   it holds bit for bit what the up-to-date edges reconstructed.
-- ``stream``, not retained, on ``hierfl/F/G/delta``: a :class:`~hierfl.wire.ModelDeltaFrame`
-  against the previous model when the fog knows exactly what its edges hold, else the full
-  frame again (which tells edges to follow the full topic until deltas resume).
+- ``stream``, not retained, on ``hierfl/F/G/delta``, published second: a
+  :class:`~hierfl.wire.ModelDeltaFrame` against the previous model when deltas are on and the
+  fog knows exactly what its edges hold, else the full frame again. The stream carries every
+  model, so an edge that holds one needs nothing else.
 
 With a lossy model codec the fog tracks what its edges reconstruct,
 ``held = previous held + decode(encode(target - previous held))``, and sends the next delta
@@ -90,14 +91,14 @@ class DownlinkMessages:
         held: what the edges hold once they took these messages (``target`` up to the
             model codec's error).
         full: the full model frame, for the retained model topic.
-        stream: the frame for the delta topic, or None (nothing to send there).
+        stream: the frame for the delta topic.
         is_delta: whether ``stream`` is a model delta (else it is ``full``).
     """
 
     target: ModelFrame
     held: ModelFrame
     full: bytes
-    stream: bytes | None
+    stream: bytes
     is_delta: bool
 
 
@@ -129,8 +130,7 @@ class Downlink:
 
         out = downlink.prepare(frame)          # off the event loop: encodes
         await publish(model_topic, out.full, retain=True)
-        if out.stream is not None:
-            await publish(delta_topic, out.stream)
+        await publish(delta_topic, out.stream)
         downlink.commit(out)
     """
 
@@ -139,7 +139,6 @@ class Downlink:
         self.delta = delta
         self._limits = DecodeLimits(max_params=max_params)
         self.held: ModelFrame | None = None
-        self._announced = False
 
     def seed(self, frame: ModelFrame) -> None:
         """Record the model the edges hold (the retained model read after a restart)."""
@@ -148,7 +147,6 @@ class Downlink:
     def commit(self, out: DownlinkMessages) -> None:
         """Record that ``out`` was published."""
         self.held = out.held
-        self._announced = True
 
     def prepare(self, target: ModelFrame) -> DownlinkMessages:
         """Encode the messages that bring the edges to ``target`` (no state changes)."""
@@ -157,10 +155,7 @@ class Downlink:
             held = target
             if self.codec is not None:  # edges hold the decoded weights, not the fog's
                 held = dataclasses.replace(target, weights=_decoded_weights(full, self._limits))
-            # Once per process, the full model also goes to the delta topic: edges that
-            # followed deltas of an earlier run learn to follow the full topic again.
-            stream = None if self._announced else full
-            return DownlinkMessages(target, held, full, stream, is_delta=False)
+            return DownlinkMessages(target, held, full, full, is_delta=False)
         prev = self.held
         if prev is not None and _same_model(prev, target):
             full = encode_frame(dataclasses.replace(target, weights=prev.weights))

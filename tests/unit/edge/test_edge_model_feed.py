@@ -45,15 +45,15 @@ def test_follower_switches_to_deltas_and_back_after_a_gap() -> None:
     got = take(feed, FULL, first.full)
     assert got is not None
     assert got.seq == 1
+    assert not feed.follow_full  # holds the newest model: the stream brings the next ones
     assert take(feed, DELTA, first.stream) is not None  # the fog had no base: full on the stream
-    assert feed.follow_full
     second = publish(dl, 2)
     model = take(feed, DELTA, second.stream)
     assert model is not None
     assert model.seq == 2
     assert weights_digest(model.weights) == weights_digest(second.held.weights)
-    assert not feed.follow_full  # in sync through deltas: the full topic is no longer needed
-    # the full model of seq 2 was already in flight: taking it changes nothing
+    assert not feed.follow_full
+    # a full model of seq 2 still in flight on the full topic changes nothing
     full2 = take(feed, FULL, second.full)
     assert full2 is not None
     assert weights_digest(full2.weights) == weights_digest(model.weights)
@@ -78,6 +78,22 @@ def test_joiner_takes_the_full_model_then_the_delta_of_the_same_model_syncs_it()
     assert take(feed, FULL, second.full) is not None
     assert take(feed, DELTA, second.stream) is None  # nothing new: same model, same digest
     assert not feed.follow_full
+    third = publish(dl, 3)
+    model = take(feed, DELTA, third.stream)
+    assert model is not None
+    assert weights_digest(model.weights) == weights_digest(third.held.weights)
+
+
+def test_without_deltas_the_stream_carries_full_models() -> None:
+    dl = Downlink(codec="fp16", delta=False, max_params=1000)
+    feed = ModelFeed("f", "g")
+    assert take(feed, FULL, publish(dl, 1).full) is not None
+    for seq in (2, 3):
+        out = publish(dl, seq)
+        model = take(feed, DELTA, out.stream)
+        assert model is not None
+        assert model.seq == seq
+        assert not feed.follow_full
 
 
 def test_same_model_with_another_digest_resyncs() -> None:

@@ -253,12 +253,13 @@ def test_a_delta_that_would_overflow_falls_back_to_the_full_model() -> None:
 def test_without_deltas_the_model_codec_applies_to_the_full_model() -> None:
     dl = Downlink(codec="fp16", delta=False, max_params=10_000)
     out = dl.prepare(fog_model(W0, 1))
-    assert out.stream == out.full  # once per process: tells delta followers to resync
     body = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(out.full[12:]))
     assert body["weights"]["codec"] == "fp16"
     np.testing.assert_array_equal(out.held.weights, W0.astype(np.float16).astype(np.float32))
     dl.commit(out)
-    assert dl.prepare(fog_model(W0, 2)).stream is None
+    second = dl.prepare(fog_model(W0 + 1, 2))
+    assert second.stream == second.full  # the stream carries every model, here in full
+    assert not second.is_delta
 
 
 def test_stochastic_codec_frames_are_encoded_once() -> None:
