@@ -23,7 +23,7 @@ import zstandard
 
 from hierfl import topics
 from hierfl.cloud.service import CloudService
-from hierfl.config import EdgeSettings, FogSettings, KafkaSettings
+from hierfl.config import FogSettings, KafkaSettings
 from hierfl.edge import EdgeClient
 from hierfl.model import ModelStore
 from hierfl.transport.kafka import KafkaConsumerTransport
@@ -123,31 +123,33 @@ async def test_per_link_codecs_and_downlink_deltas(mqtt_broker, kafka_broker, un
     edges = [EdgeClient(s, tiny_task(i, model=wide_model)) for i, s in enumerate(edge_s)]
     late = EdgeClient(late_s, tiny_task(7, model=wide_model))
     n0, n1 = edges[0], edges[1]
-    async with mqtt_wire(mqtt_broker.url, fed) as wire:
-        async with running(cloud, *fogs, *edges) as tasks:
-            await wait_for(lambda: tasks[1 + len(fogs) + 1].done(), 60, "n1 leaves")
-            assert n1.updates_sent == 2
-            north = fogs[0]
-            # join once the round n0 waits on is open (a model of a closed round is stale)
-            await wait_for(lambda: north._downlink.held is not None
-                           and north._downlink.held.version >= 2, 60, "v2 at north")
-            async with running(late):
-                await wait_for(cloud.finished.is_set, 90, "all versions")
-                # the last fog model reaches the edges that follow the deltas
-                await wait_for(lambda: north._downlink.held is not None and all(
-                    e.model_feed.held is not None
-                    and north._downlink.held.version == VERSIONS
-                    and e.model_feed.held.seq == north._downlink.held.seq
-                    for e in (n0, late)), 30, "last model")
-                # ... and the bystander saw every fog's last model on the stream
-                await wait_for(lambda: all(
-                    len(wire.on(topics.model_delta(fed, f))) >= VERSIONS + 1 for f in topo.fogs
-                ), 30, "every model on the wire")
-                north_held = north._downlink.held
-                for e in (n0, late):
-                    # fog and edges agree bit for bit on the model the next updates are against
-                    assert weights_digest(e.model_feed.held.weights) == weights_digest(
-                        north_held.weights)
+    async with (
+        mqtt_wire(mqtt_broker.url, fed) as wire,
+        running(cloud, *fogs, *edges) as tasks,
+    ):
+        await wait_for(lambda: tasks[1 + len(fogs) + 1].done(), 60, "n1 leaves")
+        assert n1.updates_sent == 2
+        north = fogs[0]
+        # join once the round n0 waits on is open (a model of a closed round is stale)
+        await wait_for(lambda: north._downlink.held is not None
+                       and north._downlink.held.version >= 2, 60, "v2 at north")
+        async with running(late):
+            await wait_for(cloud.finished.is_set, 90, "all versions")
+            # the last fog model reaches the edges that follow the deltas
+            await wait_for(lambda: north._downlink.held is not None and all(
+                e.model_feed.held is not None
+                and north._downlink.held.version == VERSIONS
+                and e.model_feed.held.seq == north._downlink.held.seq
+                for e in (n0, late)), 30, "last model")
+            # ... and the bystander saw every fog's last model on the stream
+            await wait_for(lambda: all(
+                len(wire.on(topics.model_delta(fed, f))) >= VERSIONS + 1 for f in topo.fogs
+            ), 30, "every model on the wire")
+            north_held = north._downlink.held
+            for e in (n0, late):
+                # fog and edges agree bit for bit on the model the next updates are against
+                assert weights_digest(e.model_feed.held.weights) == weights_digest(
+                    north_held.weights)
     store = ModelStore(tmp_path / "store")
     assert store.versions() == list(range(VERSIONS + 1))
 
