@@ -93,9 +93,9 @@ class ModelFeed:
                 return None
             if new < have:  # older than the model held: nothing to do
                 return None
-        if held is None:
+        if held is None:  # joining: the retained full model is on its way
             self.follow_full = True
-            raise ModelBaseError("a delta arrived before any full model")
+            return None
         try:
             model = apply_model_delta(held, frame)
         except ModelBaseError:
