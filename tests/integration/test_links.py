@@ -23,17 +23,21 @@ import zstandard
 
 from hierfl import topics
 from hierfl.cloud.service import CloudService
-from hierfl.config import FogSettings, KafkaSettings
+from hierfl.config import EdgeSettings, FogSettings, KafkaSettings
 from hierfl.edge import EdgeClient
 from hierfl.model import ModelStore
+from hierfl.model.torch_adapter import model_to_vector
 from hierfl.transport.kafka import KafkaConsumerTransport
 from hierfl.transport.mqtt import MqttTransport
 from hierfl.wire import ModelDeltaFrame, ModelFrame, UpdateFrame, decode_frame, weights_digest
+from hierfl.wire.downlink import Downlink
 from tests.integration.fed import (
     Topology,
     make_fogs,
     running,
     settings_for,
+    spy_updates,
+    tiny_model,
     tiny_task,
     wait_for,
     write_initial,
@@ -208,3 +212,39 @@ async def test_per_link_codecs_and_downlink_deltas(mqtt_broker, kafka_broker, un
     assert isinstance(got[0], ModelFrame)
     assert not np.array_equal(got[0].weights, v0)
     np.testing.assert_allclose(got[0].weights, v0, rtol=2**-10, atol=2**-24)
+
+
+async def test_edge_that_misses_a_model_resyncs_from_the_retained_one(mqtt_broker, unique_id):
+    """A fog (driven by hand) loses one delta on the way: the edge notices the gap at the next
+    delta, takes the retained full model, trains on it, and follows the deltas again."""
+    fed = unique_id
+    fog_s = FogSettings.load(fog_id="g", federation=fed, mqtt={"url": mqtt_broker.url})
+    edge_s = EdgeSettings.load(federation=fed, fog_id="g", edge_id="e",
+                               mqtt={"url": mqtt_broker.url})
+    edge = EdgeClient(edge_s, tiny_task(0))
+    dl = Downlink(codec="fp16", delta=True, max_params=10_000)
+    weights = model_to_vector(tiny_model())
+    async with (
+        MqttTransport(fog_s.mqtt, client_id=f"fog-{fed}") as fog,
+        spy_updates(mqtt_broker.url, fed, ["g"]) as spy,
+        running(edge),
+    ):
+        await wait_for(edge.ready.is_set, 10, "edge connected")
+        for seq in range(1, 6):
+            out = dl.prepare(ModelFrame(federation=fed, version=0, weights=weights, parent=0,
+                                        scope="fog", fog_id="g", seq=seq))
+            await fog.publish(topics.model(fed, "g"), out.full, retain=True)
+            if seq != 3:  # the delta of seq 3 is lost
+                await fog.publish(topics.model_delta(fed, "g"), out.stream)
+            dl.commit(out)
+            await wait_for(lambda s=seq: any(u.base_seq == s for u in spy.updates) or s == 3,
+                           30, f"update for seq {seq}")
+            weights = (weights + 0.01).astype(np.float32)
+    c = edge.metrics.counters
+    assert edge.metrics.rejected == {"validation.model_base": 1}  # the delta of seq 4
+    assert c["full_model_subscriptions"] == 2  # at the start, and after the gap
+    assert c["models_from_delta"] == 2  # seq 2 and seq 5
+    assert sorted(u.base_seq for u in spy.updates) == [1, 2, 4, 5]  # never trained on seq 3
+    held = edge.model_feed.held
+    assert held is not None
+    assert weights_digest(held.weights) == weights_digest(dl.held.weights)
