@@ -187,6 +187,38 @@ def _id(kind: str, v: str) -> str:
         raise ValueError(str(exc)) from exc
 
 
+_DENSE_CODECS = ("raw", "fp16", "int8")
+
+
+def _codec_spec(v: str, *, full_model: bool = False) -> str:
+    """Validate a codec spec; a codec for full models must be dense (no top-k / rand-k)."""
+    from hierfl.compression import make_codec  # noqa: PLC0415 - keeps config import-light
+
+    try:
+        codec = make_codec(v)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from exc
+    if full_model and codec.name not in _DENSE_CODECS:
+        raise ValueError(
+            f"{v!r} would drop most of the weights of a full model: use raw, fp16 or int8 "
+            "(sparse codecs suit deltas: updates, aggregates, the fog's downlink_delta)"
+        )
+    return v
+
+
+def _downlink_codec_spec(v: str) -> str:
+    """Validate the codec of model deltas, which the fog sends with error feedback."""
+    from hierfl.compression import make_codec  # noqa: PLC0415
+
+    _codec_spec(v)
+    if getattr(make_codec(v), "scaled", False):
+        raise ValueError(
+            f"{v!r}: model deltas carry what they leave out into the next delta, so rand-k "
+            "must not scale what it keeps: add scaled=false"
+        )
+    return v
+
+
 def _explain(tier: str, exc: PydanticValidationError, path: Path | None) -> str:
     lines = [f"invalid {tier} settings" + (f" (file {path})" if path else "") + ":"]
     for err in exc.errors():
@@ -219,6 +251,11 @@ class EdgeSettings(_TierSettings):
     def _ids(cls, v: str) -> str:
         return _id("fog/edge", v)
 
+    @field_validator("codec")
+    @classmethod
+    def _update_codec(cls, v: str) -> str:
+        return _codec_spec(v)
+
 
 class FogSettings(_TierSettings):
     """Settings of one fog aggregator (``hierfl fog``)."""
@@ -249,6 +286,12 @@ class FogSettings(_TierSettings):
         None, description="persist accepted updates here until forwarded (survives restarts)"
     )
     cloud_codec: str = Field("raw", description="codec of aggregates sent to the cloud")
+    model_codec: str = Field(
+        "raw", description="codec of the model fan-out to the edges (of the deltas in delta mode)"
+    )
+    downlink_delta: bool = Field(
+        True, description="send edges that hold the previous fog model a delta, not the model"
+    )
     resume_wait_s: float = Field(
         1.0, ge=0, description="how long to wait for the retained fog model on start"
     )
@@ -264,6 +307,23 @@ class FogSettings(_TierSettings):
         for e in v:
             _id("edge", e)
         return v
+
+    @field_validator("cloud_codec")
+    @classmethod
+    def _cloud_codec(cls, v: str) -> str:
+        return _codec_spec(v)
+
+    @model_validator(mode="after")
+    def _model_codec(self) -> Self:
+        try:
+            if self.downlink_delta:
+                _downlink_codec_spec(self.model_codec)
+            else:
+                _codec_spec(self.model_codec, full_model=True)
+        except ValueError as exc:
+            when = " with downlink_delta = false" if not self.downlink_delta else ""
+            raise ValueError(f"model_codec{when}: {exc}") from exc
+        return self
 
     @model_validator(mode="after")
     def _quorum(self) -> Self:
@@ -292,6 +352,11 @@ class CloudSettings(_TierSettings):
     max_versions: int | None = Field(None, ge=1, description="stop after producing this version")
     keep_versions: int | None = Field(None, ge=1, description="prune older checkpoints")
     model_codec: str = Field("raw", description="codec of the global model fan-out")
+
+    @field_validator("model_codec")
+    @classmethod
+    def _model_codec(cls, v: str) -> str:
+        return _codec_spec(v, full_model=True)  # fogs receive full global models
 
     @field_validator("fogs")
     @classmethod

@@ -26,6 +26,7 @@ Every class carries a ``reason`` label (used as the ``reason`` label of the
         + DuplicateUpdateError            reason="validation.duplicate"
         + SampleCountError                reason="validation.samples"
         + UnknownSenderError              reason="validation.sender"
+        + ModelBaseError                  reason="validation.model_base"
       x CompressionError                  reason="compression"
       x AggregationError                  reason="aggregation"
       x PrivacyBudgetExhaustedError       reason="privacy.budget"
@@ -54,6 +55,7 @@ __all__ = [
     "FrameFieldError",
     "FrameTooLargeError",
     "HierflError",
+    "ModelBaseError",
     "NonFiniteError",
     "NonFiniteTensorError",
     "NormBoundError",
@@ -209,6 +211,13 @@ class UnknownSenderError(ValidationError):
     """The sender is not in the configured allow-list, or the topic names another sender."""
 
     reason = "validation.sender"
+
+
+class ModelBaseError(ValidationError):
+    """A model delta does not apply: its receiver does not hold the base model it names, the
+    sizes differ, or the result is not finite or does not match the delta's digest."""
+
+    reason = "validation.model_base"
 
 
 # --- computation ----------------------------------------------------------------------------

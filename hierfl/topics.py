@@ -3,6 +3,8 @@
 MQTT (edge <-> fog), for federation ``F``, fog ``G``, edge ``E``:
 
 - ``hierfl/F/G/model``        retained, QoS 1: the model the edges of fog G train from next
+- ``hierfl/F/G/delta``        QoS 1, not retained: each new fog model as a delta against the
+                              previous one (or in full when the fog has no base to send)
 - ``hierfl/F/G/update/E``     QoS 1: edge E's update frame (broker ACLs can pin E to it)
 - ``hierfl/F/G/status/E``     retained ``online``/``offline`` (last will), for liveness
 - ``hierfl/F/G/stats``        retained JSON counters of fog G (monitoring; never aggregated)
@@ -26,10 +28,11 @@ __all__ = [
     "aggregates",
     "check_id",
     "model",
+    "model_delta",
     "models",
     "parse_mqtt",
-    "status",
     "stats",
+    "status",
     "status_filter",
     "update",
     "update_filter",
@@ -65,6 +68,11 @@ def check_id(kind: str, value: str) -> str:
 def model(federation: str, fog: str) -> str:
     """MQTT topic of the (retained) model that fog ``fog``'s edges train from."""
     return f"{PREFIX}/{federation}/{fog}/model"
+
+
+def model_delta(federation: str, fog: str) -> str:
+    """MQTT topic of fog ``fog``'s model stream (not retained): deltas, or full models."""
+    return f"{PREFIX}/{federation}/{fog}/delta"
 
 
 def update(federation: str, fog: str, edge: str) -> str:
@@ -104,7 +112,8 @@ def models(federation: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ParsedMqttTopic:
-    """The parts of an MQTT topic name: ``kind`` is ``model``, ``update`` or ``status``."""
+    """The parts of an MQTT topic name: ``kind`` is ``model``, ``delta``, ``stats``,
+    ``update`` or ``status``."""
 
     federation: str
     fog: str
@@ -131,7 +140,7 @@ def parse_mqtt(topic: str) -> ParsedMqttTopic:
         and parts[0] == PREFIX
         and all(_ID.fullmatch(p) for p in parts[1:])
     )
-    if ok and len(parts) == 4 and parts[3] in ("model", "stats"):  # noqa: PLR2004
+    if ok and len(parts) == 4 and parts[3] in ("model", "delta", "stats"):  # noqa: PLR2004
         return ParsedMqttTopic(parts[1], parts[2], parts[3], None)
     if ok and len(parts) == 5 and parts[3] in ("update", "status"):  # noqa: PLR2004
         return ParsedMqttTopic(parts[1], parts[2], parts[3], parts[4])

@@ -1,6 +1,7 @@
 """EdgeClient: train from the newest model the fog publishes, send the delta back.
 
-The client subscribes to its fog's retained model topic. For each new fog model
+The client follows its fog's model topics (:class:`~hierfl.edge.model_feed.ModelFeed`: the
+retained full model while it needs it, the delta stream otherwise). For each new fog model
 ``(version, seq)`` it loads the weights, trains ``local_epochs`` epochs (k1) in a worker
 thread, and publishes an :class:`~hierfl.wire.frames.UpdateFrame` holding
 ``trained - received`` with its sample count and training metrics. When several models
@@ -23,6 +24,7 @@ import torch
 
 from hierfl import topics
 from hierfl.config import EdgeSettings
+from hierfl.edge.model_feed import DELTA, FULL, ModelFeed
 from hierfl.edge.trainer import EdgeTask
 from hierfl.errors import ConfigError, HierflError, TransportError
 from hierfl.metrics import ServiceMetrics
@@ -109,11 +111,13 @@ class EdgeClient:
         async with MqttTransport(s.mqtt, client_id=f"hierfl-edge-{fed}-{fog}-{edge}",
                                  will=(status, b"offline")) as mqtt:
             await mqtt.publish(status, b"online", retain=True)
-            await mqtt.subscribe(topics.model(fed, fog))
+            feed = self.model_feed = ModelFeed(fed, fog)  # per connection: resubscribes anew
+            await mqtt.subscribe(topics.model_delta(fed, fog))
+            await self._sync_subscriptions(mqtt, feed)
             self.ready.set()
             try:
                 async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self._receive(mqtt), name=f"edge[{edge}].receive")
+                    tg.create_task(self._receive(mqtt, feed), name=f"edge[{edge}].receive")
                     train = tg.create_task(self._train_loop(mqtt), name=f"edge[{edge}].train")
                     stopper = tg.create_task(self._stop.wait(), name=f"edge[{edge}].stop")
                     await asyncio.wait([train, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -123,23 +127,40 @@ class EdgeClient:
             with contextlib.suppress(TransportError):
                 await asyncio.wait_for(mqtt.publish(status, b"offline", retain=True), 2)
 
-    async def _receive(self, mqtt: MqttTransport) -> None:
+    async def _receive(self, mqtt: MqttTransport, feed: ModelFeed) -> None:
         s = self.settings
         limits = s.limits.decode_limits()
+        delta_topic = topics.model_delta(s.federation, s.fog_id)
         async for inbound in mqtt.messages():
+            kind = DELTA if inbound.topic == delta_topic else FULL
             self.metrics.inc("bytes_down", len(inbound.payload))
+            self.metrics.inc(f"bytes_down_{kind}", len(inbound.payload))
+            self.metrics.inc(f"frames_down_{kind}")
             try:
                 frame = await asyncio.to_thread(decode_frame, inbound.payload, limits=limits)
+                model = await asyncio.to_thread(feed.on_frame, kind, frame)
             except HierflError as exc:
                 self.metrics.reject(exc.reason)
-                log.warning("edge %s: bad model frame: %s", s.edge_id, exc)
-                continue
-            if not (isinstance(frame, ModelFrame) and frame.scope == "fog"
-                    and frame.fog_id == s.fog_id and frame.federation == s.federation):
-                self.metrics.reject("validation.recipient")
-                continue
-            self._latest = frame
-            self._new_model.set()
+                log.warning("edge %s: cannot use the frame on %s: %s", s.edge_id, inbound.topic,
+                            exc)
+                model = None
+            await self._sync_subscriptions(mqtt, feed)
+            if model is not None:
+                self.metrics.inc("models_from_delta" if kind == DELTA and model is not frame
+                                 else "models_from_full")
+                self._latest = model
+                self._new_model.set()
+
+    async def _sync_subscriptions(self, mqtt: MqttTransport, feed: ModelFeed) -> None:
+        """Follow the full model topic exactly while the feed needs it."""
+        topic = topics.model(self.settings.federation, self.settings.fog_id)
+        if feed.follow_full and not feed.full_subscribed:
+            await mqtt.subscribe(topic)  # the broker sends the retained model right away
+            feed.full_subscribed = True
+            self.metrics.inc("full_model_subscriptions")
+        elif not feed.follow_full and feed.full_subscribed:
+            await mqtt.unsubscribe(topic)
+            feed.full_subscribed = False
 
     async def _train_loop(self, mqtt: MqttTransport) -> None:
         s = self.settings

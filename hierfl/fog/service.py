@@ -8,6 +8,10 @@ Tasks (one TaskGroup, named ``fog[<id>].<task>``):
 - ``core``: feeds events to the state machine in order, fires round deadlines, and
   carries out its actions (publish the fog model retained, forward aggregates to Kafka).
 
+The model fan-out to the edges (:class:`~hierfl.wire.downlink.Downlink`): every fog model is
+published in full, retained, on the model topic, and as a delta against the previous one
+(``downlink_delta``, encoded with ``model_codec``; else in full again) on the delta topic.
+
 Bad input never stops the service: every rejected frame is counted by its error's
 ``reason``. Aggregates waiting to be forwarded survive broker outages (outbox).
 """
@@ -33,6 +37,7 @@ from hierfl.transport.base import backoff_delays
 from hierfl.transport.kafka import KafkaConsumerTransport, KafkaProducerTransport, ensure_topics
 from hierfl.transport.mqtt import MqttTransport
 from hierfl.wire.codec import decode_frame, encode_frame
+from hierfl.wire.downlink import Downlink, DownlinkMessages
 from hierfl.wire.frames import AggregateFrame, ModelFrame, UpdateFrame
 
 __all__ = ["FogService"]
@@ -90,6 +95,9 @@ class FogService:
         self._replayed = False
         self._outbox: list[AggregateFrame] = []
         self._to_publish: ModelFrame | None = None
+        self._downlink = Downlink(codec=_codec(s.model_codec), delta=s.downlink_delta,
+                                  max_params=s.limits.max_params)
+        self._prepared: DownlinkMessages | None = None
         self._resume: ModelFrame | None = None
         self._stats_at = float("-inf")
         self._mqtt: MqttTransport | None = None
@@ -128,6 +136,9 @@ class FogService:
         fed, fog = s.federation, s.fog_id
         if self.round.version is None:
             resume = await self._probe_retained_model()
+            if (resume is not None and resume.scope == "fog" and resume.fog_id == fog
+                    and self._downlink.held is None):
+                self._downlink.seed(resume)  # exactly what the up-to-date edges hold
         else:
             resume = None
         will = (topics.status(fed, fog, fog), b"offline")
@@ -364,9 +375,17 @@ class FogService:
         s = self.settings
         if self._to_publish is not None and self._mqtt is not None:
             frame = self._to_publish
-            data = await asyncio.to_thread(encode_frame, frame)
-            await self._mqtt.publish(topics.model(s.federation, s.fog_id), data, retain=True)
-            self.metrics.inc("bytes_down_edges", len(data))
+            out = self._prepared
+            if out is None or out.target is not frame:
+                # Encoded once per model: a retry after a reconnect sends the same bytes.
+                out = self._prepared = await asyncio.to_thread(self._downlink.prepare, frame)
+            # Full model first: a fog that dies in between resumes from it and resends it.
+            await self._mqtt.publish(topics.model(s.federation, s.fog_id), out.full, retain=True)
+            self.metrics.inc("bytes_down_edges", len(out.full))
+            await self._mqtt.publish(topics.model_delta(s.federation, s.fog_id), out.stream)
+            self.metrics.inc("bytes_down_stream", len(out.stream))
+            self.metrics.inc("model_deltas_sent" if out.is_delta else "models_streamed_full")
+            self._downlink.commit(out)
             if self._to_publish is frame:
                 self._to_publish = None
         while self._outbox and self._producer is not None:

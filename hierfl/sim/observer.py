@@ -1,7 +1,7 @@
 """The sim's observer: watches a federation from the outside and measures every round.
 
 It subscribes to the same topics the tiers use (never to anything private): update frames
-on MQTT (edge -> fog bytes), fog models and fog stats on MQTT, aggregates and global
+on MQTT (edge -> fog bytes), the fogs' model streams and stats on MQTT, aggregates and global
 models on Kafka (fog -> cloud and cloud -> fog bytes). Each new global version is
 evaluated on the scenario's test set.
 """
@@ -24,7 +24,7 @@ from hierfl.config import KafkaSettings, MqttSettings
 from hierfl.errors import HierflError
 from hierfl.transport.kafka import KafkaConsumerTransport
 from hierfl.transport.mqtt import MqttTransport
-from hierfl.wire import AggregateFrame, ModelFrame, UpdateFrame, decode_frame
+from hierfl.wire import AggregateFrame, ModelDeltaFrame, ModelFrame, UpdateFrame, decode_frame
 
 __all__ = ["Observer", "RoundRecord"]
 
@@ -99,7 +99,7 @@ class Observer:
         async with MqttTransport(self.mqtt, client_id=f"hierfl-sim-observer-{fed}") as m:
             for fog in self.fog_edges:
                 await m.subscribe(topics.update_filter(fed, fog))
-                await m.subscribe(topics.model(fed, fog))
+                await m.subscribe(topics.model_delta(fed, fog))
                 await m.subscribe(topics.stats(fed, fog))
             self.ready.set()
             async for inbound in m.messages():
@@ -118,8 +118,10 @@ class Observer:
                 if isinstance(frame, UpdateFrame):
                     self._up[frame.base_version] += len(inbound.payload)
                     self._updates[frame.base_version] += 1
-                elif isinstance(frame, ModelFrame) and not inbound.retain:
-                    # every edge of that fog receives a copy
+                elif isinstance(frame, ModelFrame | ModelDeltaFrame) and t.kind == "delta":
+                    # Every edge of that fog receives each model once, on the model stream (a
+                    # delta, or the full model); the retained full model goes only to edges
+                    # that join or fell behind, which an observer cannot see: not counted.
                     n = self.fog_edges.get(t.fog, 0)
                     self._down[frame.version] += len(inbound.payload) * n
 

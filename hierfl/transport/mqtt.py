@@ -149,6 +149,11 @@ class MqttTransport:
         with map_mqtt_errors("subscribe"):
             await self._client.subscribe(topic_filter, qos=qos)
 
+    async def unsubscribe(self, topic_filter: str) -> None:
+        """Stop receiving messages on a topic filter (some already in flight may still come)."""
+        with map_mqtt_errors("unsubscribe"):
+            await self._client.unsubscribe(topic_filter)
+
     async def publish(
         self,
         topic: str,

@@ -3,7 +3,7 @@
 Layout (all integers little-endian)::
 
     offset 0   4 bytes  magic  b"HFLW"
-    offset 4   u8       format version (1)
+    offset 4   u8       format version: 1, or 2 for a model_delta frame
     offset 5   u8       flags: bit 0 = body is zstd-compressed; other bits must be 0
     offset 6   u16      reserved, 0
     offset 8   u32      body length after decompression
@@ -34,10 +34,18 @@ from hierfl.errors import (
     UnsupportedVersionError,
     WireFormatError,
 )
-from hierfl.wire.frames import AggregateFrame, Frame, LayoutEntry, ModelFrame, UpdateFrame
+from hierfl.wire.frames import (
+    AggregateFrame,
+    Frame,
+    LayoutEntry,
+    ModelDeltaFrame,
+    ModelFrame,
+    UpdateFrame,
+)
 from hierfl.wire.tensors import decode_vector, encode_vector
 
 __all__ = [
+    "DELTA_FORMAT_VERSION",
     "FORMAT_VERSION",
     "HEADER_SIZE",
     "MAGIC",
@@ -48,6 +56,10 @@ __all__ = [
 
 MAGIC = b"HFLW"
 FORMAT_VERSION = 1
+#: Version 2 is version 1 plus the ``model_delta`` kind. Each frame is written with the lowest
+#: version that defines its kind, so v1 receivers keep decoding every frame they knew.
+DELTA_FORMAT_VERSION = 2
+_VERSIONS = (FORMAT_VERSION, DELTA_FORMAT_VERSION)
 FLAG_ZSTD = 0x01
 _HEADER = struct.Struct("<4sBBHI")
 HEADER_SIZE = _HEADER.size  # 12
@@ -98,7 +110,8 @@ def encode_frame(
     if compress:
         payload = zstandard.ZstdCompressor(level=level, write_content_size=True).compress(body)
         flags |= FLAG_ZSTD
-    return _HEADER.pack(MAGIC, FORMAT_VERSION, flags, 0, len(body)) + payload
+    version = DELTA_FORMAT_VERSION if isinstance(frame, ModelDeltaFrame) else FORMAT_VERSION
+    return _HEADER.pack(MAGIC, version, flags, 0, len(body)) + payload
 
 
 def decode_frame(data: bytes, *, limits: DecodeLimits = DEFAULT_LIMITS) -> Frame:
@@ -109,11 +122,12 @@ def decode_frame(data: bytes, *, limits: DecodeLimits = DEFAULT_LIMITS) -> Frame
         limits: size bounds.
 
     Returns:
-        An :class:`UpdateFrame`, :class:`AggregateFrame` or :class:`ModelFrame`.
+        An :class:`UpdateFrame`, :class:`AggregateFrame`, :class:`ModelFrame` or (format
+        version 2) :class:`ModelDeltaFrame`.
 
     Raises:
         WireFormatError: (a subclass naming the problem) for anything that is not a valid
-            v1 frame within ``limits``.
+            v1 or v2 frame within ``limits``.
     """
     try:
         return _decode(data, limits)
@@ -136,8 +150,8 @@ def _decode(data: bytes, limits: DecodeLimits) -> Frame:
     magic, version, flags, reserved, body_len = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise UnsupportedVersionError(f"bad magic {bytes(magic)!r}: not a hierfl frame")
-    if version != FORMAT_VERSION:
-        raise UnsupportedVersionError(f"format version {version} is not supported (want 1)")
+    if version not in _VERSIONS:
+        raise UnsupportedVersionError(f"format version {version} is not supported (want 1 or 2)")
     if flags & ~FLAG_ZSTD or reserved:
         raise UnsupportedVersionError(f"unknown flags {flags:#x} / reserved {reserved:#x}")
     if body_len > limits.max_body_bytes:
@@ -151,7 +165,7 @@ def _decode(data: bytes, limits: DecodeLimits) -> Frame:
         body = payload
     if len(body) != body_len:
         raise WireFormatError(f"body is {len(body)} bytes, header declares {body_len}")
-    return _from_map(_unpack(body, limits), limits)
+    return _from_map(_unpack(body, limits), limits, version)
 
 
 def _decompress(payload: bytes, body_len: int) -> bytes:
@@ -222,6 +236,17 @@ def _to_map(frame: Frame, codec: Any) -> dict[str, Any]:
             "fog_rounds": frame.fog_rounds,
             "delta": encode_vector(frame.delta, codec),
         }
+    if isinstance(frame, ModelDeltaFrame):
+        return common | {
+            "fog": frame.fog_id,
+            "version": frame.version,
+            "seq": frame.seq,
+            "fog_round": frame.fog_round,
+            "base_version": frame.base_version,
+            "base_seq": frame.base_seq,
+            "digest": frame.digest,
+            "delta": encode_vector(frame.delta, codec),
+        }
     return common | {
         "version": frame.version,
         "parent": frame.parent,
@@ -238,14 +263,18 @@ _REQUIRED = {
     "update": ("fog", "edge", "base_version", "base_seq", "num_samples", "delta"),
     "aggregate": ("fog", "base_version", "num_samples", "contributors", "fog_rounds", "delta"),
     "model": ("version", "parent", "scope", "fog", "seq", "fog_round", "layout", "weights"),
+    "model_delta": ("fog", "version", "seq", "fog_round", "base_version", "base_seq", "digest",
+                    "delta"),
 }
 _COMMON = ("kind", "federation", "created_at", "metrics")
 
 
-def _from_map(m: dict[str, Any], limits: DecodeLimits) -> Frame:
+def _from_map(m: dict[str, Any], limits: DecodeLimits, version: int = FORMAT_VERSION) -> Frame:
     kind = m.get("kind")
     if not isinstance(kind, str) or kind not in _REQUIRED:
         raise FrameFieldError("kind", f"expected one of {sorted(_REQUIRED)}, got {kind!r}")
+    if kind == ModelDeltaFrame.KIND and version < DELTA_FORMAT_VERSION:
+        raise FrameFieldError("kind", "model_delta needs format version 2")
     for key in (*_COMMON, *_REQUIRED[kind]):
         if key not in m:
             raise FrameFieldError(key, "missing")
@@ -274,6 +303,18 @@ def _from_map(m: dict[str, Any], limits: DecodeLimits) -> Frame:
             contributors=tuple(contributors),
             fog_rounds=m["fog_rounds"],
             delta=decode_vector(m["delta"], max_size=limits.max_params, field="delta"),
+            **common,
+        )
+    if kind == "model_delta":
+        return ModelDeltaFrame(
+            fog_id=m["fog"],
+            version=m["version"],
+            seq=m["seq"],
+            fog_round=m["fog_round"],
+            base_version=m["base_version"],
+            base_seq=m["base_seq"],
+            delta=decode_vector(m["delta"], max_size=limits.max_params, field="delta"),
+            digest=m["digest"],
             **common,
         )
     layout = m["layout"]

@@ -3,12 +3,15 @@
 - :class:`UpdateFrame`: edge -> fog, a delta against the model the edge trained from.
 - :class:`AggregateFrame`: fog -> cloud, the fog's combined delta against a global version.
 - :class:`ModelFrame`: cloud -> fogs -> edges, full weights of a global or fog-level model.
+- :class:`ModelDeltaFrame` (format version 2): fog -> edges, a fog model as a change to the
+  previous one, for edges that hold it.
 
 Field-by-field specification: ``docs/wire-format.md``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -19,12 +22,15 @@ from hierfl.errors import FrameFieldError
 from hierfl.types import Float32Vector
 
 __all__ = [
+    "DIGEST_BYTES",
     "MAX_METRICS",
     "AggregateFrame",
     "Frame",
     "LayoutEntry",
+    "ModelDeltaFrame",
     "ModelFrame",
     "UpdateFrame",
+    "weights_digest",
 ]
 
 MAX_METRICS = 64
@@ -32,6 +38,16 @@ MAX_CONTRIBUTORS = 100_000
 MAX_LAYOUT = 4096
 _MAX_ID = 64
 _MAX_NAME = 256
+DIGEST_BYTES = 16
+
+
+def weights_digest(weights: Float32Vector) -> bytes:
+    """BLAKE2b-128 of a weight vector's little-endian float32 bytes (the model-delta digest).
+
+    Bit-exact: ``0.0`` and ``-0.0`` (or two NaN payloads) give different digests.
+    """
+    data = np.ascontiguousarray(weights, dtype="<f4").tobytes()
+    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
 
 
 def _check_id(name: str, value: object) -> None:
@@ -205,5 +221,44 @@ class ModelFrame:
         _check_float("created_at", self.created_at)
 
 
-Frame = UpdateFrame | AggregateFrame | ModelFrame
+@dataclass(frozen=True, slots=True)
+class ModelDeltaFrame:
+    """Fog model ``(version, seq)`` of fog ``fog_id`` as a change to its model
+    ``(base_version, base_seq)``: an edge holding exactly that base computes
+    ``base weights + delta`` (float32) and MUST find :func:`weights_digest` of the result
+    equal to ``digest``; it then holds the new model (``fog_round`` as in :class:`ModelFrame`).
+    An edge that does not hold the base takes the full model instead. Format version 2.
+    """
+
+    KIND: ClassVar[str] = "model_delta"
+
+    federation: str
+    fog_id: str
+    version: int
+    seq: int
+    base_version: int
+    base_seq: int
+    delta: Float32Vector
+    digest: bytes
+    fog_round: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    created_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_id("federation", self.federation)
+        _check_id("fog", self.fog_id)
+        _check_int("version", self.version, 0)
+        _check_int("seq", self.seq, 0)
+        _check_int("base_version", self.base_version, 0, self.version)
+        # a fog's seq grows with every model it publishes, across global versions too
+        _check_int("base_seq", self.base_seq, 0, self.seq - 1)
+        _check_int("fog_round", self.fog_round, 0, 10_000)
+        _check_vector("delta", self.delta)
+        if not isinstance(self.digest, bytes) or len(self.digest) != DIGEST_BYTES:
+            raise FrameFieldError("digest", f"expected {DIGEST_BYTES} bytes")
+        _check_metrics("metrics", self.metrics)
+        _check_float("created_at", self.created_at)
+
+
+Frame = UpdateFrame | AggregateFrame | ModelFrame | ModelDeltaFrame
 

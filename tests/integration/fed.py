@@ -27,18 +27,18 @@ def tiny_model() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
 
 
-def tiny_task(index: int, n: int | None = None) -> SupervisedTask:
+def tiny_task(index: int, n: int | None = None, model: Any = tiny_model) -> SupervisedTask:
     """A non-IID classification task: each edge holds a different number of samples."""
     rng = np.random.default_rng(100 + index)
     n = n or 10 + 7 * index
     x = rng.normal(size=(n, 8)).astype(np.float32)
     y = (x[:, 0] + x[:, 1] * (index % 3) > 0).astype(np.int64) + (x[:, 2] > 1)
-    return SupervisedTask(tiny_model, torch.from_numpy(x), torch.from_numpy(y), lr=0.1,
+    return SupervisedTask(model, torch.from_numpy(x), torch.from_numpy(y), lr=0.1,
                           batch_size=8, seed=index)
 
 
-def write_initial(path: Path) -> np.ndarray:
-    m = tiny_model()
+def write_initial(path: Path, model: Any = tiny_model) -> np.ndarray:
+    m = model()
     vec = model_to_vector(m)
     layout = model_layout(m)
     named = {}

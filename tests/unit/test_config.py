@@ -398,3 +398,55 @@ def test_id_with_trailing_newline_is_rejected(clean_env: pytest.MonkeyPatch) -> 
     clean_env.setenv("HIERFL_FOG_ID", "fog-1\n")
     with pytest.raises(ConfigError):
         FogSettings.load()
+
+
+# --- per-link codecs ----------------------------------------------------------------------------
+
+
+def test_per_link_codec_defaults() -> None:
+    fog = FogSettings.load(fog_id="g")
+    assert (fog.cloud_codec, fog.model_codec, fog.downlink_delta) == ("raw", "raw", True)
+    assert CloudSettings.load().model_codec == "raw"
+    assert EdgeSettings.load(fog_id="g", edge_id="e").codec == "raw"
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "field"),
+    [
+        (EdgeSettings, {"fog_id": "g", "edge_id": "e", "codec": "zip"}, "codec"),
+        (EdgeSettings, {"fog_id": "g", "edge_id": "e", "codec": "topk:fraction=0"}, "codec"),
+        (FogSettings, {"fog_id": "g", "cloud_codec": "int8:chunk=0"}, "cloud_codec"),
+        (FogSettings, {"fog_id": "g", "model_codec": "fp8"}, "model_codec"),
+        # full models need a dense codec: sparse ones would zero most weights
+        (FogSettings, {"fog_id": "g", "model_codec": "topk", "downlink_delta": False},
+         "model_codec with downlink_delta = false"),
+        (CloudSettings, {"model_codec": "topk+fp16"}, "model_codec"),
+        (CloudSettings, {"model_codec": "randk"}, "model_codec"),
+        # deltas are sent with error feedback: rand-k must not scale
+        (FogSettings, {"fog_id": "g", "model_codec": "randk:fraction=0.1"}, "scaled=false"),
+    ],
+)
+def test_bad_codec_specs_fail_at_load(cls: type[Any], kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(field)):
+        cls.load(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"model_codec": "topk+fp16:fraction=0.05"},  # sparse deltas
+        {"model_codec": "randk:fraction=0.1,scaled=false"},
+        {"model_codec": "fp16", "downlink_delta": False},
+        {"model_codec": "int8:chunk=1024", "cloud_codec": "topk+int8:fraction=0.01"},
+    ],
+)
+def test_good_fog_codec_specs(kwargs: dict[str, Any]) -> None:
+    fog = FogSettings.load(fog_id="g", **kwargs)
+    assert fog.model_codec == kwargs["model_codec"]
+
+
+def test_downlink_settings_from_the_environment(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("HIERFL_MODEL_CODEC", "fp16")
+    clean_env.setenv("HIERFL_DOWNLINK_DELTA", "false")
+    fog = FogSettings.load(fog_id="g")
+    assert (fog.model_codec, fog.downlink_delta) == ("fp16", False)

@@ -24,6 +24,7 @@ def test_names() -> None:
     assert topics.status("fed", "g1", "e1") == "hierfl/fed/g1/status/e1"
     assert topics.status_filter("fed", "g1") == "hierfl/fed/g1/status/+"
     assert topics.stats("fed", "g1") == "hierfl/fed/g1/stats"
+    assert topics.model_delta("fed", "g1") == "hierfl/fed/g1/delta"
     assert topics.aggregates("fed") == "hierfl.fed.aggregates"
     assert topics.models("fed") == "hierfl.fed.models"
 
@@ -33,6 +34,9 @@ def test_names() -> None:
 def test_build_parse_round_trip(fed: str, fog: str, client: str) -> None:
     assert topics.parse_mqtt(topics.model(fed, fog)) == ParsedMqttTopic(fed, fog, "model", None)
     assert topics.parse_mqtt(topics.stats(fed, fog)) == ParsedMqttTopic(fed, fog, "stats", None)
+    assert topics.parse_mqtt(topics.model_delta(fed, fog)) == ParsedMqttTopic(
+        fed, fog, "delta", None
+    )
     assert topics.parse_mqtt(topics.update(fed, fog, client)) == ParsedMqttTopic(
         fed, fog, "update", client
     )

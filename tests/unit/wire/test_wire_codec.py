@@ -143,7 +143,7 @@ def test_header_layout() -> None:
     assert msgpack.unpackb(plain[12:])["kind"] == "update"
 
 
-@pytest.mark.parametrize("kind", ["update", "aggregate", "model"])
+@pytest.mark.parametrize("kind", ["update", "aggregate", "model", "model_delta"])
 @pytest.mark.parametrize("compress", [True, False])
 def test_hand_crafted_maps_decode(kind: str, compress: bool) -> None:
     frame = decode_frame(craft(MAPS[kind](), compress=compress))
@@ -187,7 +187,7 @@ def _valid() -> bytes:
     [
         pytest.param(b"XXXX" + _valid()[4:], id="bad-magic"),
         pytest.param(b"hflw" + _valid()[4:], id="magic-is-case-sensitive"),
-        pytest.param(_valid()[:4] + bytes([2]) + _valid()[5:], id="version-2"),
+        pytest.param(_valid()[:4] + bytes([3]) + _valid()[5:], id="version-3"),
         pytest.param(_valid()[:4] + bytes([0]) + _valid()[5:], id="version-0"),
         pytest.param(_valid()[:5] + bytes([0x03]) + _valid()[6:], id="flag-bit-1"),
         pytest.param(_valid()[:5] + bytes([0x81]) + _valid()[6:], id="flag-bit-7"),
@@ -357,6 +357,8 @@ _REQUIRED = {
                   "num_samples", "contributors", "fog_rounds", "delta"],
     "model": ["kind", "federation", "created_at", "metrics", "version", "parent", "scope",
               "fog", "seq", "fog_round", "layout", "weights"],
+    "model_delta": ["kind", "federation", "created_at", "metrics", "fog", "version", "seq",
+                    "fog_round", "base_version", "base_seq", "digest", "delta"],
 }
 
 
@@ -373,7 +375,7 @@ def test_missing_field(kind: str, key: str) -> None:
     assert info.value.field == key
 
 
-@pytest.mark.parametrize("kind", ["update", "aggregate", "model"])
+@pytest.mark.parametrize("kind", ["update", "aggregate", "model", "model_delta"])
 def test_unknown_field(kind: str) -> None:
     with pytest.raises(FrameFieldError) as info:
         decode_frame(craft(MAPS[kind](zzz_future=1)))
@@ -556,7 +558,7 @@ def test_longest_id_is_accepted() -> None:
     ],
 )
 @pytest.mark.parametrize(("kind", "key"), [("update", "delta"), ("aggregate", "delta"),
-                                           ("model", "weights")])
+                                           ("model", "weights"), ("model_delta", "delta")])
 def test_bad_tensor(kind: str, key: str, vector: Any) -> None:
     m = MAPS[kind](**{key: vector})
     if kind == "model":
@@ -567,7 +569,7 @@ def test_bad_tensor(kind: str, key: str, vector: Any) -> None:
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize(("kind", "key"), [("update", "delta"), ("aggregate", "delta"),
-                                           ("model", "weights")])
+                                           ("model", "weights"), ("model_delta", "delta")])
 def test_non_finite_tensor(kind: str, key: str, bad: float) -> None:
     # Prepare: one bad value among good ones
     values = np.arange(6, dtype=np.float32)

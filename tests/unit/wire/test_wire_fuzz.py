@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from hierfl.errors import WireFormatError
 from hierfl.wire import DecodeLimits, decode_frame, encode_frame
-from hierfl.wire.frames import AggregateFrame, ModelFrame, UpdateFrame
+from hierfl.wire.frames import AggregateFrame, ModelDeltaFrame, ModelFrame, UpdateFrame
 from tests.unit.wire.wire_strategies import (
     MAPS,
     any_frames,
@@ -29,7 +29,7 @@ FUZZ = settings(
 )
 # Small limits make the size checks reachable by small inputs too.
 SMALL = DecodeLimits(max_frame_bytes=4096, max_body_bytes=8192, max_params=256)
-FRAME_TYPES = (UpdateFrame, AggregateFrame, ModelFrame)
+FRAME_TYPES = (UpdateFrame, AggregateFrame, ModelFrame, ModelDeltaFrame)
 
 
 def _decode_or_wire_error(data: bytes, limits: DecodeLimits | None = None) -> None:
@@ -76,8 +76,8 @@ _leaf = st.one_of(
     st.floats(),
     st.text(max_size=12),
     st.binary(max_size=24),
-    st.sampled_from(["update", "aggregate", "model", "raw", "fp16", "int8", "topk", "global",
-                     "fog"]),
+    st.sampled_from(["update", "aggregate", "model", "model_delta", "raw", "fp16", "int8",
+                     "topk", "global", "fog"]),
 )
 _junk = st.recursive(
     _leaf,

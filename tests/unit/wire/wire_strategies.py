@@ -17,7 +17,14 @@ import zstandard
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from hierfl.wire import AggregateFrame, Frame, LayoutEntry, ModelFrame, UpdateFrame
+from hierfl.wire import (
+    AggregateFrame,
+    Frame,
+    LayoutEntry,
+    ModelDeltaFrame,
+    ModelFrame,
+    UpdateFrame,
+)
 
 HEADER = struct.Struct("<4sBBHI")
 ID_ALPHABET = string.ascii_letters + string.digits + "_-"
@@ -31,12 +38,17 @@ def header(body_len: int, *, flags: int = 1, magic: bytes = b"HFLW", version: in
     return HEADER.pack(magic, version, flags, reserved, body_len)
 
 
-def craft(body: Any, *, compress: bool = True, raw_body: bytes | None = None) -> bytes:
-    """Frame bytes whose body is ``msgpack(body)`` (or ``raw_body`` verbatim)."""
+def craft(body: Any, *, compress: bool = True, raw_body: bytes | None = None,
+          version: int | None = None) -> bytes:
+    """Frame bytes whose body is ``msgpack(body)`` (or ``raw_body`` verbatim), under format
+    ``version`` (default: 2 for a ``model_delta`` body, else 1)."""
     packed = raw_body if raw_body is not None else msgpack.packb(body, use_bin_type=True)
+    if version is None:
+        version = 2 if isinstance(body, dict) and body.get("kind") == "model_delta" else 1
     if compress:
-        return header(len(packed), flags=1) + zstandard.ZstdCompressor().compress(packed)
-    return header(len(packed), flags=0) + packed
+        return header(len(packed), flags=1, version=version) + zstandard.ZstdCompressor(
+        ).compress(packed)
+    return header(len(packed), flags=0, version=version) + packed
 
 
 def raw_vector(values: Any) -> dict[str, Any]:
@@ -98,7 +110,27 @@ def model_map(**overrides: Any) -> dict[str, Any]:
     return m | overrides
 
 
-MAPS = {"update": update_map, "aggregate": aggregate_map, "model": model_map}
+def model_delta_map(**overrides: Any) -> dict[str, Any]:
+    """A valid model-delta body map (format version 2), with ``overrides`` applied."""
+    m = {
+        "kind": "model_delta",
+        "federation": "fed",
+        "created_at": 1.5,
+        "metrics": {},
+        "fog": "fog-a",
+        "version": 4,
+        "seq": 9,
+        "fog_round": 1,
+        "base_version": 4,
+        "base_seq": 8,
+        "digest": bytes(range(16)),
+        "delta": raw_vector([0.5, 0.0, -1.0]),
+    }
+    return m | overrides
+
+
+MAPS = {"update": update_map, "aggregate": aggregate_map, "model": model_map,
+        "model_delta": model_delta_map}
 
 # --- comparing frames -------------------------------------------------------------------------
 
@@ -202,4 +234,25 @@ def model_frames(draw: st.DrawFn) -> ModelFrame:
     )
 
 
-any_frames = st.one_of(update_frames(), aggregate_frames(), model_frames())
+@st.composite
+def model_delta_frames(draw: st.DrawFn) -> ModelDeltaFrame:
+    """Valid model-delta frames."""
+    version = draw(versions)
+    seq = draw(st.integers(1, 2**63 - 1))
+    return ModelDeltaFrame(
+        federation=draw(ids),
+        fog_id=draw(ids),
+        version=version,
+        seq=seq,
+        base_version=draw(st.integers(0, version)),
+        base_seq=draw(st.integers(0, seq - 1)),
+        delta=draw(vectors()),
+        digest=draw(st.binary(min_size=16, max_size=16)),
+        fog_round=draw(st.integers(0, 10_000)),
+        metrics=draw(metrics),
+        created_at=draw(timestamps),
+    )
+
+
+any_frames = st.one_of(update_frames(), aggregate_frames(), model_frames(),
+                       model_delta_frames())
