@@ -49,16 +49,25 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 from hierfl.aggregation import make_aggregator  # noqa: E402
 
-AGGREGATORS = ["fedavg", "median", "trimmed_mean", "multikrum", "geometric_median", "krum",
-               "norm_bounded"]
 ATTACKS = ["none", "sign-flip", "scale", "gaussian", "alie", "label-flip", "weighting"]
 # Parameters for 5 updates per fog with f = 1 Byzantine: trim one value per tail, Krum-family
 # rules assume f = 1 (n = 5 >= 2f + 3).
-PARAMS: dict[str, dict[str, Any]] = {
+_BASE: dict[str, dict[str, Any]] = {
     "trimmed_mean": {"trim_ratio": 0.2},
     "multikrum": {"f": 1},
     "krum": {"f": 1},
 }
+_MIXABLE = ["median", "trimmed_mean", "multikrum", "geometric_median", "krum"]
+# Table rows: label -> (registered rule, its parameters). "R+nnm" is rule R with
+# nearest-neighbour mixing for f = 1 (hierfl.aggregation.mixing), the configuration
+# docs/robustness.md recommends for fogs of a few non-IID edges.
+ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    "fedavg": ("fedavg", {}),
+    **{r: (r, _BASE.get(r, {})) for r in _MIXABLE},
+    **{f"{r}+nnm": (r, {**_BASE.get(r, {}), "nnm_f": 1}) for r in _MIXABLE},
+    "norm_bounded": ("norm_bounded", {}),
+}
+AGGREGATORS = list(ROWS)
 DIGITS_PARAMS = 4810  # MLP 64-64-10
 PER_FOG = 5
 
@@ -75,10 +84,10 @@ def run_cell(aggregator: str, attack: str, args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
 
     out = Path(args.out) / f"{aggregator}-{attack}"
+    rule, params = ROWS[aggregator]
     cfg = SimConfig(
         scenario="digits", fogs=4, edges=20, rounds=args.rounds, seed=args.seed,
-        mode="inprocess", live=False, out=out, aggregator=aggregator,
-        aggregator_params=PARAMS.get(aggregator, {}),
+        mode="inprocess", live=False, out=out, aggregator=rule, aggregator_params=params,
         attack=None if attack == "none" else attack,
         byzantine=0.0 if attack == "none" else args.byzantine,
     )
@@ -149,7 +158,8 @@ def spawn_cell(aggregator: str, attack: str, args: argparse.Namespace) -> dict[s
     rounds = [x for x in lines if x.get("kind") == "round"]
     done = next((x for x in lines if x.get("kind") == "done"), None)
     record: dict[str, Any] = {
-        "kind": "cell", "aggregator": aggregator, "params": PARAMS.get(aggregator, {}),
+        "kind": "cell", "aggregator": aggregator, "rule": ROWS[aggregator][0],
+        "params": ROWS[aggregator][1],
         "attack": attack, "byzantine": 0.0 if attack == "none" else args.byzantine,
         "rounds": len(rounds), "seed": args.seed,
         "final_accuracy": rounds[-1]["accuracy"] if rounds else None,
@@ -195,21 +205,25 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 
 def fog_round_cost(aggregator: str, *, repeats: int = 200) -> float:
-    """Median seconds to aggregate one fog round: 5 digits-sized updates."""
+    """Median seconds to aggregate one fog round: 5 digits-sized updates (a row of ROWS)."""
     rng = np.random.default_rng(0)
     updates = (0.01 * rng.standard_normal((PER_FOG, DIGITS_PARAMS))).astype(np.float32)
     weights = rng.integers(12, 120, PER_FOG).astype(np.float64)
-    agg = make_aggregator(aggregator, PARAMS.get(aggregator))
+    agg = make_aggregator(*ROWS[aggregator])
+    return _median_time(lambda: agg(updates, weights), repeats)
+
+
+def _median_time(call: Any, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        agg(updates, weights)
+        call()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
 
 def large_cost(aggregators: list[str]) -> dict[str, float]:
-    """50 x 1,000,000 seconds per rule, from benchmarks/aggregation_speed.py (one thread)."""
+    """50 x 1,000,000 seconds per row of ROWS, timed like benchmarks/aggregation_speed.py."""
     spec = importlib.util.spec_from_file_location("aggregation_speed",
                                                   ROOT / "benchmarks" / "aggregation_speed.py")
     assert spec is not None
@@ -221,8 +235,9 @@ def large_cost(aggregators: list[str]) -> dict[str, float]:
     weights = rng.integers(10, 1000, 50).astype(np.float64)
     out = {}
     with speed._thread_limit():
-        for name in aggregators:
-            out[name] = float(speed.bench(name, updates, weights, 3)["seconds"])
+        for label in aggregators:
+            agg = make_aggregator(*ROWS[label])
+            out[label] = _median_time(lambda a=agg: a(updates, weights), 3)
     return out
 
 
@@ -242,7 +257,7 @@ def table(cells: list[dict[str, Any]], costs: dict[str, dict[str, float | None]]
         rows.append("| **reference**: fedavg, no attack | "
                     + " | ".join(f"{100 * ref:.1f}" for _ in attacks) + " | | |")
     for a in aggregators:
-        row = [f"{a}{_fmt_params(PARAMS.get(a, {}))}"]
+        row = [f"{a}{_fmt_params(ROWS[a][1])}"]
         for x in attacks:
             v = acc.get((a, x))
             mark = ""
@@ -329,7 +344,7 @@ def main() -> None:
     costs: dict[str, dict[str, float | None]] = {}
     for a in args.aggregators:
         costs[a] = {"fog_round_s": fog_round_cost(a), "large_s": large.get(a)}
-        print(json.dumps({"kind": "cost", "aggregator": a, "params": PARAMS.get(a, {}),
+        print(json.dumps({"kind": "cost", "aggregator": a, "params": ROWS[a][1],
                           "fog_round_s": costs[a]["fog_round_s"], "fog_round_shape": [
                               PER_FOG, DIGITS_PARAMS],
                           "large_s": costs[a]["large_s"], "large_shape": [50, 1_000_000]}),
