@@ -49,7 +49,8 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 from hierfl.aggregation import make_aggregator  # noqa: E402
 
-ATTACKS = ["none", "sign-flip", "scale", "gaussian", "alie", "label-flip", "weighting"]
+ATTACKS = ["none", "sign-flip", "scale", "gaussian", "alie", "label-flip", "weighting",
+           "sign-flip-1"]
 # Parameters for 5 updates per fog with f = 1 Byzantine: trim one value per tail, Krum-family
 # rules assume f = 1 (n = 5 >= 2f + 3).
 _BASE: dict[str, dict[str, Any]] = {
