@@ -76,6 +76,9 @@ for _r in _MIXABLE:
     ROWS[f"{_r}+nnm"] = (_r, {**_BASE.get(_r, {}), "nnm_f": 1})
 ROWS["norm_bounded"] = ("norm_bounded", {})
 AGGREGATORS = list(ROWS)
+# The issue's targets: these rules within 3 points of the reference under these attacks.
+TARGET_RULES = {"median", "trimmed_mean", "multikrum", "geometric_median"}
+TARGET_ATTACKS = {"sign-flip", "scale", "gaussian"}
 DIGITS_PARAMS = 4810  # MLP 64-64-10
 PER_FOG = 5
 
@@ -268,11 +271,12 @@ def table(cells: list[dict[str, Any]], costs: dict[str, dict[str, float | None]]
         row = [f"{a}{_fmt_params(ROWS[a][1])}"]
         for x in attacks:
             v = acc.get((a, x))
-            mark = ""
+            text = ("stalled" if (a, x) in failed else "—") if v is None else f"{100 * v:.1f}"
             if v is not None and ref is not None and (a, x) != ("fedavg", "none"):
-                mark = "" if v >= ref - 0.03 else " ✗"
-            row.append(("stalled" if (a, x) in failed else "—") if v is None
-                       else f"{100 * v:.1f}{mark}")
+                met = v >= ref - 0.03
+                target = ROWS[a][0] in TARGET_RULES and x in TARGET_ATTACKS
+                text = f"**{text}**" if met and target else text if met else f"{text} ✗"
+            row.append(text)
         c = costs.get(a, {})
         fog = c.get("fog_round_s")
         big = c.get("large_s")
@@ -282,7 +286,9 @@ def table(cells: list[dict[str, Any]], costs: dict[str, dict[str, float | None]]
     note = (f"\nFinal test accuracy (%) after {args.rounds} rounds, seed {args.seed}, "
             f"{int(100 * args.byzantine)} % Byzantine edges (one per fog). Reference (fedavg, "
             f"no attack): {'—' if ref is None else f'{100 * ref:.1f}'} %. ✗: more than 3 "
-            "points below the reference; stalled: the run stopped early (see its JSON line).")
+            "points below the reference; bold: a target cell of the issue that is met (median, "
+            "trimmed mean, Multi-Krum, geometric median x sign-flip, scale, gaussian); stalled: "
+            "the run stopped early (see its JSON line).")
     return "\n".join(rows) + "\n" + note
 
 
