@@ -305,7 +305,11 @@ def select_lowest(scores: Float64Vector, updates: FloatMatrix, count: int) -> np
     return order[:count]
 
 
-def mix_rows(coeffs: npt.NDArray[np.float64], updates: FloatMatrix) -> Float32Matrix:
+def mix_rows(
+    coeffs: npt.NDArray[np.float64],
+    updates: FloatMatrix,
+    non_finite: npt.NDArray[np.bool_] | None = None,
+) -> Float32Matrix:
     """Return ``coeffs @ updates`` as float32, accumulated in float64 over column blocks.
 
     A zero coefficient never reads its row, so a NaN/Inf row leaks only into the output rows
@@ -314,22 +318,28 @@ def mix_rows(coeffs: npt.NDArray[np.float64], updates: FloatMatrix) -> Float32Ma
     Args:
         coeffs: (m, n) float64 mixing matrix.
         updates: (n, d) floating matrix; not modified.
+        non_finite: (n,) which rows hold NaN/Inf, if the caller knows (saves one pass).
 
     Returns:
         (m, d) float32 matrix (a new array).
     """
     n, d = updates.shape
-    out = np.empty((coeffs.shape[0], d), dtype=np.float32)
-    bad = ~np.isfinite(row_sq_norms64(updates))
+    m = coeffs.shape[0]
+    out = np.empty((m, d), dtype=np.float32)
+    bad = ~np.isfinite(row_sq_norms64(updates)) if non_finite is None else non_finite
     tainted = (coeffs[:, bad] != 0).any(axis=1)
     step = _block_cols(n, 8)
     buf = np.empty((n, min(step, d)), dtype=np.float64)
+    res = np.empty((m, min(step, d)), dtype=np.float64)
     for start in range(0, d, step):
         stop = min(start + step, d)
         blk = buf[:, : stop - start]
         np.copyto(blk, updates[:, start:stop])
-        blk[bad] = 0.0
+        if bad.any():
+            blk[bad] = 0.0
+        mixed = res[:, : stop - start]
+        np.matmul(coeffs, blk, out=mixed)
         with np.errstate(over="ignore", invalid="ignore"):  # float32 overflow: caught by finalize
-            out[:, start:stop] = coeffs @ blk
+            out[:, start:stop] = mixed
     out[tainted] = np.nan
     return out

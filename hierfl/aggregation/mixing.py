@@ -95,6 +95,11 @@ def nnm_coefficients(updates: Float32Matrix, f: int) -> npt.NDArray[np.float64]:
         AggregationError: if ``n < 2f + 1``.
         ConfigError: if ``f`` is not an int >= 1.
     """
+    return _nnm(updates, f)[0]
+
+
+def _nnm(updates: Float32Matrix, f: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+    """The mixing matrix and which rows hold NaN/Inf (from the Gram diagonal)."""
     check_nnm_f(f)
     n = updates.shape[0]
     if n < 2 * f + 1:
@@ -112,7 +117,7 @@ def nnm_coefficients(updates: Float32Matrix, f: int) -> npt.NDArray[np.float64]:
     coeffs = np.zeros((n, n), dtype=np.float64)
     for i in range(n):
         coeffs[i, select_lowest(d2[i], updates, keep)] = 1.0 / keep
-    return coeffs
+    return coeffs, ~np.isfinite(sq)
 
 
 def nearest_neighbour_mixing(updates: Float32Matrix, f: int) -> Float32Matrix:
@@ -135,7 +140,8 @@ def nearest_neighbour_mixing(updates: Float32Matrix, f: int) -> Float32Matrix:
         >>> nearest_neighbour_mixing(x, 1).ravel().tolist()
         [0.5, 0.5, 5.5]
     """
-    return mix_rows(nnm_coefficients(updates, f), updates)
+    coeffs, non_finite = _nnm(updates, f)
+    return mix_rows(coeffs, updates, non_finite)
 
 
 def nnm_premix(updates: Float32Matrix, weights: Float64Vector, nnm_f: int | None) -> Float32Matrix:
