@@ -145,9 +145,10 @@ def nearest_neighbour_mixing(updates: Float32Matrix, f: int) -> Float32Matrix:
 
 
 def nnm_premix(updates: Float32Matrix, weights: Float64Vector, nnm_f: int | None) -> Float32Matrix:
-    """Check the inputs, then mix them if ``nnm_f`` is set (else return ``updates`` unchanged).
+    """Mix the updates if ``nnm_f`` is set, after checking them; else return them unchanged.
 
-    The rules' dataclasses call this before their aggregation function.
+    The rules' dataclasses call this before their aggregation function (which checks its own
+    inputs again: the weights must match the mixed stack's rows too).
 
     Args:
         updates: (n, d) stacked flat deltas; not modified.
@@ -161,8 +162,7 @@ def nnm_premix(updates: Float32Matrix, weights: Float64Vector, nnm_f: int | None
         AggregationError: on malformed inputs or ``n < 2 nnm_f + 1``.
         ConfigError: if ``nnm_f`` is out of range.
     """
-    check_nnm_f(nnm_f)
-    check_inputs(updates, weights)
     if nnm_f is None:
         return updates
+    check_inputs(updates, weights)
     return nearest_neighbour_mixing(updates, nnm_f)
