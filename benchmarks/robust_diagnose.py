@@ -7,7 +7,8 @@ over the fog aggregates weighted as the fogs weight them (robust rule: contribut
 claim). Its final accuracies match the simulator's cell for cell (every round there waits for
 all 5 updates, so the order of events does not matter).
 
-For every fog round it records, against the mean ``m`` of the 4 honest updates:
+For every fog round it records, against the mean ``m`` of the 4 honest updates (with attack
+``none`` the fog's last edge is honest too, and ``m`` is still the mean of the other 4):
 
 - ``rel_error``: ``||F - m|| / ||m||``, how far the rule's result is from the honest mean;
 - ``progress``: ``<F - m, m> / ||m||^2``, the part of that error along the honest direction
