@@ -6,7 +6,11 @@ epochs) on 4 fogs (5 edges each) with 20 % Byzantine edges spread across the fog
 :meth:`hierfl.sim.runner.SimConfig.byzantine_edges`), tiers in-process over real brokers. The
 cloud combines the 4 fog aggregates with FedAvg. Attacks: :mod:`hierfl.sim.attacks`
 (``label-flip`` poisons the data of the same edges instead). ``none`` is the reference column;
-``fedavg`` x ``none`` is the reference cell.
+``fedavg`` x ``none`` is the reference cell. Rows (:data:`ROWS`): every registered rule with the
+parameters sized for 5 updates and one attacker per fog, and each of median, trimmed mean,
+Multi-Krum, geometric median and Krum once more as ``R+nnm``, after nearest-neighbour mixing
+with ``nnm_f = 1`` (:mod:`hierfl.aggregation.mixing`). ``benchmarks/robust_diagnose.py``
+replays one cell without brokers and says why a rule loses accuracy.
 
 Output: one JSON line per cell as it finishes (``"kind": "cell"``), one per rule for its cost
 (``"kind": "cost"``), then a Markdown table: final test accuracy (%) per cell, and the time of
@@ -20,6 +24,8 @@ last-round accuracy kept after 30 s (``"teardown_killed": true``).
 Usage:
     python benchmarks/robust.py [--rounds 30] [--seed 0] [--aggregators A ...]
         [--attacks X ...] [--byzantine 0.2] [--no-large] [--out runs/robust]
+    # 96 cells, 15-40 s each on a 2-core machine: two processes on halves of --aggregators,
+    # then --table-from on their outputs, go faster
     python benchmarks/robust.py --quick      # 3 rounds, 3 rules x 3 attacks: a smoke test
     python benchmarks/robust.py --table-from run1.jsonl rerun.jsonl   # merge, re-print
 """
@@ -49,16 +55,30 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 from hierfl.aggregation import make_aggregator  # noqa: E402
 
-AGGREGATORS = ["fedavg", "median", "trimmed_mean", "multikrum", "geometric_median", "krum",
-               "norm_bounded"]
-ATTACKS = ["none", "sign-flip", "scale", "gaussian", "alie", "label-flip", "weighting"]
+# The issue's targets are on sign-flip, scale and gaussian; sign-flip-1 (-d) is the harder
+# variant that stays inside the honest spread.
+ATTACKS = ["none", "sign-flip", "scale", "gaussian", "sign-flip-1", "alie", "label-flip",
+           "weighting"]
 # Parameters for 5 updates per fog with f = 1 Byzantine: trim one value per tail, Krum-family
 # rules assume f = 1 (n = 5 >= 2f + 3).
-PARAMS: dict[str, dict[str, Any]] = {
+_BASE: dict[str, dict[str, Any]] = {
     "trimmed_mean": {"trim_ratio": 0.2},
     "multikrum": {"f": 1},
     "krum": {"f": 1},
 }
+_MIXABLE = ["median", "trimmed_mean", "multikrum", "geometric_median", "krum"]
+# Table rows: label -> (registered rule, its parameters). "R+nnm" is rule R with
+# nearest-neighbour mixing for f = 1 (hierfl.aggregation.mixing), the configuration
+# docs/robustness.md recommends for fogs of a few non-IID edges.
+ROWS: dict[str, tuple[str, dict[str, Any]]] = {"fedavg": ("fedavg", {})}
+for _r in _MIXABLE:
+    ROWS[_r] = (_r, _BASE.get(_r, {}))
+    ROWS[f"{_r}+nnm"] = (_r, {**_BASE.get(_r, {}), "nnm_f": 1})
+ROWS["norm_bounded"] = ("norm_bounded", {})
+AGGREGATORS = list(ROWS)
+# The issue's targets: these rules within 3 points of the reference under these attacks.
+TARGET_RULES = {"median", "trimmed_mean", "multikrum", "geometric_median"}
+TARGET_ATTACKS = {"sign-flip", "scale", "gaussian"}
 DIGITS_PARAMS = 4810  # MLP 64-64-10
 PER_FOG = 5
 
@@ -75,10 +95,10 @@ def run_cell(aggregator: str, attack: str, args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
 
     out = Path(args.out) / f"{aggregator}-{attack}"
+    rule, params = ROWS[aggregator]
     cfg = SimConfig(
         scenario="digits", fogs=4, edges=20, rounds=args.rounds, seed=args.seed,
-        mode="inprocess", live=False, out=out, aggregator=aggregator,
-        aggregator_params=PARAMS.get(aggregator, {}),
+        mode="inprocess", live=False, out=out, aggregator=rule, aggregator_params=params,
         attack=None if attack == "none" else attack,
         byzantine=0.0 if attack == "none" else args.byzantine,
     )
@@ -149,7 +169,8 @@ def spawn_cell(aggregator: str, attack: str, args: argparse.Namespace) -> dict[s
     rounds = [x for x in lines if x.get("kind") == "round"]
     done = next((x for x in lines if x.get("kind") == "done"), None)
     record: dict[str, Any] = {
-        "kind": "cell", "aggregator": aggregator, "params": PARAMS.get(aggregator, {}),
+        "kind": "cell", "aggregator": aggregator, "rule": ROWS[aggregator][0],
+        "params": ROWS[aggregator][1],
         "attack": attack, "byzantine": 0.0 if attack == "none" else args.byzantine,
         "rounds": len(rounds), "seed": args.seed,
         "final_accuracy": rounds[-1]["accuracy"] if rounds else None,
@@ -195,21 +216,25 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 
 def fog_round_cost(aggregator: str, *, repeats: int = 200) -> float:
-    """Median seconds to aggregate one fog round: 5 digits-sized updates."""
+    """Median seconds to aggregate one fog round: 5 digits-sized updates (a row of ROWS)."""
     rng = np.random.default_rng(0)
     updates = (0.01 * rng.standard_normal((PER_FOG, DIGITS_PARAMS))).astype(np.float32)
     weights = rng.integers(12, 120, PER_FOG).astype(np.float64)
-    agg = make_aggregator(aggregator, PARAMS.get(aggregator))
+    agg = make_aggregator(*ROWS[aggregator])
+    return _median_time(lambda: agg(updates, weights), repeats)
+
+
+def _median_time(call: Any, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        agg(updates, weights)
+        call()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
 
 def large_cost(aggregators: list[str]) -> dict[str, float]:
-    """50 x 1,000,000 seconds per rule, from benchmarks/aggregation_speed.py (one thread)."""
+    """50 x 1,000,000 seconds per row of ROWS, timed like benchmarks/aggregation_speed.py."""
     spec = importlib.util.spec_from_file_location("aggregation_speed",
                                                   ROOT / "benchmarks" / "aggregation_speed.py")
     assert spec is not None
@@ -221,8 +246,9 @@ def large_cost(aggregators: list[str]) -> dict[str, float]:
     weights = rng.integers(10, 1000, 50).astype(np.float64)
     out = {}
     with speed._thread_limit():
-        for name in aggregators:
-            out[name] = float(speed.bench(name, updates, weights, 3)["seconds"])
+        for label in aggregators:
+            agg = make_aggregator(*ROWS[label])
+            out[label] = _median_time(lambda a=agg: a(updates, weights), 3)
     return out
 
 
@@ -242,14 +268,15 @@ def table(cells: list[dict[str, Any]], costs: dict[str, dict[str, float | None]]
         rows.append("| **reference**: fedavg, no attack | "
                     + " | ".join(f"{100 * ref:.1f}" for _ in attacks) + " | | |")
     for a in aggregators:
-        row = [f"{a}{_fmt_params(PARAMS.get(a, {}))}"]
+        row = [f"{a}{_fmt_params(ROWS[a][1])}"]
         for x in attacks:
             v = acc.get((a, x))
-            mark = ""
+            text = ("stalled" if (a, x) in failed else "—") if v is None else f"{100 * v:.1f}"
             if v is not None and ref is not None and (a, x) != ("fedavg", "none"):
-                mark = "" if v >= ref - 0.03 else " ✗"
-            row.append(("stalled" if (a, x) in failed else "—") if v is None
-                       else f"{100 * v:.1f}{mark}")
+                met = v >= ref - 0.03
+                target = ROWS[a][0] in TARGET_RULES and x in TARGET_ATTACKS
+                text = f"**{text}**" if met and target else text if met else f"{text} ✗"
+            row.append(text)
         c = costs.get(a, {})
         fog = c.get("fog_round_s")
         big = c.get("large_s")
@@ -259,7 +286,9 @@ def table(cells: list[dict[str, Any]], costs: dict[str, dict[str, float | None]]
     note = (f"\nFinal test accuracy (%) after {args.rounds} rounds, seed {args.seed}, "
             f"{int(100 * args.byzantine)} % Byzantine edges (one per fog). Reference (fedavg, "
             f"no attack): {'—' if ref is None else f'{100 * ref:.1f}'} %. ✗: more than 3 "
-            "points below the reference; stalled: the run stopped early (see its JSON line).")
+            "points below the reference; bold: a target cell of the issue that is met (median, "
+            "trimmed mean, Multi-Krum, geometric median x sign-flip, scale, gaussian); stalled: "
+            "the run stopped early (see its JSON line).")
     return "\n".join(rows) + "\n" + note
 
 
@@ -329,7 +358,7 @@ def main() -> None:
     costs: dict[str, dict[str, float | None]] = {}
     for a in args.aggregators:
         costs[a] = {"fog_round_s": fog_round_cost(a), "large_s": large.get(a)}
-        print(json.dumps({"kind": "cost", "aggregator": a, "params": PARAMS.get(a, {}),
+        print(json.dumps({"kind": "cost", "aggregator": a, "params": ROWS[a][1],
                           "fog_round_s": costs[a]["fog_round_s"], "fog_round_shape": [
                               PER_FOG, DIGITS_PARAMS],
                           "large_s": costs[a]["large_s"], "large_shape": [50, 1_000_000]}),

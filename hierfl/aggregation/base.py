@@ -26,6 +26,10 @@ krum               no: every update counts once
 geometric_median   no: every update counts once
 ================== ==================================================================
 
+Nearest-neighbour mixing (``nnm_f`` on median, trimmed_mean, krum, multikrum and
+geometric_median; :mod:`hierfl.aggregation.mixing`) averages neighbours uniformly: it does not
+use the claimed counts either.
+
 ``robust`` is True for rules whose result a minority of arbitrary updates (below the rule's
 breakdown point, stated in each module) cannot move arbitrarily far; fedavg is not robust.
 """

@@ -43,6 +43,7 @@ from hierfl.aggregation._common import (
     require_int,
     weighted_sum64,
 )
+from hierfl.aggregation.mixing import check_nnm_f, nnm_premix
 from hierfl.errors import AggregationError
 from hierfl.types import Float32Matrix, Float32Vector, Float64Vector
 
@@ -122,6 +123,8 @@ class GeometricMedian:
         max_iter: maximum number of Weiszfeld steps (default 100).
         eps: smoothing distance, > 0 (default 1e-6).
         tol: relative step size below which iterations stop, >= 0 (default 1e-6).
+        nnm_f: nearest-neighbour mixing before the rule, assuming this many Byzantine
+            updates (:mod:`hierfl.aggregation.mixing`); ``None`` (default): no mixing.
 
     Raises:
         ConfigError: if a parameter is out of range.
@@ -136,12 +139,18 @@ class GeometricMedian:
     max_iter: int = 100
     eps: float = 1e-6
     tol: float = 1e-6
+    nnm_f: int | None = None
 
     def __post_init__(self) -> None:
         _check_params(self.max_iter, self.eps, self.tol)
+        check_nnm_f(self.nnm_f)
 
     def __call__(self, updates: Float32Matrix, weights: Float64Vector) -> Float32Vector:
-        """Aggregate with :func:`geometric_median` and this object's parameters."""
+        """Aggregate with :func:`geometric_median`, after mixing if ``nnm_f`` is set."""
         return geometric_median(
-            updates, weights, max_iter=self.max_iter, eps=self.eps, tol=self.tol
+            nnm_premix(updates, weights, self.nnm_f),
+            weights,
+            max_iter=self.max_iter,
+            eps=self.eps,
+            tol=self.tol,
         )

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-import numpy.typing as npt
 
 from hierfl.aggregation._common import (
     check_inputs,
@@ -35,15 +34,15 @@ from hierfl.aggregation._common import (
     gram64,
     require_bool,
     require_int,
+    select_lowest,
     weighted_sum64,
 )
 from hierfl.aggregation.fedavg import capped_weights, check_weight_caps
+from hierfl.aggregation.mixing import check_nnm_f, nnm_premix
 from hierfl.errors import AggregationError
 from hierfl.types import Float32Matrix, Float32Vector, Float64Vector
 
 __all__ = ["Krum", "MultiKrum", "krum", "krum_scores", "multikrum"]
-
-_TIE_SEED = 0x4B52554D  # "KRUM"; any fixed value keeps tie-breaking deterministic
 
 
 def _check_f(f: int) -> None:
@@ -85,25 +84,6 @@ def krum_scores(updates: Float32Matrix, *, f: int) -> Float64Vector:
     return scores
 
 
-def _select(scores: Float64Vector, updates: Float32Matrix, count: int) -> npt.NDArray[np.intp]:
-    """Return the indices of the ``count`` lowest scores, ties broken by update content.
-
-    Breaking ties by content rather than by position keeps the selection independent of the
-    arrival order of the updates. The key is a fixed pseudo-random projection of each tied row,
-    computed only when a tie straddles the cut; rows with equal keys are (almost surely) equal.
-    """
-    order = np.argsort(scores, kind="stable")
-    ranked = scores[order]
-    if count < ranked.size and ranked[count - 1] == ranked[count]:
-        pos = np.flatnonzero(ranked == ranked[count - 1])
-        members = order[pos]
-        probe = np.random.default_rng(_TIE_SEED).standard_normal(updates.shape[1])
-        with np.errstate(invalid="ignore", over="ignore"):
-            keys = np.array([np.dot(probe, updates[i].astype(np.float64)) for i in members])
-        order[pos] = members[np.argsort(keys, kind="stable")]
-    return order[:count]
-
-
 def krum(updates: Float32Matrix, weights: Float64Vector, *, f: int) -> Float32Vector:
     """Return the update with the lowest Krum score.
 
@@ -121,7 +101,7 @@ def krum(updates: Float32Matrix, weights: Float64Vector, *, f: int) -> Float32Ve
     """
     check_inputs(updates, weights)
     scores = krum_scores(updates, f=f)
-    best = int(_select(scores, updates, 1)[0])
+    best = int(select_lowest(scores, updates, 1)[0])
     return finalize(np.asarray(updates[best]), "krum")
 
 
@@ -163,7 +143,7 @@ def multikrum(
     count = n - f if m is None else m
     if count > n - f:
         raise AggregationError(f"multikrum: m={m} exceeds n - f = {n - f} (n={n}, f={f})")
-    selected = _select(scores, updates, count)
+    selected = select_lowest(scores, updates, count)
     coeffs = np.zeros(n, dtype=np.float64)
     if weighted:
         coeffs[selected] = capped_weights(
@@ -185,9 +165,11 @@ class Krum:
 
     Args:
         f: number of Byzantine updates assumed (default 1); calls need ``n >= 2f + 3``.
+        nnm_f: nearest-neighbour mixing before the rule, assuming this many Byzantine
+            updates (:mod:`hierfl.aggregation.mixing`); ``None`` (default): no mixing.
 
     Raises:
-        ConfigError: if ``f`` is not an int >= 0.
+        ConfigError: if ``f`` is not an int >= 0 or ``nnm_f`` is out of range.
 
     Example:
         >>> result = Krum(f=2)(stack, sample_counts)  # doctest: +SKIP
@@ -197,13 +179,15 @@ class Krum:
     robust: ClassVar[bool] = True
 
     f: int = 1
+    nnm_f: int | None = None
 
     def __post_init__(self) -> None:
         _check_f(self.f)
+        check_nnm_f(self.nnm_f)
 
     def __call__(self, updates: Float32Matrix, weights: Float64Vector) -> Float32Vector:
-        """Aggregate with :func:`krum` and this object's ``f``."""
-        return krum(updates, weights, f=self.f)
+        """Aggregate with :func:`krum`, after mixing if ``nnm_f`` is set."""
+        return krum(nnm_premix(updates, weights, self.nnm_f), weights, f=self.f)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -216,6 +200,9 @@ class MultiKrum:
         weighted: average the selection by capped claimed counts (default: uniformly).
         max_samples: with ``weighted``, cap on each claimed count.
         max_weight_fraction: with ``weighted``, cap on one update's share, in (0, 1].
+        nnm_f: nearest-neighbour mixing before the rule, assuming this many Byzantine
+            updates (:mod:`hierfl.aggregation.mixing`); ``None`` (default): no mixing.
+            With ``weighted``, mixed update ``i`` carries update ``i``'s claimed count.
 
     Raises:
         ConfigError: if a parameter is out of range.
@@ -232,17 +219,19 @@ class MultiKrum:
     weighted: bool = False
     max_samples: int | None = None
     max_weight_fraction: float | None = None
+    nnm_f: int | None = None
 
     def __post_init__(self) -> None:
         _check_f(self.f)
         _check_m(self.m)
+        check_nnm_f(self.nnm_f)
         require_bool("weighted", self.weighted)
         check_weight_caps(self.max_samples, self.max_weight_fraction)
 
     def __call__(self, updates: Float32Matrix, weights: Float64Vector) -> Float32Vector:
-        """Aggregate with :func:`multikrum` and this object's parameters."""
+        """Aggregate with :func:`multikrum`, after mixing if ``nnm_f`` is set."""
         return multikrum(
-            updates,
+            nnm_premix(updates, weights, self.nnm_f),
             weights,
             f=self.f,
             m=self.m,

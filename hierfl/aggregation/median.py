@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hierfl.aggregation._common import check_inputs, finalize, sorted_columns_reduce
+from hierfl.aggregation.mixing import check_nnm_f, nnm_premix
 from hierfl.types import Float32Matrix, Float32Vector, Float64Vector
 
 __all__ = ["Median", "median"]
@@ -57,15 +58,27 @@ def median(updates: Float32Matrix, weights: Float64Vector) -> Float32Vector:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Median:
-    """Coordinate-wise median; has no parameters.
+    """Coordinate-wise median.
+
+    Args:
+        nnm_f: nearest-neighbour mixing before the rule, assuming this many Byzantine
+            updates (:mod:`hierfl.aggregation.mixing`); ``None`` (default): no mixing.
+
+    Raises:
+        ConfigError: if ``nnm_f`` is out of range.
 
     Example:
-        >>> result = Median()(stack, sample_counts)  # doctest: +SKIP
+        >>> result = Median(nnm_f=1)(stack, sample_counts)  # doctest: +SKIP
     """
 
     name: ClassVar[str] = "median"
     robust: ClassVar[bool] = True
 
+    nnm_f: int | None = None
+
+    def __post_init__(self) -> None:
+        check_nnm_f(self.nnm_f)
+
     def __call__(self, updates: Float32Matrix, weights: Float64Vector) -> Float32Vector:
-        """Aggregate with :func:`median`."""
-        return median(updates, weights)
+        """Aggregate with :func:`median`, after mixing if ``nnm_f`` is set."""
+        return median(nnm_premix(updates, weights, self.nnm_f), weights)

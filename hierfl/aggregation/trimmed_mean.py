@@ -32,6 +32,7 @@ from hierfl.aggregation._common import (
     sorted_columns_reduce,
     weighted_sum64,
 )
+from hierfl.aggregation.mixing import check_nnm_f, nnm_premix
 from hierfl.errors import AggregationError
 from hierfl.types import Float32Matrix, Float32Vector, Float64Vector
 
@@ -107,9 +108,11 @@ class TrimmedMean:
 
     Args:
         trim_ratio: fraction cut from each tail, 0 <= trim_ratio < 0.5 (default 0.1).
+        nnm_f: nearest-neighbour mixing before the rule, assuming this many Byzantine
+            updates (:mod:`hierfl.aggregation.mixing`); ``None`` (default): no mixing.
 
     Raises:
-        ConfigError: if ``trim_ratio`` is out of range.
+        ConfigError: if ``trim_ratio`` or ``nnm_f`` is out of range.
 
     Example:
         >>> result = TrimmedMean(trim_ratio=0.2)(stack, sample_counts)  # doctest: +SKIP
@@ -119,10 +122,13 @@ class TrimmedMean:
     robust: ClassVar[bool] = True
 
     trim_ratio: float = 0.1
+    nnm_f: int | None = None
 
     def __post_init__(self) -> None:
         _check_trim_ratio(self.trim_ratio)
+        check_nnm_f(self.nnm_f)
 
     def __call__(self, updates: Float32Matrix, weights: Float64Vector) -> Float32Vector:
-        """Aggregate with :func:`trimmed_mean` and this object's ``trim_ratio``."""
-        return trimmed_mean(updates, weights, trim_ratio=self.trim_ratio)
+        """Aggregate with :func:`trimmed_mean`, after mixing if ``nnm_f`` is set."""
+        mixed = nnm_premix(updates, weights, self.nnm_f)
+        return trimmed_mean(mixed, weights, trim_ratio=self.trim_ratio)

@@ -10,6 +10,7 @@ it is the fog's aggregation rule, a norm bound or the sample-count cap. The atta
 attack      what is sent                                                                default
 =========== =========================================================================== =========
 sign-flip   ``-k d``: the honest direction reversed and amplified                       k = 4
+sign-flip-1 ``-d``: reversed at honest size, inside the honest spread on non-IID data   k = 1
 scale       ``k d``: the honest delta amplified (a boosting/model-replacement attack)   k = 100
 gaussian    ``N(0, sigma^2)`` per coordinate, ignoring the data; sigma = 1.0 is about   sigma = 1
             150x the norm of an honest digits-20 delta (0.3-0.5 over 4,810 params)
@@ -73,10 +74,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ATTACKS = ("sign-flip", "scale", "gaussian", "alie", "weighting")
+ATTACKS = ("sign-flip", "sign-flip-1", "scale", "gaussian", "alie", "weighting")
 """Attacks a :class:`MaliciousEdge` performs (``label-flip`` is a data attack: see above)."""
 
-_DEFAULT_SCALE = {"sign-flip": 4.0, "scale": 100.0, "weighting": 10.0}
+_DEFAULT_SCALE = {"sign-flip": 4.0, "sign-flip-1": 1.0, "scale": 100.0, "weighting": 10.0}
 _WEIGHTING_CLAIM = 10**6
 
 
@@ -143,8 +144,8 @@ class MaliciousEdge(EdgeClient):
         task: its (honest) local task; the attacks start from the delta it trains.
         attack: one of :data:`ATTACKS`.
         n_byzantine: how many edges collude (ALIE's ``f``).
-        scale: the factor ``k`` of sign-flip, scale and weighting (default per attack:
-            4, 100, 10).
+        scale: the factor ``k`` of sign-flip, sign-flip-1, scale and weighting (default per
+            attack: 4, 1, 100, 10).
         sigma: standard deviation of the gaussian attack.
         z: ALIE shift; ``None`` computes ``alie_z(n_edges, n_byzantine)``.
         n_edges: ALIE's ``n``; ``None`` reads ``task_options["num_edges"]``, else ``5 f``.
@@ -207,7 +208,7 @@ class MaliciousEdge(EdgeClient):
     def _train_on(self, frame: ModelFrame) -> UpdateFrame:
         honest = super()._train_on(frame)
         d, n = honest.delta, honest.num_samples
-        if self.attack == "sign-flip":
+        if self.attack in ("sign-flip", "sign-flip-1"):
             delta = sign_flip(d, self.scale)
         elif self.attack == "scale":
             delta = scaled(d, self.scale)

@@ -36,7 +36,9 @@ def register(app: typer.Typer) -> None:
         aggregator: Annotated[str, typer.Option(help="fog aggregation rule")] = "fedavg",
         aggregator_params: Annotated[str, typer.Option(help="JSON params of the rule")] = "{}",
         attack: Annotated[
-            str | None, typer.Option(help="Byzantine edges: sign-flip|scale|gaussian|alie|weighting|label-flip (docs/robustness.md)")
+            str | None,
+            typer.Option(help="Byzantine edges: sign-flip|sign-flip-1|scale|gaussian|alie|"
+                         "label-flip|weighting (docs/robustness.md)"),
         ] = None,
         byzantine: Annotated[float, typer.Option(help="fraction of malicious edges")] = 0.0,
         out: Annotated[Path, typer.Option(help="report directory")] = Path("runs/sim"),

@@ -79,6 +79,7 @@ async def run_attacked_federation(
     [
         ("median", {}, "fedavg"),
         ("trimmed_mean", {"trim_ratio": 0.25}, "median"),
+        ("median", {"nnm_f": 1}, "fedavg"),
         ("fedavg", {}, "fedavg"),
     ],
 )
@@ -108,6 +109,18 @@ async def test_scaled_updates_one_per_fog(
             # 1 of 4 updates at 100x the honest size (weights 31/82, 59/194): the attack wins.
             assert error > 10 * np.linalg.norm(ref), (v, error)
             continue
+        if params.get("nnm_f"):
+            # Nearest-neighbour mixing: the liar (100x) is none of the 3 nearest neighbours of
+            # an honest update, so each honest update mixes into its fog's honest mean, and the
+            # median of 4 mixed updates, 3 of them equal, is that mean exactly. The cloud then
+            # weights each fog by 4 x the median claim of its contributors.
+            parts, shares = [], []
+            for fog in ("north", "south"):
+                mine = [u for u in ups if u.fog_id == fog]
+                parts.append(np.mean([u.delta for u in mine if u.edge_id not in BAD], axis=0))
+                shares.append(len(mine) * float(np.median([u.num_samples for u in mine])))
+            exact = np.average(np.stack(parts).astype(np.float64), axis=0, weights=shares)
+            np.testing.assert_allclose(step, exact, rtol=1e-4, atol=1e-6)
         # Bound. At each fog 1 of n = 4 values per coordinate is Byzantine. The median of 4
         # (mean of the middle two) and the 25 %-trimmed mean (drops the lowest and highest)
         # then only average values lying between two honest values of that fog, and the

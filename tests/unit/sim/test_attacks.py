@@ -117,6 +117,7 @@ def test_training_is_deterministic_so_attacks_can_be_compared_to_the_honest_delt
     [
         ("sign-flip", {}, -4.0),
         ("sign-flip", {"scale": 2.0}, -2.0),
+        ("sign-flip-1", {}, -1.0),
         ("scale", {}, 100.0),
         ("weighting", {}, 10.0),
     ],
