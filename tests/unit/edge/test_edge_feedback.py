@@ -133,6 +133,15 @@ def test_residual_survives_a_restart(tmp_path: Path) -> None:
     assert second.feedback.residual is not None
     assert_invariant(wire_sum + wire_more, second.feedback.residual, true_sum + true_more, 5)
     assert (tmp_path / "state" / "ef.npy.version").read_text().strip() == "4"
+    # A device back after a long absence (version 4 -> 40) starts from a zero residual.
+    third = edge(error_feedback_path=path)
+    update = third._train_on(model_frame(weights, 40))
+    _, sent = third._encode(update)
+    assert sent is not None
+    assert third.feedback is not None
+    assert third.feedback.residual is not None
+    np.testing.assert_allclose(sent + third.feedback.residual, update.delta, atol=1e-6)
+    assert third.metrics.snapshot()["counters"]["error_feedback_resets"] == 1
 
 
 def test_residual_is_dropped_after_a_long_gap_or_a_rollback() -> None:
