@@ -23,6 +23,7 @@ on a 1,000,000-parameter update on one core. One JSON line per codec and scenari
 
 Usage: python benchmarks/compression.py [--scenario digits-20|digits-20-wide|all]
        [--codecs SPEC ...] [--rounds N] [--quick] [--mode inprocess|processes] [--out DIR]
+       [--runs R] [--timeout S]
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
+import asyncio  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -45,7 +47,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hierfl.compression import ErrorFeedback, decode_vector, make_codec  # noqa: E402
-from hierfl.sim.runner import SimConfig, run_sim  # noqa: E402
+from hierfl.sim.runner import SimConfig, run_sim_async  # noqa: E402
 
 #: scenario -> (wide model, rounds), from scenario.md
 SCENARIOS = {"digits-20": (False, 30), "digits-20-wide": (True, 10)}
@@ -109,15 +111,27 @@ def codec_speed(label: str, runs: int) -> tuple[float, float]:
     return (round(mb / statistics.median(encode_s), 1), round(mb / statistics.median(decode_s), 1))
 
 
-def federate(label: str, scenario: str, rounds: int, mode: str, out: Path) -> dict[str, Any]:
-    """Run one federation; return its bytes per update and final accuracy."""
+def federate(label: str, scenario: str, rounds: int, a: argparse.Namespace) -> dict[str, Any]:
+    """Run one federation; return its bytes per update and final accuracy.
+
+    A run that has not finished after ``a.timeout`` seconds is stopped (every service and
+    broker it started is shut down), reported on stderr, and tried once more.
+    """
     spec, feedback = split_label(label)
     wide, _ = SCENARIOS[scenario]
     slug = "".join(c if c.isalnum() else "_" for c in label)
-    cfg = SimConfig(scenario="digits", fogs=4, edges=20, rounds=rounds, k1=2, k2=1, wide=wide,
-                    mode=mode, out=out / scenario / slug, live=False, codec=spec,
-                    error_feedback=feedback)
-    report = run_sim(cfg)
+    for attempt in (1, 2):
+        cfg = SimConfig(scenario="digits", fogs=4, edges=20, rounds=rounds, k1=2, k2=1,
+                        wide=wide, mode=a.mode, out=a.out / scenario / slug, live=False,
+                        codec=spec, error_feedback=feedback)
+        try:
+            report = asyncio.run(asyncio.wait_for(run_sim_async(cfg), a.timeout))
+            break
+        except TimeoutError:
+            print(f"{label} on {scenario}: not finished after {a.timeout:.0f} s (attempt "
+                  f"{attempt}, federation {cfg.federation}); stopped", file=sys.stderr, flush=True)
+    else:
+        raise RuntimeError(f"{label} on {scenario}: timed out twice")
     totals = report["totals"]
     if totals["updates"] == 0:
         raise RuntimeError(f"{label} on {scenario}: no update was seen")
@@ -137,17 +151,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=None, help="speed timings per codec (default 9)")
     p.add_argument("--mode", default="inprocess", choices=["inprocess", "processes"])
     p.add_argument("--out", type=Path, default=None, help="keep the sim reports here")
+    p.add_argument("--timeout", type=float, default=600.0,
+                   help="seconds one federation may take before it is stopped and retried")
     a = p.parse_args(argv)
     for label in a.codecs:  # fail fast on a bad spec, before any federation runs
         make_codec(split_label(label)[0])
     runs = a.runs or (3 if a.quick else 9)
-    out = a.out or Path(tempfile.mkdtemp(prefix="hierfl-compression-"))
+    a.out = a.out or Path(tempfile.mkdtemp(prefix="hierfl-compression-"))
     speed = {label: codec_speed(label, runs) for label in dict.fromkeys(a.codecs)}
     for scenario in list(SCENARIOS) if a.scenario == "all" else [a.scenario]:
         rounds = a.rounds or (QUICK_ROUNDS[scenario] if a.quick else SCENARIOS[scenario][1])
-        ref = federate(REFERENCE, scenario, rounds, a.mode, out)
+        ref = federate(REFERENCE, scenario, rounds, a)
         for label in dict.fromkeys(a.codecs):
-            res = ref if label == REFERENCE else federate(label, scenario, rounds, a.mode, out)
+            res = ref if label == REFERENCE else federate(label, scenario, rounds, a)
             print(json.dumps({
                 "codec": label,
                 "scenario": scenario,
