@@ -79,8 +79,11 @@ class UplinkFeedback:
         Raises:
             CompressionError: if ``delta`` is not finite or the residual cannot be saved.
         """
-        ef = self._memory(delta.size, version)
-        fields, sent = ef.compress(delta, self.codec, self._rng)
+        try:
+            ef = self._memory(delta.size, version)
+            fields, sent = ef.compress(delta, self.codec, self._rng)
+        except OSError as exc:  # disk full, read-only file system: skip this update, not the edge
+            raise CompressionError(f"cannot save the error-feedback residual: {exc}") from exc
         self._set_version(version)
         if self.metrics is not None:
             self.metrics.set("error_feedback_residual_norm", float(np.linalg.norm(ef.residual)))
@@ -128,8 +131,12 @@ class UplinkFeedback:
     def _set_version(self, version: int) -> None:
         self._version = version
         if self.path is not None:
-            # A torn write only loses the version (read back as unknown), never the residual.
-            self._version_path().write_text(f"{version}\n", encoding="ascii")
+            # A torn or failed write only loses the version (read back as unknown), never the
+            # residual, which is saved already.
+            try:
+                self._version_path().write_text(f"{version}\n", encoding="ascii")
+            except OSError as exc:
+                log.warning("error feedback: cannot save the model version: %s", exc)
 
     def _version_path(self) -> Path:
         assert self.path is not None

@@ -234,3 +234,11 @@ def test_settings_refuse_scaled_randk_with_feedback() -> None:
     assert not off.error_feedback
     with pytest.raises(ConfigError, match=r"codec: .*unknown codec"):
         EdgeSettings.load(fog_id="f", edge_id="e", codec="zip")
+
+
+def test_unwritable_residual_file_skips_the_update_not_the_edge(tmp_path: Path) -> None:
+    # The residual's directory is a file: saving fails with OSError, surfaced as a typed error
+    (tmp_path / "blocker").write_text("")
+    fb = UplinkFeedback("topk:fraction=0.1", path=tmp_path / "blocker" / "ef.npy")
+    with pytest.raises(CompressionError, match="cannot save"):
+        fb.compress(np.ones(20, dtype=np.float32), version=0)
