@@ -243,6 +243,15 @@ class EdgeSettings(_TierSettings):
     task_options: dict[str, Any] = Field(default_factory=dict, description="passed to the task")
     local_epochs: int = Field(1, ge=1, le=1000, description="k1: local epochs per fog round")
     codec: str = Field("raw", description="update codec (raw; others: see docs)")
+    error_feedback: bool = Field(
+        True, description="carry what a lossy codec dropped into the next update"
+    )
+    error_feedback_path: Path | None = Field(
+        None, description="keep the error-feedback residual in this .npy file across restarts"
+    )
+    error_feedback_max_gap: int = Field(
+        5, ge=0, description="drop the residual when the model moved on by more versions"
+    )
     max_rounds: int | None = Field(None, ge=1, description="exit after this many updates")
     threads: int = Field(1, ge=1, le=256, description="torch intra-op threads")
 
@@ -255,6 +264,20 @@ class EdgeSettings(_TierSettings):
     @classmethod
     def _update_codec(cls, v: str) -> str:
         return _codec_spec(v)
+
+    @model_validator(mode="after")
+    def _codec_feedback(self) -> Self:
+        from hierfl.compression import RandKCodec, make_codec  # noqa: PLC0415
+
+        codec = make_codec(self.codec)
+        if self.error_feedback and isinstance(codec, RandKCodec) and codec.scaled:
+            # EF needs a contractive codec; scaled rand-k multiplies the residual by d/k - 1.
+            raise ValueError(
+                f"codec {self.codec!r} scales kept values by d/k (unbiased), which makes the "
+                "error-feedback residual grow without bound: add 'scaled=false' to the codec "
+                "or set error_feedback = false"
+            )
+        return self
 
 
 class FogSettings(_TierSettings):

@@ -7,7 +7,7 @@ such as ``topk+int8``) turn a vector into a msgpack-able field dict naming its c
 """
 
 from hierfl.compression.base import CODECS, Codec, decode_vector, encode_vector, make_codec
-from hierfl.compression.error_feedback import ErrorFeedback
+from hierfl.compression.error_feedback import ErrorFeedback, PreEncoded
 from hierfl.compression.fp16 import FP16_MAX, Fp16Codec
 from hierfl.compression.int8 import Int8Codec
 from hierfl.compression.randk import RandKCodec, randk_indices
@@ -21,6 +21,7 @@ __all__ = [
     "ErrorFeedback",
     "Fp16Codec",
     "Int8Codec",
+    "PreEncoded",
     "RandKCodec",
     "RawCodec",
     "TopKCodec",

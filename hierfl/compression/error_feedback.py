@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hierfl.compression._fields import check_input, check_size
+from hierfl.compression._fields import CODEC_KEY, check_input, check_size
+from hierfl.compression.base import decode_vector
 from hierfl.errors import CompressionError
 from hierfl.types import Float32Vector
 
 if TYPE_CHECKING:
     from hierfl.compression.base import Codec
 
-__all__ = ["ErrorFeedback"]
+__all__ = ["ErrorFeedback", "PreEncoded"]
 
 
 class ErrorFeedback:
@@ -109,6 +111,23 @@ class ErrorFeedback:
         self._residual = residual
         return fields, sent
 
+    def restore(self, sent: Float32Vector) -> None:
+        """Take back an update that was compressed but never delivered: ``e <- e + sent``.
+
+        Call it when publishing the fields returned by :meth:`compress` failed, so the mass
+        they carried is sent later instead of being lost. Persisted if ``path`` is set.
+
+        Raises:
+            CompressionError: if ``sent`` is not a finite float32 vector of length :attr:`size`.
+        """
+        x = check_input(sent)
+        if x.size != self._size:
+            raise CompressionError(f"sent has {x.size} values, error feedback holds {self._size}")
+        residual = self._residual + x
+        if self._path is not None:
+            _atomic_save(self._path, residual)
+        self._residual = residual
+
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the residual to ``path`` as ``.npy`` atomically (temp file + ``os.replace``)."""
         _atomic_save(Path(path), self._residual)
@@ -132,6 +151,58 @@ class ErrorFeedback:
 
     def __repr__(self) -> str:
         return f"ErrorFeedback(size={self._size}, path={self._path!r})"
+
+
+class PreEncoded:
+    """A codec that hands out fields already encoded, e.g. by :meth:`ErrorFeedback.compress`.
+
+    The frame encoder takes a codec and a vector; with error feedback the fields must be
+    exactly those whose decoding the residual was computed against, not a fresh (for a
+    stochastic codec, different) encoding. Put ``sent`` in the frame and pass
+    ``PreEncoded(fields, sent)`` as its codec::
+
+        fields, sent = ef.compress(delta, codec, rng)
+        frame = replace(update, delta=sent)
+        data = encode_frame(frame, codec=PreEncoded(fields, sent))
+
+    Args:
+        fields: the encoded fields (holding ``"codec"``).
+        vector: the vector they decode to; :meth:`encode` accepts only this vector.
+    """
+
+    __slots__ = ("_fields", "_name", "_vector")
+
+    lossless = False
+
+    def __init__(self, fields: Mapping[str, Any], vector: Float32Vector) -> None:
+        name = fields.get(CODEC_KEY)
+        if not isinstance(name, str):
+            raise CompressionError("pre-encoded fields must name their codec under 'codec'")
+        self._fields = dict(fields)
+        self._name = name
+        self._vector = vector
+
+    @property
+    def name(self) -> str:
+        """The codec that produced the fields."""
+        return self._name
+
+    def encode(self, vec: Float32Vector, rng: np.random.Generator | None = None) -> dict[str, Any]:
+        """Return (a copy of) the fields, if ``vec`` is the vector they decode to.
+
+        Raises:
+            CompressionError: if ``vec`` differs from the vector given at construction.
+        """
+        if vec is not self._vector and not np.array_equal(vec, self._vector):
+            raise CompressionError("pre-encoded fields belong to another vector")
+        return dict(self._fields)
+
+    def decode(self, fields: Mapping[str, Any], size: int) -> Float32Vector:
+        """Decode with the codec the fields name (see :func:`~hierfl.compression.decode_vector`)."""
+        return decode_vector(fields, size)
+
+    def __repr__(self) -> str:
+        return f"PreEncoded(codec={self._name!r}, size={np.size(self._vector)})"
 
 
 def _read_npy_vector(path: Path, size: int) -> Float32Vector:

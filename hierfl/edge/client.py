@@ -6,13 +6,15 @@ retained full model while it needs it, the delta stream otherwise). For each new
 thread, and publishes an :class:`~hierfl.wire.frames.UpdateFrame` holding
 ``trained - received`` with its sample count and training metrics. When several models
 arrive during training only the newest is trained on. The MQTT last will marks the
-device offline.
+device offline. With a lossy codec and ``error_feedback`` on (the default), what the codec
+drops is carried into the next update (:mod:`hierfl.edge.feedback`, docs/compression.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import logging
 import time
@@ -23,7 +25,9 @@ import numpy as np
 import torch
 
 from hierfl import topics
+from hierfl.compression import PreEncoded, make_codec
 from hierfl.config import EdgeSettings
+from hierfl.edge.feedback import UplinkFeedback
 from hierfl.edge.model_feed import DELTA, FULL, ModelFeed
 from hierfl.edge.trainer import EdgeTask
 from hierfl.errors import ConfigError, HierflError, TransportError
@@ -31,6 +35,7 @@ from hierfl.metrics import ServiceMetrics
 from hierfl.model.torch_adapter import model_to_vector, vector_to_model
 from hierfl.transport.base import backoff_delays
 from hierfl.transport.mqtt import MqttTransport
+from hierfl.types import Float32Vector
 from hierfl.wire.codec import decode_frame, encode_frame
 from hierfl.wire.frames import ModelFrame, UpdateFrame
 
@@ -79,6 +84,7 @@ class EdgeClient:
         self.model = task.build_model()
         self.metrics = ServiceMetrics("edge", settings.edge_id)
         self.updates_sent = 0
+        self.feedback = _feedback(settings, self.metrics)
         self._latest: ModelFrame | None = None
         self._new_model = asyncio.Event()
         self._trained: tuple[int, int] | None = None
@@ -172,18 +178,36 @@ class EdgeClient:
                 continue
             try:
                 update = await asyncio.to_thread(self._train_on, frame)
+                data, sent = await asyncio.to_thread(self._encode, update)
             except HierflError as exc:
                 self.metrics.reject(exc.reason)
                 log.warning("edge %s: cannot train on v%d: %s", s.edge_id, frame.version, exc)
                 continue
-            data = await asyncio.to_thread(encode_frame, update, codec=_codec(s.codec))
-            await mqtt.publish(topics.update(s.federation, s.fog_id, s.edge_id), data)
+            try:
+                await mqtt.publish(topics.update(s.federation, s.fog_id, s.edge_id), data)
+            except BaseException:
+                if self.feedback is not None and sent is not None:
+                    self.feedback.restore(sent)  # not delivered: its mass goes out later
+                raise
             self._trained = (frame.version, frame.seq)
             self.updates_sent += 1
             self.metrics.inc("updates_sent")
             self.metrics.inc("bytes_up", len(data))
             log.debug("edge %s: sent update for v%d seq %d (%d bytes)", s.edge_id,
                       frame.version, frame.seq, len(data))
+
+    def _encode(self, update: UpdateFrame) -> tuple[bytes, Float32Vector | None]:
+        """Encode ``update`` for the wire; with error feedback, also return the vector sent.
+
+        With error feedback the frame carries exactly the fields the residual was computed
+        against (not a re-encoding of their decoded vector, which a stochastic codec would
+        round differently).
+        """
+        if self.feedback is None:
+            return encode_frame(update, codec=_codec(self.settings.codec)), None
+        fields, sent = self.feedback.compress(update.delta, update.base_version)
+        frame = dataclasses.replace(update, delta=sent)
+        return encode_frame(frame, codec=PreEncoded(fields, sent)), sent
 
     def _train_on(self, frame: ModelFrame) -> UpdateFrame:
         torch.set_num_threads(self.settings.threads)
@@ -206,6 +230,15 @@ class EdgeClient:
 
 def _codec(spec: str) -> str | None:
     return None if spec == "raw" else spec
+
+
+def _feedback(settings: EdgeSettings, metrics: ServiceMetrics) -> UplinkFeedback | None:
+    """The edge's error-feedback memory, if it is on and the codec drops anything."""
+    codec = make_codec(settings.codec)
+    if not settings.error_feedback or codec.lossless:
+        return None
+    return UplinkFeedback(codec, path=settings.error_feedback_path,
+                          max_gap=settings.error_feedback_max_gap, metrics=metrics)
 
 
 class _Stopped(Exception):  # noqa: N818 - control flow, never escapes

@@ -33,6 +33,9 @@ def register(app: typer.Typer) -> None:
         mqtt_url: Annotated[str | None, typer.Option(help="use this MQTT broker")] = None,
         kafka_bootstrap: Annotated[str | None, typer.Option(help="use this Kafka")] = None,
         codec: Annotated[str, typer.Option(help="edge->fog update codec")] = "raw",
+        error_feedback: Annotated[
+            bool, typer.Option(help="edges carry what a lossy codec dropped into the next update")
+        ] = True,
         aggregator: Annotated[str, typer.Option(help="fog aggregation rule")] = "fedavg",
         aggregator_params: Annotated[str, typer.Option(help="JSON params of the rule")] = "{}",
         attack: Annotated[
@@ -59,7 +62,8 @@ def register(app: typer.Typer) -> None:
                 scenario=scenario, fogs=fogs, edges=edges, rounds=rounds, k1=k1, k2=k2,
                 min_updates=min_updates, quorum=quorum, round_timeout_s=round_timeout,
                 seed=seed, wide=wide, mode=mode, mqtt_url=mqtt_url,
-                kafka_bootstrap=kafka_bootstrap, codec=codec, aggregator=aggregator,
+                kafka_bootstrap=kafka_bootstrap, codec=codec, error_feedback=error_feedback,
+                aggregator=aggregator,
                 aggregator_params=json.loads(aggregator_params), attack=attack,
                 byzantine=byzantine, out=out, live=live,
             )

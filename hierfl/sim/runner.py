@@ -60,6 +60,7 @@ class SimConfig:
     kafka_bootstrap: str | None = None
     out: Path = Path("runs/sim")
     codec: str = "raw"
+    error_feedback: bool = True
     aggregator: str = "fedavg"
     aggregator_params: dict[str, Any] = field(default_factory=dict)
     attack: str | None = None
@@ -171,6 +172,7 @@ def _tier_settings(
                 federation=cfg.federation, fog_id=fog, edge_id=f"e{i:03d}",
                 mqtt={"url": mqtt_url}, task=SCENARIO_TASKS[cfg.scenario],
                 task_options=_task_options(cfg, i), local_epochs=cfg.k1, codec=cfg.codec,
+                error_feedback=cfg.error_feedback,
             ))
     return cloud, fogs, edges
 

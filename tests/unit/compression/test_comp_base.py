@@ -33,6 +33,7 @@ def test_public_api_is_pinned() -> None:
             "ErrorFeedback",
             "Fp16Codec",
             "Int8Codec",
+            "PreEncoded",
             "RandKCodec",
             "RawCodec",
             "TopKCodec",
