@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
         cloud, the fogs and the edges, prints a live table, and writes report.json and
         report.png to --out. Everything it started is stopped on exit, Ctrl-C included.
         """
-        from hierfl.sim.runner import SimConfig, run_sim  # noqa: PLC0415
+        from hierfl.sim.runner import SimConfig, SimStallError, run_sim  # noqa: PLC0415
         from hierfl.sim.view import LiveView  # noqa: PLC0415
 
         try:
@@ -76,4 +76,7 @@ def register(app: typer.Typer) -> None:
         except KeyboardInterrupt:
             typer.echo("interrupted: every process and broker started by the sim was stopped")
             raise typer.Exit(130) from None
+        except SimStallError as exc:
+            typer.secho(f"error: {exc}\nlogs: {cfg.out / 'logs'}", fg="red", err=True)
+            raise typer.Exit(3) from None
         view.summary(report)

@@ -201,6 +201,24 @@ class Observer:
                 self.on_round(rec)
             self.changed.set()
 
+    def diagnosis(self) -> str:
+        """Where every fog stands, from its stats topic and the aggregates seen (for a stall)."""
+        v = max(self.version, 0)
+        parts = [f"aggregates for v{v} seen from {sorted(self._fogs[v]) or 'no fog'}"]
+        for fog in self.fog_edges:
+            st = self._stats.get(fog)
+            if st is None:
+                parts.append(f"{fog}: no stats published")
+                continue
+            c = st.get("counters", {})
+            parts.append(
+                f"{fog}: state={st.get('state')} version={st.get('version')} seq={st.get('seq')} "
+                f"accepted={c.get('accepted', 0)} forwarded={c.get('aggregates_forwarded', 0)} "
+                f"skipped={c.get('rounds_skipped', 0)} rejected={st.get('rejected', {})} "
+                f"by_version={st.get('by_version', {}).get(str(v), {})}"
+            )
+        return "; ".join(parts)
+
     def _by_version(self, fog: str, version: int) -> dict[str, Any]:
         """One fog's accepted/rejected counts for updates against ``version`` (0 when unseen)."""
         rec = self._stats.get(fog, {}).get("by_version", {}).get(str(version))

@@ -30,7 +30,7 @@ from hierfl import __version__
 from hierfl.config import CloudSettings, EdgeSettings, FogSettings, KafkaSettings, MqttSettings
 from hierfl.sim.observer import Observer, RoundRecord
 
-__all__ = ["SimConfig", "run_sim", "run_sim_async"]
+__all__ = ["SimConfig", "SimStallError", "run_sim", "run_sim_async"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,10 @@ SCENARIO_TASKS = {
     "digits": "hierfl.sim.scenarios:digits_task",
     "sensors": "hierfl.sim.scenarios:sensors_task",
 }
+
+
+class SimStallError(RuntimeError):
+    """The simulated federation stopped making progress (the message says where it stands)."""
 
 
 @dataclass
@@ -69,6 +73,9 @@ class SimConfig:
     live: bool = True
     lr: float = 0.05
     batch_size: int = 16
+    #: stop with a diagnosis when no new global version appears for this long (None: 5 fog
+    #: round timeouts, at least 300 s)
+    stall_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIO_TASKS:
@@ -312,8 +319,17 @@ async def _run(cfg: SimConfig, on_round: Callable[[RoundRecord], None] | None,
             else:
                 services = _inprocess_services(cfg, cloud_s, fog_s, edge_s, bad)
                 tasks = [asyncio.create_task(s.run()) for s in services]
+            stall_after = cfg.stall_timeout_s or max(5 * cfg.round_timeout_s, 300.0)
+            progress = (observer.version, time.monotonic())
             while observer.version < cfg.rounds:
                 procs.check()
+                if observer.version != progress[0]:
+                    progress = (observer.version, time.monotonic())
+                elif time.monotonic() - progress[1] > stall_after:
+                    raise SimStallError(
+                        f"no global version after v{observer.version} for {stall_after:.0f} s; "
+                        f"{observer.diagnosis()}"
+                    )
                 rss = procs.peak_rss_mb("cloud")  # VmHWM only grows; read while it lives
                 if rss is not None:
                     cloud_rss = max(cloud_rss or 0.0, rss)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from hierfl.sim.runner import SimConfig, run_sim_async
+from hierfl.sim.runner import SimConfig, SimStallError, run_sim_async
 
 pytestmark = pytest.mark.integration
 
@@ -66,3 +67,22 @@ def test_sim_processes_cli_leaves_nothing_running(tmp_path):
     lsof = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
     assert str(tmp_path) not in lsof.stdout
     assert report["config"]["federation"] not in lsof.stdout
+
+
+async def test_a_stalled_sim_stops_with_a_diagnosis(mqtt_broker, kafka_broker, tmp_path, unique_id):
+    """A federation that cannot progress (a fog quorum its edges cannot reach) does not hang:
+    the sim stops and says where each fog stands."""
+    cfg = SimConfig(
+        scenario="digits", fogs=1, edges=2, rounds=1, min_updates=3, quorum=3,
+        round_timeout_s=0.5, stall_timeout_s=4.0, mode="inprocess",
+        mqtt_url=mqtt_broker.url, kafka_bootstrap=kafka_broker.bootstrap, out=tmp_path,
+        federation=unique_id, live=False,
+    )
+    with pytest.raises(SimStallError, match=r"no global version after v0") as info:
+        await run_sim_async(cfg)
+    msg = str(info.value)
+    assert "fog0: state=collecting version=0" in msg
+    fields = dict(re.findall(r"(accepted|forwarded|skipped)=(\d+)", msg))
+    # edges did send (and were accepted), rounds kept being skipped, nothing was forwarded
+    assert int(fields["accepted"]) >= 2 and int(fields["skipped"]) >= 1
+    assert fields["forwarded"] == "0"
