@@ -33,6 +33,9 @@ def register(app: typer.Typer) -> None:
         mqtt_url: Annotated[str | None, typer.Option(help="use this MQTT broker")] = None,
         kafka_bootstrap: Annotated[str | None, typer.Option(help="use this Kafka")] = None,
         codec: Annotated[str, typer.Option(help="edge->fog update codec")] = "raw",
+        model_codec: Annotated[
+            str, typer.Option(help="fog->edge model codec (deltas against the edges' model)")
+        ] = "raw",
         error_feedback: Annotated[
             bool, typer.Option(help="edges carry what a lossy codec dropped into the next update")
         ] = True,
@@ -63,6 +66,7 @@ def register(app: typer.Typer) -> None:
                 min_updates=min_updates, quorum=quorum, round_timeout_s=round_timeout,
                 seed=seed, wide=wide, mode=mode, mqtt_url=mqtt_url,
                 kafka_bootstrap=kafka_bootstrap, codec=codec, error_feedback=error_feedback,
+                model_codec=model_codec,
                 aggregator=aggregator,
                 aggregator_params=json.loads(aggregator_params), attack=attack,
                 byzantine=byzantine, out=out, live=live,

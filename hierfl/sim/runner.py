@@ -65,6 +65,8 @@ class SimConfig:
     out: Path = Path("runs/sim")
     codec: str = "raw"
     error_feedback: bool = True
+    #: fog -> edge model fan-out codec (deltas against the edges' model; docs/compression.md)
+    model_codec: str = "raw"
     aggregator: str = "fedavg"
     aggregator_params: dict[str, Any] = field(default_factory=dict)
     attack: str | None = None
@@ -171,6 +173,7 @@ def _tier_settings(
             quorum=min(cfg.quorum or 1, cfg.min_updates or len(idx)), k2=cfg.k2,
             round_timeout_s=cfg.round_timeout_s, aggregator=cfg.aggregator,
             aggregator_params=cfg.aggregator_params, resume_wait_s=0.2,
+            model_codec=cfg.model_codec,
         ))
     edges = []
     for fog, idx in topo.items():
