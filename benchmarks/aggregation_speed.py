@@ -45,7 +45,7 @@ PARAMS: dict[str, dict[str, Any]] = {
 
 def _thread_limit() -> contextlib.AbstractContextManager[object]:
     if _HAVE_THREADPOOLCTL:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # noqa: PLC0415
 
         limiter: contextlib.AbstractContextManager[object] = threadpool_limits(limits=1)
         return limiter

@@ -88,7 +88,7 @@ PER_FOG = 5
 
 def run_cell(aggregator: str, attack: str, args: argparse.Namespace) -> None:
     """Run one simulated federation; print a JSON line per round, then the cell's record."""
-    from hierfl.sim.runner import SimConfig, run_sim
+    from hierfl.sim.runner import SimConfig, run_sim  # noqa: PLC0415
 
     handler = logging.StreamHandler()  # stderr, i.e. the cell's log file
     handler.addFilter(_Repeats())

@@ -75,10 +75,10 @@ def run(
     rule: str, params: dict[str, Any], attack: str, rounds: int, k: float | None
 ) -> dict[str, Any]:
     """Run the replay; return the final accuracy and the mean per-round statistics."""
-    import torch
+    import torch  # noqa: PLC0415
 
-    from hierfl.model.torch_adapter import model_to_vector, vector_to_model
-    from hierfl.sim.scenarios import digits_data, digits_model, digits_task, evaluate
+    from hierfl.model.torch_adapter import model_to_vector, vector_to_model  # noqa: PLC0415
+    from hierfl.sim.scenarios import digits_data, digits_model, digits_task, evaluate  # noqa: PLC0415
 
     torch.set_num_threads(1)
     agg = make_aggregator(rule, params)

@@ -68,9 +68,9 @@ def serve_prometheus(metrics: ServiceMetrics, port: int) -> bool:
     try:
         from prometheus_client import start_http_server  # noqa: PLC0415
         from prometheus_client.core import (  # noqa: PLC0415
+            REGISTRY,
             CounterMetricFamily,
             GaugeMetricFamily,
-            REGISTRY,
         )
     except ImportError:
         log.warning("metrics_port set but prometheus-client is not installed")
@@ -85,7 +85,8 @@ def serve_prometheus(metrics: ServiceMetrics, port: int) -> bool:
                 c = CounterMetricFamily(f"hierfl_{name}", name, labels=labels)
                 c.add_metric(vals, v)
                 yield c
-            r = CounterMetricFamily("hierfl_rejected", "rejected inputs", labels=[*labels, "reason"])
+            r = CounterMetricFamily("hierfl_rejected", "rejected inputs",
+                                    labels=[*labels, "reason"])
             for reason, v in snap["rejected"].items():
                 r.add_metric([*vals, reason], v)
             yield r

@@ -241,5 +241,5 @@ def _feedback(settings: EdgeSettings, metrics: ServiceMetrics) -> UplinkFeedback
                           max_gap=settings.error_feedback_max_gap, metrics=metrics)
 
 
-class _Stopped(Exception):  # noqa: N818 - control flow, never escapes
+class _Stopped(Exception):
     pass

@@ -101,7 +101,7 @@ class SupervisedTask:
                 loss.backward()
                 opt.step()
                 total_loss += float(loss.detach()) * len(idx)
-                if out.ndim == 2:  # noqa: PLR2004
+                if out.ndim == 2:
                     correct += int((out.argmax(1) == yb).sum())
                 seen += len(idx)
         metrics = {"train_loss": total_loss / max(seen, 1)}

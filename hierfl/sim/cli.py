@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
     """Attach ``sim`` to the main ``hierfl`` app."""
 
     @app.command()
-    def sim(  # noqa: PLR0913
+    def sim(
         scenario: Annotated[str, typer.Argument(help="digits (scenario.md) or sensors")] = "digits",
         fogs: Annotated[int, typer.Option(help="number of fog nodes")] = 4,
         edges: Annotated[int, typer.Option(help="number of edge devices")] = 20,

@@ -165,13 +165,13 @@ class Observer:
             # The aggregates are read by another consumer: let it catch up with this round.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(3.0):
-                    while len(self._fogs[v - 1]) < len(self.fog_edges):
+                    while len(self._fogs[v - 1]) < len(self.fog_edges):  # noqa: ASYNC110
                         await asyncio.sleep(0.01)
             # Fogs count accepted/rejected per base version on their stats topic (MQTT):
             # wait briefly until every fog's count covers the contributors it forwarded.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2.0):
-                    while not all(self._by_version(f, v - 1)["accepted"] >= n
+                    while not all(self._by_version(f, v - 1)["accepted"] >= n  # noqa: ASYNC110
                                   for f, n in self._fogs[v - 1].items()):
                         await asyncio.sleep(0.01)
             accepted = 0
@@ -228,7 +228,7 @@ class Observer:
         return {"accepted": rec.get("accepted", 0) if isinstance(rec.get("accepted"), int) else 0,
                 "rejected": rejected if isinstance(rejected, dict) else {}}
 
-    async def wait_version(self, version: int, timeout: float | None = None) -> None:
+    async def wait_version(self, version: int, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Wait until ``version`` has been observed and evaluated."""
         async with asyncio.timeout(timeout):
             while self.version < version:

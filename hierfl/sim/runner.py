@@ -175,15 +175,16 @@ def _tier_settings(
             aggregator_params=cfg.aggregator_params, resume_wait_s=0.2,
             model_codec=cfg.model_codec,
         ))
-    edges = []
-    for fog, idx in topo.items():
-        for i in idx:
-            edges.append(EdgeSettings.load(
-                federation=cfg.federation, fog_id=fog, edge_id=f"e{i:03d}",
-                mqtt={"url": mqtt_url}, task=SCENARIO_TASKS[cfg.scenario],
-                task_options=_task_options(cfg, i), local_epochs=cfg.k1, codec=cfg.codec,
-                error_feedback=cfg.error_feedback,
-            ))
+    edges = [
+        EdgeSettings.load(
+            federation=cfg.federation, fog_id=fog, edge_id=f"e{i:03d}",
+            mqtt={"url": mqtt_url}, task=SCENARIO_TASKS[cfg.scenario],
+            task_options=_task_options(cfg, i), local_epochs=cfg.k1, codec=cfg.codec,
+            error_feedback=cfg.error_feedback,
+        )
+        for fog, idx in topo.items()
+        for i in idx
+    ]
     return cloud, fogs, edges
 
 
@@ -295,8 +296,8 @@ async def _run(cfg: SimConfig, on_round: Callable[[RoundRecord], None] | None,
             MqttSettings(url=mqtt_url), KafkaSettings(bootstrap=bootstrap), _evaluator(cfg),
             on_round,
         )
-        from hierfl.transport.kafka import ensure_topics  # noqa: PLC0415
         from hierfl import topics  # noqa: PLC0415
+        from hierfl.transport.kafka import ensure_topics  # noqa: PLC0415
 
         await ensure_topics(cloud_s.kafka, [topics.aggregates(cfg.federation),
                                             topics.models(cfg.federation)])
@@ -398,7 +399,8 @@ def _report(cfg: SimConfig, observer: Observer, wall: float, cloud_rss: float | 
         "totals": {
             "rounds": len(rounds),
             "wall_s": wall,
-            "median_round_s": float(np.median(walls[1:] if len(walls) > 1 else walls)) if walls else None,
+            "median_round_s": (float(np.median(walls[1:] if len(walls) > 1 else walls))
+                               if walls else None),
             "edge_fog_bytes": sum(r.edge_fog_bytes for r in observer.records),
             "fog_cloud_bytes": sum(r.fog_cloud_bytes for r in observer.records),
             "cloud_edge_bytes": sum(r.cloud_edge_bytes for r in observer.records),
@@ -459,7 +461,7 @@ def run_sim(
     started here is stopped before this returns or raises.
     """
 
-    def _term(signum: int, frame: Any) -> None:  # noqa: ARG001
+    def _term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGTERM, _term)

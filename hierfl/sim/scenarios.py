@@ -89,7 +89,7 @@ def digits_data(n_clients: int = 20, seed: int = 0) -> Dataset:
     return Dataset([(x_tr[i], y_tr[i]) for i in idx], x_te, y_te)
 
 
-def digits_model(wide: bool = False) -> torch.nn.Module:  # noqa: FBT001, FBT002
+def digits_model(wide: bool = False) -> torch.nn.Module:
     """MLP 64-64-10 (or 64-1024-1024-10 when ``wide``), seeded with ``torch.manual_seed(0)``."""
     torch.manual_seed(0)
     if wide:

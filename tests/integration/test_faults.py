@@ -115,34 +115,33 @@ async def test_hostile_frames_are_rejected_and_counted(
     (fog,) = make_fogs(fog_s)
     edges = make_edges(edge_s)
     fed = unique_id
-    async with spy_updates(mqtt_broker.url, fed, ["north"]) as spy:
-        async with running(cloud, fog):
-            await wait_for(lambda: fog.round.version == 0, 30)
-            size = fog.round.model_size
-            good = UpdateFrame(fed, "north", "evil4", 0, fog.round.seq, 10,
-                               np.ones(size, np.float32))
-            valid = encode_frame(good)
-            wrong_shape = encode_frame(
-                UpdateFrame(fed, "north", "evil3", 0, fog.round.seq, 10, np.ones(7, np.float32))
-            )
-            bomb_body = zstandard.ZstdCompressor(level=19).compress(b"\0" * (200 << 20))
-            bomb = valid[:8] + (1000).to_bytes(4, "little") + bomb_body
-            bomb_big = valid[:8] + (200 << 20).to_bytes(4, "little") + bomb_body
-            hostile = {
-                "evil0": os.urandom(300),              # garbage
-                "evil1": valid[: len(valid) // 2],     # truncated
-                "evil2": bomb,                         # zstd bomb, small declared size
-                "evil5": bomb_big,                     # zstd bomb, huge declared size
-                "evil3": wrong_shape,                  # wrong tensor shape
-                "evil6": valid,                        # sent on another edge's topic
-            }
-            s = FogSettings.load(fog_id="x", mqtt={"url": mqtt_broker.url}).mqtt
-            async with MqttTransport(s, client_id=f"attacker-{fed}") as mqtt:
-                for edge, payload in hostile.items():
-                    await mqtt.publish(topics.update(fed, "north", edge), payload)
-            await wait_for(lambda: sum(fog.metrics.rejected.values()) >= len(hostile), 30)
-            async with running(*edges):
-                await wait_for(cloud.finished.is_set, 60)
+    async with spy_updates(mqtt_broker.url, fed, ["north"]) as spy, running(cloud, fog):
+        await wait_for(lambda: fog.round.version == 0, 30)
+        size = fog.round.model_size
+        good = UpdateFrame(fed, "north", "evil4", 0, fog.round.seq, 10,
+                           np.ones(size, np.float32))
+        valid = encode_frame(good)
+        wrong_shape = encode_frame(
+            UpdateFrame(fed, "north", "evil3", 0, fog.round.seq, 10, np.ones(7, np.float32))
+        )
+        bomb_body = zstandard.ZstdCompressor(level=19).compress(b"\0" * (200 << 20))
+        bomb = valid[:8] + (1000).to_bytes(4, "little") + bomb_body
+        bomb_big = valid[:8] + (200 << 20).to_bytes(4, "little") + bomb_body
+        hostile = {
+            "evil0": os.urandom(300),              # garbage
+            "evil1": valid[: len(valid) // 2],     # truncated
+            "evil2": bomb,                         # zstd bomb, small declared size
+            "evil5": bomb_big,                     # zstd bomb, huge declared size
+            "evil3": wrong_shape,                  # wrong tensor shape
+            "evil6": valid,                        # sent on another edge's topic
+        }
+        s = FogSettings.load(fog_id="x", mqtt={"url": mqtt_broker.url}).mqtt
+        async with MqttTransport(s, client_id=f"attacker-{fed}") as mqtt:
+            for edge, payload in hostile.items():
+                await mqtt.publish(topics.update(fed, "north", edge), payload)
+        await wait_for(lambda: sum(fog.metrics.rejected.values()) >= len(hostile), 30)
+        async with running(*edges):
+            await wait_for(cloud.finished.is_set, 60)
     rejected = fog.metrics.rejected
     assert rejected["wire.version"] == 1          # garbage: bad magic
     assert rejected["wire.too_large"] == 2        # both bombs, before inflating
@@ -254,7 +253,7 @@ async def test_cloud_restart_resumes_and_never_reapplies(
         tmp_path / "init.npz", versions=2,
     )
     # Crash window: the checkpoint is written but the consumed offsets are never committed.
-    async def no_commit(self, inbound):  # noqa: ARG001
+    async def no_commit(self, inbound):
         return None
 
     with monkeypatch.context() as m:
