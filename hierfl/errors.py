@@ -16,6 +16,7 @@ Every class carries a ``reason`` label (used as the ``reason`` label of the
         + BadTensorError                  reason="wire.tensor"
         + NonFiniteTensorError            reason="wire.non_finite"
         + ChunkError                      reason="wire.chunk"
+          + IncompleteFrameError          reason="wire.chunk_incomplete"
         + SignatureError                  reason="wire.signature"
       x ValidationError                   reason="validation"
         + WrongRecipientError             reason="validation.recipient"
@@ -54,6 +55,7 @@ __all__ = [
     "FrameFieldError",
     "FrameTooLargeError",
     "HierflError",
+    "IncompleteFrameError",
     "NonFiniteError",
     "NonFiniteTensorError",
     "NormBoundError",
@@ -146,6 +148,13 @@ class ChunkError(WireFormatError):
     """A chunk of a split frame is malformed or inconsistent with its siblings."""
 
     reason = "wire.chunk"
+
+
+class IncompleteFrameError(ChunkError):
+    """A partly received chunked frame was dropped: it expired, was evicted to bound memory,
+    or was superseded by a newer frame from the same sender."""
+
+    reason = "wire.chunk_incomplete"
 
 
 class SignatureError(WireFormatError):
