@@ -151,8 +151,8 @@ class ChunkError(WireFormatError):
 
 
 class IncompleteFrameError(ChunkError):
-    """A partly received chunked frame was dropped: it expired, was evicted to bound memory,
-    or was superseded by a newer frame from the same sender."""
+    """A partly received chunked frame was dropped: no chunk came for too long (its sender
+    died mid-frame), or it was evicted to bound memory."""
 
     reason = "wire.chunk_incomplete"
 

@@ -134,7 +134,7 @@ class MqttTransport:
         clean_session: False to keep subscriptions and queued QoS-1 messages across
             reconnects (fogs); True for throw-away sessions.
         will: ``(topic, payload)`` published retained by the broker if we vanish.
-        max_frame_bytes: largest payload reassembled from chunks (default: the
+        max_frame_bytes: largest payload reassembled from chunks (never more than the
             reassembly byte budget); a chunk declaring more is refused at once.
         on_reject: called with ``(error, topic)`` for every refused chunk and every
             partial frame dropped (``IncompleteFrameError``), e.g. to count them; they are
@@ -182,7 +182,8 @@ class MqttTransport:
         self._open = False
         self._on_reject = on_reject
         self._collector = ChunkCollector(
-            max_frame_bytes=min(max_frame_bytes or settings.reassembly_max_bytes, 2**32 - 1),
+            max_frame_bytes=min(max_frame_bytes or 2**32 - 1, settings.reassembly_max_bytes,
+                                2**32 - 1),
             max_bytes=settings.reassembly_max_bytes,
             max_frames=settings.reassembly_max_frames,
             timeout_s=settings.reassembly_timeout_s,
@@ -201,8 +202,8 @@ class MqttTransport:
     @property
     def chunk_stats(self) -> dict[str, int]:
         """Counters of chunked traffic: payloads split and chunks sent; frames reassembled,
-        duplicate and refused chunks, partial frames dropped (expired, evicted,
-        superseded); partial frames and their bytes buffered now."""
+        duplicate and refused chunks, partial frames dropped (expired, evicted); partial
+        frames and their bytes buffered now."""
         c = self._collector
         return {
             **self._sent,
@@ -211,7 +212,6 @@ class MqttTransport:
             "chunks_refused": self._chunks_refused,
             "partials_expired": c.counts["expired"],
             "partials_evicted": c.counts["evicted"],
-            "partials_superseded": c.counts["superseded"],
             "partial_frames": len(c),
             "buffered_bytes": c.buffered_bytes,
         }
@@ -292,7 +292,8 @@ class MqttTransport:
         timeout: float | None,
     ) -> None:
         longest = chunk_topic(topic, 10**_U32_DIGITS - 1) if retain else topic
-        room = limit - publish_packet_size(longest, CHUNK_HEADER_SIZE, qos=qos)
+        overhead = publish_packet_size(longest, limit, qos=qos) - limit  # header, topic, id
+        room = limit - overhead - CHUNK_HEADER_SIZE
         if room < MIN_CHUNK_DATA:
             raise ConfigError(
                 f"mqtt.max_packet_bytes = {limit} leaves {room} bytes per chunk on topic "

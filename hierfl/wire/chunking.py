@@ -212,7 +212,6 @@ class _Open:
     frame_id: bytes
     count: int
     total: int
-    started: int
     touched: float
     retained: bool
     parts: dict[int, bytes] = field(default_factory=dict)
@@ -228,10 +227,10 @@ class ChunkCollector:
     bounded: at most ``max_frames`` partial frames (``max_frames_per_key`` per key) and
     ``max_bytes`` of chunk data in all. When a budget is exceeded the oldest partial frame of
     the key holding the most (frames, or bytes) is dropped, so one flooding sender evicts its
-    own frames first. A partial frame that receives no chunk for ``timeout_s`` expires. When a
-    frame completes, the partial frames of the same key that started before it are dropped
-    (superseded: their sender moved on). Every dropped partial frame is counted and passed to
-    ``on_drop`` as an :class:`~hierfl.errors.IncompleteFrameError`.
+    own frames first. A partial frame that receives no chunk for ``timeout_s`` expires (its
+    sender died mid-frame). Every dropped partial frame is counted and passed to ``on_drop``
+    as an :class:`~hierfl.errors.IncompleteFrameError`. Several publishers may share a key;
+    beyond ``max_frames_per_key`` concurrent frames on one key the oldest is dropped.
 
     Args:
         max_frame_bytes: largest frame accepted (its declared total is checked first).
@@ -278,10 +277,9 @@ class ChunkCollector:
         self._key_bytes: dict[str, int] = {}
         # recently completed frames: late duplicates (QoS 1 redelivery) are ignored
         self._done: OrderedDict[tuple[str, bytes], None] = OrderedDict()
-        self._started = 0
         self.buffered_bytes = 0
         self.counts: dict[str, int] = dict.fromkeys(
-            ("completed", "duplicates", "expired", "evicted", "superseded"), 0
+            ("completed", "duplicates", "expired", "evicted"), 0
         )
 
     def __len__(self) -> int:
@@ -354,8 +352,6 @@ class ChunkCollector:
         self._remove(o)
         frame = b"".join(o.parts[i] for i in range(o.count))
         self._finish(ident)
-        for older in [p for p in self._by_key.get(key, {}).values() if p.started < o.started]:
-            self._drop(older, "superseded", "a newer frame from the same sender completed")
         return Completed(frame, o.retained)
 
     def _finish(self, ident: tuple[str, bytes]) -> None:
@@ -379,8 +375,7 @@ class ChunkCollector:
                              "frame cut into equal chunks")
 
     def _start(self, key: str, c: Chunk, now: float, retained: bool) -> _Open:
-        self._started += 1
-        o = _Open(key, c.frame_id, c.count, c.total, self._started, now, retained)
+        o = _Open(key, c.frame_id, c.count, c.total, now, retained)
         self._open[(key, c.frame_id)] = o
         self._by_key.setdefault(key, {})[c.frame_id] = o
         self._key_bytes.setdefault(key, 0)
