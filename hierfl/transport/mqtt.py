@@ -283,7 +283,9 @@ class MqttTransport:
             await self._publish_chunked(topic, payload, limit, qos, retain, timeout)
         # Python 3.11's wait_for (inside aiomqtt) can swallow a cancel that races the PUBACK:
         # the publish returns normally and the caller never learns it was cancelled, so a
-        # shutdown hangs. Re-raise the cancellation it swallowed.
+        # shutdown hangs. aiomqtt's publish now runs in a task of its own (_publish_packet),
+        # which keeps the caller's cancel out of that wait_for; should one still be pending
+        # here, re-raise it.
         if task is not None and task.cancelling() > cancelling:
             raise asyncio.CancelledError
 
@@ -357,7 +359,7 @@ class MqttTransport:
             finally:
                 await _cancel_all([pub])
             if not pub.done() or pub.cancelled():
-                if not disconnected.cancelled():
+                if disconnected.done() and not disconnected.cancelled():
                     disconnected.exception()  # retrieved: aiomqtt reports it on exit anyway
                 raise DisconnectedError(self._lost_during(topic, len(payload), qos))
             pub.result()

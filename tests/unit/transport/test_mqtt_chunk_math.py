@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import paho.mqtt.client as paho
 import pytest
 
 from hierfl.config import MqttSettings
 from hierfl.errors import ConfigError
+from hierfl.sim.brokers import MqttBroker
 from hierfl.transport.mqtt import (
     MqttTransport,
     _split_chunk_topic,
@@ -53,3 +56,11 @@ async def test_limit_too_small_for_the_topic_is_a_config_error() -> None:
 def test_max_packet_bytes_is_validated(value: int) -> None:
     with pytest.raises(ValueError, match="max_packet_bytes"):
         MqttSettings(max_packet_bytes=value)
+
+
+def test_test_broker_packet_limit_is_validated() -> None:
+    with pytest.raises(ConfigError, match=">= 1024"):
+        MqttBroker(max_packet_bytes=1000)
+    if importlib.util.find_spec("amqtt") is not None:
+        with pytest.raises(ConfigError, match="needs mosquitto"):
+            MqttBroker(prefer="amqtt", max_packet_bytes=131_072)
