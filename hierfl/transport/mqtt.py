@@ -56,7 +56,7 @@ _NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 CHUNK_LEVEL = "~chunk"
 # Chunks of one frame published at once (each waits for its PUBACK); paho allows 20 in flight
 # and AWS IoT Core 100 unacknowledged QoS 1 messages per connection.
-_WINDOW = 8
+_WINDOW = 16
 _U32_DIGITS = 10
 
 RejectHook = Callable[[HierflError, str], None]
@@ -258,7 +258,7 @@ class MqttTransport:
         """Publish and wait for the broker's PUBACK (QoS 1), in chunks when too large.
 
         With ``settings.max_packet_bytes`` set, a payload whose packet would exceed it is
-        split into chunks that each fit; up to 8 are in flight at once, and the call returns
+        split into chunks that each fit; up to 16 are in flight at once, and the call returns
         once every chunk is acknowledged. A retained one stores chunk ``i >= 1`` on
         ``topic/~chunk/i`` first and chunk 0 on ``topic`` last, then clears sub-topics that
         this transport filled before for a longer payload.
