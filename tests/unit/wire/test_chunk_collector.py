@@ -4,7 +4,6 @@ memory bounded by frame, byte and time budgets, every dropped partial frame coun
 from __future__ import annotations
 
 import random
-import struct
 
 import pytest
 from hypothesis import given, settings
@@ -12,8 +11,7 @@ from hypothesis import strategies as st
 
 from hierfl.errors import ChunkError, FrameTooLargeError, IncompleteFrameError
 from hierfl.wire.chunking import CHUNK_HEADER_SIZE, MIN_CHUNK_DATA, ChunkCollector, split_frame
-
-HDR = struct.Struct("<4sB3s16sIIII")
+from tests.unit.wire.test_wire_chunking import HDR, _rebuild
 PROPS = settings(max_examples=60, deadline=None, database=None)
 MIN = 16  # min_chunk_data for small property-test frames
 LIMIT = 1 << 20
@@ -37,13 +35,6 @@ def _collector(**kw: object) -> tuple[ChunkCollector, list[tuple[str, Incomplete
 
 def _split(frame: bytes, room: int) -> list[bytes]:
     return split_frame(frame, chunk_bytes=room + CHUNK_HEADER_SIZE)
-
-
-def _rebuild(record: bytes, **changes: object) -> bytes:
-    names = ("magic", "version", "reserved", "frame_id", "index", "count", "total", "crc")
-    fields = dict(zip(names, HDR.unpack_from(record), strict=True))
-    fields.update(changes)
-    return HDR.pack(*fields.values()) + record[CHUNK_HEADER_SIZE:]
 
 
 def _frame(n: int, seed: int = 0) -> bytes:
