@@ -242,9 +242,9 @@ async def test_federation_over_a_128kb_broker(small_broker, kafka_broker, unique
     cloud = CloudService(cloud_s)
     (fog,) = make_fogs([fog_s])
 
-    def edge(name: str, index: int) -> EdgeClient:
+    def edge(name: str, index: int, rounds: int | None = 1) -> EdgeClient:
         s = EdgeSettings.load(federation=fed, fog_id="north", edge_id=name, mqtt=mqtt,
-                              max_rounds=1)
+                              max_rounds=rounds)
         return EdgeClient(s, wide_task(index))
 
     async with (
@@ -260,9 +260,17 @@ async def test_federation_over_a_128kb_broker(small_broker, kafka_broker, unique
         async with MqttTransport(s, client_id=f"{fed}-late") as late:
             await late.subscribe(topics.model(fed, "north"))
             got = await anext(late.messages())
-        async with running(late_edge := edge("n2", 2)):
+        async with running(late_edge := edge("n2", 2, None)):
             await wait_for(lambda: late_edge.updates_sent == 1, 60, "the late edge's update")
             await wait_for(lambda: any(u.edge_id == "n2" for u in spy.updates), 30)
+            # Corrupted chunks on an update and a model topic: fog and edge count them
+            bad = bytearray(split_frame(b"z" * 5000, chunk_bytes=2000)[1])
+            bad[-1] ^= 1
+            async with MqttTransport(s, client_id=f"{fed}-evil") as evil:
+                await evil.publish(topics.update(fed, "north", "evil"), bytes(bad))
+                await evil.publish(chunk_topic(topics.model(fed, "north"), 1), bytes(bad))
+            await wait_for(lambda: fog.metrics.rejected["wire.chunk"] == 1, 30)
+            await wait_for(lambda: late_edge.metrics.rejected["wire.chunk"] == 1, 30)
     store = ModelStore(tmp_path / "store")
     ups = [u for u in spy.updates if u.base_version == 0]
     assert sorted(u.edge_id for u in ups) == ["n0", "n1"]
@@ -272,7 +280,7 @@ async def test_federation_over_a_128kb_broker(small_broker, kafka_broker, unique
         expected_next(store.load(0).weights.astype(np.float64), ups, 1), rtol=1e-5, atol=1e-6,
     )
     assert fog.metrics.counters["accepted"] >= 2
-    assert not fog.metrics.rejected
+    assert fog.metrics.rejected == {"wire.chunk": 1}
     model = decode_frame(got.payload)
     assert isinstance(model, ModelFrame)
     assert got.retain
