@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from hierfl.errors import ChunkError, FrameTooLargeError, IncompleteFrameError
 from hierfl.wire.chunking import CHUNK_HEADER_SIZE, MIN_CHUNK_DATA, ChunkCollector, split_frame
 from tests.unit.wire.test_wire_chunking import HDR, _rebuild
+
 PROPS = settings(max_examples=60, deadline=None, database=None)
 MIN = 16  # min_chunk_data for small property-test frames
 LIMIT = 1 << 20
