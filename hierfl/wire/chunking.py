@@ -233,7 +233,8 @@ class ChunkCollector:
     beyond ``max_frames_per_key`` concurrent frames on one key the oldest is dropped.
 
     Args:
-        max_frame_bytes: largest frame accepted (its declared total is checked first).
+        max_frame_bytes: largest frame accepted (its declared total is checked first; never
+            more than ``max_bytes``).
         max_bytes: budget of buffered chunk data over all partial frames.
         max_frames: most partial frames held at once.
         max_frames_per_key: most partial frames held for one key.
@@ -262,7 +263,7 @@ class ChunkCollector:
     ) -> None:
         if min(max_frame_bytes, max_bytes, max_frames, max_frames_per_key, min_chunk_data) < 1:
             raise ValueError("ChunkCollector limits must be positive")
-        self.max_frame_bytes = max_frame_bytes
+        self.max_frame_bytes = min(max_frame_bytes, max_bytes)  # a larger one could not fit
         self.max_bytes = max_bytes
         self.max_frames = max_frames
         self.max_frames_per_key = max_frames_per_key

@@ -302,3 +302,10 @@ def test_budgets_hold_under_any_chunk_sequence(ops: list[tuple[int, int, int, in
         assert c.buffered_bytes <= 3000
         assert len(c) <= 5
         assert c.buffered_bytes == sum(o.size for o in c._open.values())
+
+
+def test_frame_larger_than_the_byte_budget_is_refused_at_once() -> None:
+    c, drops = _collector(max_bytes=1000)
+    with pytest.raises(FrameTooLargeError):
+        c.feed("k", _split(_frame(1001), 100)[0])
+    assert (len(c), c.buffered_bytes, drops) == (0, 0, [])
