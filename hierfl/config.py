@@ -58,6 +58,18 @@ class MqttSettings(_Section):
     reconnect_base_s: float = Field(0.5, gt=0, description="backoff base for reconnects")
     reconnect_max_s: float = Field(30.0, gt=0, description="backoff cap for reconnects")
     queue_size: int = Field(10_000, ge=1, description="bounded inbound message queue")
+    max_packet_bytes: int | None = Field(
+        None, ge=4096, le=268_435_460,
+        description="largest MQTT packet the broker accepts (AWS IoT Core: 131072); larger "
+        "payloads are split into chunks; unset = never split",
+    )
+    reassembly_max_bytes: int = Field(
+        256 * 2**20, ge=2**16, description="budget of chunk data buffered for partial frames"
+    )
+    reassembly_max_frames: int = Field(1024, ge=1, description="most partial frames buffered")
+    reassembly_timeout_s: float = Field(
+        60.0, gt=0, description="a partial chunked frame idle this long is dropped"
+    )
 
     @field_validator("url")
     @classmethod

@@ -16,6 +16,7 @@ Every class carries a ``reason`` label (used as the ``reason`` label of the
         + BadTensorError                  reason="wire.tensor"
         + NonFiniteTensorError            reason="wire.non_finite"
         + ChunkError                      reason="wire.chunk"
+          + IncompleteFrameError          reason="wire.chunk_incomplete"
         + SignatureError                  reason="wire.signature"
       x ValidationError                   reason="validation"
         + WrongRecipientError             reason="validation.recipient"
@@ -55,6 +56,7 @@ __all__ = [
     "FrameFieldError",
     "FrameTooLargeError",
     "HierflError",
+    "IncompleteFrameError",
     "ModelBaseError",
     "NonFiniteError",
     "NonFiniteTensorError",
@@ -148,6 +150,13 @@ class ChunkError(WireFormatError):
     """A chunk of a split frame is malformed or inconsistent with its siblings."""
 
     reason = "wire.chunk"
+
+
+class IncompleteFrameError(ChunkError):
+    """A partly received chunked frame was dropped: no chunk came for too long (its sender
+    died mid-frame), or it was evicted to bound memory."""
+
+    reason = "wire.chunk_incomplete"
 
 
 class SignatureError(WireFormatError):

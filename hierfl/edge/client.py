@@ -114,8 +114,11 @@ class EdgeClient:
         s = self.settings
         fed, fog, edge = s.federation, s.fog_id, s.edge_id
         status = topics.status(fed, fog, edge)
-        async with MqttTransport(s.mqtt, client_id=f"hierfl-edge-{fed}-{fog}-{edge}",
-                                 will=(status, b"offline")) as mqtt:
+        async with MqttTransport(
+            s.mqtt, client_id=f"hierfl-edge-{fed}-{fog}-{edge}", will=(status, b"offline"),
+            max_frame_bytes=s.limits.max_frame_bytes,
+            on_reject=lambda exc, _topic: self.metrics.reject(exc.reason),
+        ) as mqtt:
             await mqtt.publish(status, b"online", retain=True)
             feed = self.model_feed = ModelFeed(fed, fog)  # per connection: resubscribes anew
             await mqtt.subscribe(topics.model_delta(fed, fog))

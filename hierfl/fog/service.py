@@ -144,7 +144,8 @@ class FogService:
         will = (topics.status(fed, fog, fog), b"offline")
         async with (
             MqttTransport(s.mqtt, client_id=f"hierfl-fog-{fed}-{fog}", clean_session=False,
-                          will=will) as mqtt,
+                          will=will, max_frame_bytes=s.limits.max_frame_bytes,
+                          on_reject=self._reject) as mqtt,
             KafkaProducerTransport(s.kafka, client_id=f"hierfl-fog-{fog}") as producer,
             KafkaConsumerTransport(
                 s.kafka, topics.models(fed), client_id=f"hierfl-fog-{fog}-models",
@@ -177,7 +178,8 @@ class FogService:
         """Read this fog's last published (retained) model, to resume after a restart."""
         s = self.settings
         fed, fog = s.federation, s.fog_id
-        async with MqttTransport(s.mqtt, client_id=f"hierfl-fog-{fed}-{fog}-probe") as probe:
+        async with MqttTransport(s.mqtt, client_id=f"hierfl-fog-{fed}-{fog}-probe",
+                                 max_frame_bytes=s.limits.max_frame_bytes) as probe:
             await probe.subscribe(topics.model(fed, fog))
             try:
                 async with asyncio.timeout(s.resume_wait_s):

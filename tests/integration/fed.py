@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ def tiny_task(index: int, n: int | None = None, model: Any = tiny_model) -> Supe
                           batch_size=8, seed=index)
 
 
-def write_initial(path: Path, model: Any = tiny_model) -> np.ndarray:
+def write_initial(path: Path, model: Callable[[], torch.nn.Module] = tiny_model) -> np.ndarray:
     m = model()
     vec = model_to_vector(m)
     layout = model_layout(m)
