@@ -268,7 +268,9 @@ async def test_federation_over_a_128kb_broker(small_broker, kafka_broker, unique
             bad[-1] ^= 1
             async with MqttTransport(s, client_id=f"{fed}-evil") as evil:
                 await evil.publish(topics.update(fed, "north", "evil"), bytes(bad))
-                await evil.publish(chunk_topic(topics.model(fed, "north"), 1), bytes(bad))
+                # an up-to-date edge listens to its fog's model stream (the delta topic);
+                # it left the full-model topic once it held a model
+                await evil.publish(topics.model_delta(fed, "north"), bytes(bad))
             await wait_for(lambda: fog.metrics.rejected["wire.chunk"] == 1, 30)
             await wait_for(lambda: late_edge.metrics.rejected["wire.chunk"] == 1, 30)
     store = ModelStore(tmp_path / "store")
