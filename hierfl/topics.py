@@ -136,12 +136,12 @@ def parse_mqtt(topic: str) -> ParsedMqttTopic:
     """
     parts = topic.split("/")
     ok = (
-        len(parts) >= 4  # noqa: PLR2004
+        len(parts) >= 4
         and parts[0] == PREFIX
         and all(_ID.fullmatch(p) for p in parts[1:])
     )
-    if ok and len(parts) == 4 and parts[3] in ("model", "delta", "stats"):  # noqa: PLR2004
+    if ok and len(parts) == 4 and parts[3] in ("model", "delta", "stats"):
         return ParsedMqttTopic(parts[1], parts[2], parts[3], None)
-    if ok and len(parts) == 5 and parts[3] in ("update", "status"):  # noqa: PLR2004
+    if ok and len(parts) == 5 and parts[3] in ("update", "status"):
         return ParsedMqttTopic(parts[1], parts[2], parts[3], parts[4])
     raise UnknownSenderError(f"topic {topic!r} is not a hierfl topic")

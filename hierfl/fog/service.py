@@ -30,8 +30,15 @@ from hierfl import topics
 from hierfl.aggregation import make_aggregator
 from hierfl.config import FogSettings
 from hierfl.errors import HierflError, TransportError, UnknownSenderError
+from hierfl.fog.round import (
+    FogRound,
+    FogRoundConfig,
+    Forward,
+    PublishModel,
+    RoundClosed,
+    RoundSkipped,
+)
 from hierfl.fog.spool import Spool
-from hierfl.fog.round import Forward, FogRound, FogRoundConfig, PublishModel, RoundClosed, RoundSkipped
 from hierfl.metrics import ServiceMetrics
 from hierfl.transport.base import backoff_delays
 from hierfl.transport.kafka import KafkaConsumerTransport, KafkaProducerTransport, ensure_topics
@@ -415,5 +422,5 @@ def _codec(spec: str) -> str | None:
     return None if spec == "raw" else spec
 
 
-class _Stopped(Exception):  # noqa: N818 - control flow, never escapes
+class _Stopped(Exception):
     pass

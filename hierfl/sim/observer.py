@@ -228,7 +228,7 @@ class Observer:
         return {"accepted": rec.get("accepted", 0) if isinstance(rec.get("accepted"), int) else 0,
                 "rejected": rejected if isinstance(rejected, dict) else {}}
 
-    async def wait_version(self, version: int, timeout: float | None = None) -> None:  # noqa: ASYNC109
+    async def wait_version(self, version: int, timeout: float | None = None) -> None:
         """Wait until ``version`` has been observed and evaluated."""
         async with asyncio.timeout(timeout):
             while self.version < version:

@@ -31,5 +31,5 @@ def backoff_delays(base: float, cap: float) -> Iterator[float]:
     """
     attempt = 0
     while True:
-        yield random.uniform(0, min(cap, base * 2**attempt))  # noqa: S311 - jitter, not crypto
+        yield random.uniform(0, min(cap, base * 2**attempt))
         attempt = min(attempt + 1, 30)

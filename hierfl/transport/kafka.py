@@ -59,7 +59,7 @@ def map_kafka_errors(action: str) -> Iterator[None]:
         yield
     except TransportError:
         raise
-    except (TimeoutError, asyncio.TimeoutError) as exc:
+    except TimeoutError as exc:
         raise PublishTimeoutError(f"Kafka {action} timed out") from exc
     except KafkaError as exc:
         name = type(exc).__name__
@@ -232,7 +232,7 @@ class KafkaConsumerTransport:
             parts = self._consumer.partitions_for_topic(self.topic)
             if parts:
                 break
-            await self._consumer._client.force_metadata_update()  # noqa: SLF001
+            await self._consumer._client.force_metadata_update()
             await asyncio.sleep(0.05)
         if not parts:
             raise BrokerUnavailableError(f"Kafka topic {self.topic!r} has no partitions")

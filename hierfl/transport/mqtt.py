@@ -102,7 +102,7 @@ def map_mqtt_errors(action: str) -> Iterator[None]:
         yield
     except TransportError:
         raise
-    except (TimeoutError, asyncio.TimeoutError) as exc:
+    except TimeoutError as exc:
         raise PublishTimeoutError(f"MQTT {action} timed out") from exc
     except aiomqtt.MqttError as exc:
         cls = BrokerUnavailableError if action == "connect" else DisconnectedError
@@ -358,7 +358,7 @@ class MqttTransport:
     ) -> None:
         """One PUBLISH; fails fast when the broker drops the connection meanwhile (as
         mosquitto and AWS IoT Core do to a client whose packet is over their limit)."""
-        disconnected = self._client._disconnected  # noqa: SLF001 - aiomqtt's own iterator does this
+        disconnected = self._client._disconnected
         with map_mqtt_errors("publish"):
             pub = asyncio.ensure_future(
                 self._client.publish(topic, payload, qos=qos, retain=retain, timeout=timeout)

@@ -159,10 +159,7 @@ def _decode(data: bytes, limits: DecodeLimits) -> Frame:
             f"declared body of {body_len} bytes exceeds the limit of {limits.max_body_bytes}"
         )
     payload = bytes(data[HEADER_SIZE:])
-    if flags & FLAG_ZSTD:
-        body = _decompress(payload, body_len)
-    else:
-        body = payload
+    body = _decompress(payload, body_len) if flags & FLAG_ZSTD else payload
     if len(body) != body_len:
         raise WireFormatError(f"body is {len(body)} bytes, header declares {body_len}")
     return _from_map(_unpack(body, limits), limits, version)
@@ -322,7 +319,7 @@ def _from_map(m: dict[str, Any], limits: DecodeLimits, version: int = FORMAT_VER
         raise FrameFieldError("layout", "expected a list of [name, shape] pairs")
     entries = []
     for item in layout:
-        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], list)):  # noqa: PLR2004
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], list)):
             raise FrameFieldError("layout", "expected [name, [dims...]] pairs")
         entries.append(LayoutEntry(item[0], tuple(item[1])))
     return ModelFrame(

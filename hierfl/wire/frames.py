@@ -97,7 +97,7 @@ class LayoutEntry:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not 1 <= len(self.name) <= _MAX_NAME:
             raise FrameFieldError("layout.name", "expected a non-empty string")
-        if not isinstance(self.shape, tuple) or len(self.shape) > 8:  # noqa: PLR2004
+        if not isinstance(self.shape, tuple) or len(self.shape) > 8:
             raise FrameFieldError("layout.shape", "expected at most 8 dimensions")
         for d in self.shape:
             _check_int("layout.shape", d, 0, 2**31)

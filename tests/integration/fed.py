@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from hierfl import topics
-from hierfl.cloud.service import CloudService
 from hierfl.config import CloudSettings, EdgeSettings, FogSettings
 from hierfl.edge import EdgeClient, SupervisedTask
 from hierfl.fog.service import FogService
@@ -140,7 +139,7 @@ async def running(*services: Any) -> AsyncIterator[list[asyncio.Task[None]]]:
     finally:
         for s in services:
             s.stop()
-        done, pending = await asyncio.wait(tasks, timeout=10)
+        _, pending = await asyncio.wait(tasks, timeout=10)
         for t in pending:
             t.cancel()
         for t in tasks:

@@ -7,6 +7,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
+from hierfl.cloud.service import CloudService
 from hierfl.model import ModelStore
 from tests.integration.fed import (
     make_edges,
@@ -18,7 +19,6 @@ from tests.integration.fed import (
     wait_for,
     write_initial,
 )
-from hierfl.cloud.service import CloudService
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,8 @@ def expected_next(w: np.ndarray, updates: list, k2: int) -> np.ndarray:
         for seq in sorted(rounds):
             us = rounds[seq]
             n = np.array([u.num_samples for u in us], dtype=np.float64)
-            cum += (n[:, None] * np.stack([u.delta for u in us]).astype(np.float64)).sum(0) / n.sum()
+            stack = np.stack([u.delta for u in us]).astype(np.float64)
+            cum += (n[:, None] * stack).sum(0) / n.sum()
             for u in us:
                 samples[u.edge_id] = max(samples.get(u.edge_id, 0), u.num_samples)
         fog_deltas.append(cum)

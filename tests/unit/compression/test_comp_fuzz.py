@@ -1,5 +1,6 @@
 """Property and fuzz tests: any codec round-trips shape and dtype; any mangled field dict
-decodes to a finite vector of the expected size or raises BadTensorError or NonFiniteTensorError, nothing else."""
+decodes to a finite vector of the expected size or raises BadTensorError or
+NonFiniteTensorError, nothing else."""
 
 from __future__ import annotations
 
