@@ -251,7 +251,12 @@ class KafkaConsumerTransport:
             await self._find_latest_frame()
 
     async def _find_latest_frame(self) -> None:
-        """Position after the newest complete frame, keeping it as a backlog item."""
+        """Position after the newest complete frame, keeping it as a backlog item.
+
+        A frame whose chunks were still being written when the end offsets were read (a
+        multi-chunk model published while this consumer starts) is not skipped: the consumer
+        resumes at its first chunk, so it is delivered whole once its last chunk lands.
+        """
         ends = await self._consumer.end_offsets(self._tps)
         begins = await self._consumer.beginning_offsets(self._tps)
         lookback = self.lookback_records
@@ -261,7 +266,9 @@ class KafkaConsumerTransport:
                 start = max(begins[tp], ends[tp] - lookback)
                 self._consumer.seek(tp, start)
             pending = {tp for tp in self._tps if ends[tp] > begins[tp]}
-            scratch = Reassembler(max_frame_bytes=self._reassembler.max_frame_bytes)
+            scratch = {tp: Reassembler(max_frame_bytes=self._reassembler.max_frame_bytes)
+                       for tp in self._tps}
+            last_complete: dict[TopicPartition, int] = {}
             while pending:
                 batch = await self._consumer.getmany(*pending, timeout_ms=1000)
                 for tp, records in batch.items():
@@ -269,10 +276,11 @@ class KafkaConsumerTransport:
                         if r.offset >= ends[tp]:
                             continue
                         try:
-                            frame = scratch.feed(r.value, r.offset)
+                            frame = scratch[tp].feed(r.value, r.offset)
                         except HierflError:
                             continue  # partial frames at the window's start are expected
                         if frame is not None:
+                            last_complete[tp] = r.offset
                             newest = KafkaInbound(tp.topic, tp.partition, r.offset, r.key, frame)
                     if records and records[-1].offset >= ends[tp] - 1:
                         pending.discard(tp)
@@ -281,7 +289,10 @@ class KafkaConsumerTransport:
                 break
             lookback *= 4
         for tp in self._tps:
-            self._consumer.seek(tp, ends[tp])
+            # frames begun after the newest complete one and not finished at ends[tp]
+            open_from = [o for o in scratch[tp].pending_offsets()
+                         if o > last_complete.get(tp, -1)]
+            self._consumer.seek(tp, min(open_from) if open_from else ends[tp])
         if newest is not None:
             self._backlog.append(newest)
 

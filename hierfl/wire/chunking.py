@@ -189,6 +189,10 @@ class Reassembler:
             raise ChunkError(f"chunks hold {p.size} of {p.total} declared bytes")
         return b"".join(p.parts)
 
+    def pending_offsets(self) -> list[int]:
+        """Log offsets of the first chunks of the frames still incomplete."""
+        return [p.first_offset for p in self._pending.values() if p.first_offset is not None]
+
     def min_pending_offset(self) -> int | None:
         """Smallest log offset of a frame still incomplete (commit no further than this)."""
         offs = [p.first_offset for p in self._pending.values() if p.first_offset is not None]

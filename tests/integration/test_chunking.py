@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from hierfl.config import KafkaSettings
 from hierfl.transport.kafka import KafkaConsumerTransport, KafkaProducerTransport, ensure_topics
 from hierfl.wire import LayoutEntry, ModelFrame, decode_frame, encode_frame
-from hierfl.wire.chunking import CHUNK_HEADER_SIZE
+from hierfl.wire.chunking import CHUNK_HEADER_SIZE, split_frame
 
 pytestmark = pytest.mark.integration
 
@@ -68,3 +70,34 @@ async def test_latest_frame_start_skips_history(kafka_broker, unique_id):
             break
     assert isinstance(got, ModelFrame)
     assert got.version == 3
+
+
+async def test_latest_frame_start_waits_for_a_frame_still_being_written(kafka_broker, unique_id):
+    """A consumer that starts while a multi-chunk model is half-written gets that model whole
+    once its last chunk lands (it used to resume after the half and never see it)."""
+    settings = KafkaSettings(bootstrap=kafka_broker.bootstrap, chunk_bytes=100_000)
+    topic = f"hierfl.{unique_id}.models"
+    await ensure_topics(settings, [topic])
+    rng = np.random.default_rng(2)
+    old = encode_frame(ModelFrame(unique_id, 0, rng.normal(size=60_000).astype(np.float32)))
+    new = encode_frame(ModelFrame(unique_id, 1, rng.normal(size=60_000).astype(np.float32)))
+    chunks = split_frame(new, chunk_bytes=settings.chunk_bytes)
+    assert len(chunks) >= 3
+    raw = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
+    await raw.start()
+    try:
+        for c in split_frame(old, chunk_bytes=settings.chunk_bytes) + chunks[:2]:
+            await raw.send_and_wait(topic, c, key=b"k")
+        async with KafkaConsumerTransport(settings, topic, client_id="c", start="latest_frame",
+                                          lookback_records=64) as c:
+            for rest in chunks[2:]:
+                await raw.send_and_wait(topic, rest, key=b"k")
+            got = []
+            async with asyncio.timeout(30):
+                async for inbound in c.messages():
+                    got.append(decode_frame(inbound.payload).version)
+                    if len(got) == 2:
+                        break
+    finally:
+        await raw.stop()
+    assert got == [0, 1]  # the newest complete frame at start, then the one being written
