@@ -72,6 +72,8 @@ class LiveView:
     def summary(self, report: dict[str, Any]) -> None:
         """Print the closing lines: final accuracy and where the report went."""
         tot = report["totals"]
+        if self._live is not None and not self.console.is_terminal:
+            self.console.print()  # a Live table written to a pipe ends without a newline
         self.console.print(
             f"[bold]final accuracy {report['final_accuracy']:.4f}[/bold] after {tot['rounds']} "
             f"rounds in {tot['wall_s']:.1f}s (median round {tot['median_round_s']:.3f}s)"
