@@ -330,6 +330,10 @@ class FogSettings(_TierSettings):
     resume_wait_s: float = Field(
         1.0, ge=0, description="how long to wait for the retained fog model on start"
     )
+    resend_after_s: float | None = Field(
+        300.0, gt=0, description="re-send the last aggregate when no newer global model came "
+        "this long after it (the cloud refuses a copy it holds); None: never"
+    )
 
     @field_validator("fog_id")
     @classmethod

@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,7 +112,9 @@ class FogService:
         self._producer: KafkaProducerTransport | None = None
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
-        self.forwarded: list[AggregateFrame] = []
+        # the last aggregates forwarded (bounded: each holds a model-sized delta)
+        self.forwarded: deque[AggregateFrame] = deque(maxlen=8)
+        self._forwarded_at: float | None = None
 
     def stop(self) -> None:
         """Ask :meth:`run` to return."""
@@ -265,11 +268,17 @@ class FogService:
         await self._flush()
         while True:
             deadline = self.round.deadline
+            resend = self._resend_at()
+            if resend is not None and (deadline is None or resend < deadline):
+                deadline = resend
             timeout = None if deadline is None else max(0.0, deadline - self.clock())
             try:
                 async with asyncio.timeout(timeout):
                     event = await self._events.get()
             except TimeoutError:
+                if (resend := self._resend_at()) is not None and self.clock() >= resend:
+                    await self._resend_last_aggregate()
+                    continue
                 # a deadline may close the round, and aggregation runs off the event loop
                 await self._apply(await asyncio.to_thread(self.round.on_tick, self.clock()))
                 continue
@@ -277,6 +286,26 @@ class FogService:
                 await self._on_model(event.frame)
             else:
                 await self._on_update(event.frame, event.raw)
+
+    def _resend_at(self) -> float | None:
+        """When to re-send the last aggregate: forwarded, and no newer global model since."""
+        after = self.settings.resend_after_s
+        if (after is None or self._forwarded_at is None or not self.forwarded
+                or self._outbox or self.round.state.value != "forwarded"):
+            return None
+        return self._forwarded_at + after
+
+    async def _resend_last_aggregate(self) -> None:
+        """At-least-once to the cloud: a frame lost on the way (a chunk dropped by a broker, a
+        topic truncated) would otherwise stall the federation. The cloud refuses a copy of an
+        aggregate it holds (``validation.duplicate``) and one it already applied (stale)."""
+        agg = self.forwarded[-1]
+        log.warning("fog %s: no global model newer than v%d %.0f s after forwarding; "
+                    "sending the aggregate again", self.settings.fog_id, agg.base_version,
+                    self.settings.resend_after_s or 0)
+        self.metrics.inc("aggregates_resent")
+        self._outbox.append(agg)
+        await self._flush()
 
     async def _on_model(self, frame: ModelFrame) -> None:
         resume, self._resume = self._resume, None
@@ -404,6 +433,7 @@ class FogService:
                 topics.aggregates(s.federation), key=s.fog_id.encode(), frame=data
             )
             self._outbox.pop(0)
+            self._forwarded_at = self.clock()
             self.metrics.inc("aggregates_forwarded")
             self.metrics.inc("bytes_up", len(data))
             log.info("fog %s: forwarded aggregate for v%d (%d edges, %d samples)", s.fog_id,

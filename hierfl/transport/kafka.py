@@ -143,8 +143,11 @@ class KafkaProducerTransport:
         """
         chunks = split_frame(frame, chunk_bytes=self.settings.chunk_bytes)
         with map_kafka_errors("send"):
-            futures = [await self._producer.send(topic, c, key=key) for c in chunks]
-            await asyncio.gather(*futures)
+            # One chunk at a time, each acknowledged before the next: pipelined batches may be
+            # retried out of order (no idempotent producer), and a reader drops a frame whose
+            # chunks are out of order. Found as a cloud waiting forever on one fog's aggregate.
+            for c in chunks:
+                await self._producer.send_and_wait(topic, c, key=key)
         self.bytes_sent += sum(len(c) for c in chunks)
         return len(chunks)
 

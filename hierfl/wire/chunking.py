@@ -144,7 +144,11 @@ class Reassembler:
         self.max_frame_bytes = max_frame_bytes
         self.max_pending = max_pending
         self._pending: OrderedDict[bytes, _Partial] = OrderedDict()
+        # ids of recently completed frames: a repeated chunk of one (a producer retry) is
+        # ignored instead of starting a partial frame that would never complete
+        self._done: OrderedDict[bytes, None] = OrderedDict()
         self.evicted = 0
+        self.duplicates = 0
 
     def feed(self, record: bytes, offset: int | None = None) -> bytes | None:
         """Add a chunk; return the whole frame when this chunk completes it.
@@ -165,7 +169,13 @@ class Reassembler:
             if len(c.data) != c.total:
                 raise ChunkError(f"single chunk holds {len(c.data)} of {c.total} bytes")
             return c.data
+        if c.frame_id in self._done:
+            self.duplicates += 1
+            return None
         p = self._pending.get(c.frame_id)
+        if p is not None and c.index < len(p.parts) and p.parts[c.index] == c.data:
+            self.duplicates += 1  # the same chunk again (a retried send): nothing new
+            return None
         if p is None:
             if c.index != 0:
                 raise ChunkError(f"chunk {c.index}/{c.count} arrived without its predecessors")
@@ -187,6 +197,9 @@ class Reassembler:
         del self._pending[c.frame_id]
         if p.size != p.total:
             raise ChunkError(f"chunks hold {p.size} of {p.total} declared bytes")
+        self._done[c.frame_id] = None
+        while len(self._done) > 4 * self.max_pending:
+            self._done.popitem(last=False)
         return b"".join(p.parts)
 
     def pending_offsets(self) -> list[int]:

@@ -20,7 +20,7 @@ from hierfl import topics
 from hierfl.cloud.service import CloudService
 from hierfl.config import FogSettings
 from hierfl.model import ModelStore
-from hierfl.transport.kafka import KafkaConsumerTransport
+from hierfl.transport.kafka import KafkaConsumerTransport, KafkaProducerTransport
 from hierfl.transport.mqtt import MqttTransport
 from hierfl.wire import ModelFrame, UpdateFrame, decode_frame, encode_frame
 from tests.integration.fed import (
@@ -290,3 +290,39 @@ async def test_cloud_restart_resumes_and_never_reapplies(
     ups = [u for u in spy.updates if u.base_version == 2]
     np.testing.assert_allclose(store.load(3).weights, expected_next(v2.astype(np.float64), ups, 1),
                                rtol=1e-5, atol=1e-6)
+
+
+async def test_an_aggregate_lost_on_the_way_is_sent_again(
+    mqtt_broker, kafka_broker, unique_id, tmp_path
+):
+    """At-least-once fog -> cloud: the first aggregate never reaches Kafka (as when a broker
+    drops a chunk); after resend_after_s the fog sends it again and the round completes,
+    exactly once."""
+    topo = Topology({"north": ["n0", "n1"], "south": ["s0", "s1"]})
+    write_initial(tmp_path / "init.npz")
+    cloud_s, fog_s, edge_s = settings_for(
+        mqtt_broker.url, kafka_broker.bootstrap, unique_id, topo, tmp_path / "store",
+        tmp_path / "init.npz", versions=1, fog_overrides={"resend_after_s": 1.0},
+    )
+    cloud = CloudService(cloud_s)
+    # south waits for the same global model; a longer timer keeps its count simple to check
+    north, south = make_fogs([fog_s[0], fog_s[1].model_copy(update={"resend_after_s": 120.0})])
+    lost: list[bytes] = []
+    real_send = KafkaProducerTransport.send_frame
+
+    async def lossy(self, topic, *, key, frame):
+        if key == b"north" and not lost:
+            lost.append(frame)  # "sent", never arrives
+            return 1
+        return await real_send(self, topic, key=key, frame=frame)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(KafkaProducerTransport, "send_frame", lossy)
+        async with running(cloud, north, south, *make_edges(edge_s)):
+            await wait_for(cloud.finished.is_set, 60)
+    assert lost
+    assert north.metrics.counters["aggregates_resent"] == 1
+    assert south.metrics.counters.get("aggregates_resent", 0) == 0
+    meta = ModelStore(tmp_path / "store").load(1).meta
+    assert set(meta["fogs"]) == {"north", "south"}
+    assert cloud.metrics.rejected.get("validation.duplicate", 0) == 0

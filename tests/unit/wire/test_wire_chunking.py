@@ -159,13 +159,32 @@ def test_out_of_order_chunk() -> None:
         r.feed(b)
 
 
-def test_duplicate_chunk() -> None:
+def test_repeated_chunk_is_ignored_and_the_frame_completes() -> None:
+    """A producer retry can write a chunk twice: the copy changes nothing."""
+    a, b, c = _three_chunks()
+    r = Reassembler(max_frame_bytes=LIMIT)
+    r.feed(a, 1)
+    r.feed(b, 2)
+    assert r.feed(b, 3) is None
+    assert r.feed(a, 4) is None
+    assert r.feed(c, 5) == bytes(range(250))
+    # and a late copy of a chunk of the completed frame does not open a never-ending partial
+    assert r.feed(c, 6) is None
+    assert r.feed(a, 7) is None
+    assert len(r) == 0 and r.min_pending_offset() is None
+    assert r.duplicates == 4
+
+
+def test_chunk_with_other_data_at_a_taken_index_drops_the_frame() -> None:
     a, b, _ = _three_chunks()
+    other = split_frame(bytes(range(1, 251)), chunk_bytes=CHUNK_HEADER_SIZE + 100)[1]
+    frame_id = HDR.unpack_from(b)[3]
+    forged = _rebuild(other, frame_id=frame_id)  # same frame and index, other (valid) data
     r = Reassembler(max_frame_bytes=LIMIT)
     r.feed(a)
     r.feed(b)
-    with pytest.raises(ChunkError):
-        r.feed(b)
+    with pytest.raises(ChunkError, match="out of order or inconsistent"):
+        r.feed(forged)
     assert len(r) == 0
 
 
