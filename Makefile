@@ -42,13 +42,13 @@ lint: setup
 bench: setup
 	$(PY) benchmarks/digits.py
 
-# hierfl and Flower 1.42 on the same scenarios, one after the other on this machine (~40 min:
+# hierfl and Flower 1.42 on the same scenarios, one after the other on this machine (~45 min:
 # Flower's deployment runtime takes ~1 min per round). JSON lines in runs/bench/.
 bench-compare: setup
 	benchmarks/install_flower.sh $(VENV)
 	mkdir -p runs/bench
 	$(PY) benchmarks/digits.py | tee runs/bench/hierfl.jsonl
-	$(PY) benchmarks/flower_digits.py | tee runs/bench/flower.jsonl
+	$(PY) benchmarks/flower_digits.py --timeout 3600 | tee runs/bench/flower.jsonl
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache .mypy_cache
