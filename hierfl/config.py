@@ -218,15 +218,19 @@ def _codec_spec(v: str, *, full_model: bool = False) -> str:
     return v
 
 
-def _downlink_codec_spec(v: str) -> str:
-    """Validate the codec of model deltas, which the fog sends with error feedback."""
+def _feedback_codec_spec(v: str, *, alternative: str = "") -> str:
+    """Validate a codec used with error feedback (edge updates, the fog's model deltas).
+
+    Error feedback needs a contractive codec: scaled (unbiased) rand-k multiplies the residual
+    by d/k - 1 every round, so it grows without bound.
+    """
     from hierfl.compression import make_codec  # noqa: PLC0415
 
     _codec_spec(v)
     if getattr(make_codec(v), "scaled", False):
         raise ValueError(
-            f"{v!r}: model deltas carry what they leave out into the next delta, so rand-k "
-            "must not scale what it keeps: add scaled=false"
+            f"{v!r}: with error feedback what the codec leaves out is carried into the next "
+            f"message, so rand-k must not scale what it keeps: add scaled=false{alternative}"
         )
     return v
 
@@ -279,16 +283,8 @@ class EdgeSettings(_TierSettings):
 
     @model_validator(mode="after")
     def _codec_feedback(self) -> Self:
-        from hierfl.compression import RandKCodec, make_codec  # noqa: PLC0415
-
-        codec = make_codec(self.codec)
-        if self.error_feedback and isinstance(codec, RandKCodec) and codec.scaled:
-            # EF needs a contractive codec; scaled rand-k multiplies the residual by d/k - 1.
-            raise ValueError(
-                f"codec {self.codec!r} scales kept values by d/k (unbiased), which makes the "
-                "error-feedback residual grow without bound: add 'scaled=false' to the codec "
-                "or set error_feedback = false"
-            )
+        if self.error_feedback:
+            _feedback_codec_spec(self.codec, alternative=" or set error_feedback = false")
         return self
 
 
@@ -356,7 +352,7 @@ class FogSettings(_TierSettings):
     def _model_codec(self) -> Self:
         try:
             if self.downlink_delta:
-                _downlink_codec_spec(self.model_codec)
+                _feedback_codec_spec(self.model_codec)
             else:
                 _codec_spec(self.model_codec, full_model=True)
         except ValueError as exc:

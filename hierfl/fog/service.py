@@ -34,6 +34,7 @@ from hierfl.errors import HierflError, TransportError, UnknownSenderError
 from hierfl.fog.round import (
     FogRound,
     FogRoundConfig,
+    FogState,
     Forward,
     PublishModel,
     RoundClosed,
@@ -291,7 +292,7 @@ class FogService:
         """When to re-send the last aggregate: forwarded, and no newer global model since."""
         after = self.settings.resend_after_s
         if (after is None or self._forwarded_at is None or not self.forwarded
-                or self._outbox or self.round.state.value != "forwarded"):
+                or self._outbox or self.round.state is not FogState.FORWARDED):
             return None
         return self._forwarded_at + after
 
@@ -443,7 +444,7 @@ class FogService:
             # Everything folded so far is durable (retained fog model / Kafka aggregate):
             # only the open round's frames still need the spool.
             open_round = None
-            if self.round.state.value == "collecting" and self.round.version is not None:
+            if self.round.state is FogState.COLLECTING and self.round.version is not None:
                 open_round = (self.round.version, self.round.seq)
             await asyncio.to_thread(self._spool.drop_except, open_round)
 
