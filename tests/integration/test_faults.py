@@ -55,6 +55,15 @@ async def test_silent_edge_delays_round_by_at_most_timeout(
     (fog,) = make_fogs(fog_s)
     edges = make_edges(edge_s[:2])  # n2 never answers
     caplog.set_level(logging.INFO, logger="hierfl.fog.service")
+    closed_at: list[float] = []
+
+    class _CloseTimes(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "closed with 2 edges (deadline)" in record.getMessage():
+                closed_at.append(time.monotonic())
+
+    handler = _CloseTimes(logging.INFO)
+    logging.getLogger("hierfl.fog.service").addHandler(handler)
     async with spy_updates(mqtt_broker.url, unique_id, ["north"]) as spy:
         async with running(cloud, fog, *edges):
             # The round that closes opened at (its deadline - timeout); on a loaded machine
@@ -67,13 +76,17 @@ async def test_silent_edge_delays_round_by_at_most_timeout(
                     last_deadline = fog.round.deadline
                 return bool(fog.forwarded)
 
-            await wait_for(forwarded, 60)
-            waited = time.monotonic() - (last_deadline - timeout)
-            await wait_for(cloud.finished.is_set, 30)
+            try:
+                await wait_for(forwarded, 60)
+                await wait_for(cloud.finished.is_set, 30)
+            finally:
+                logging.getLogger("hierfl.fog.service").removeHandler(handler)
     # The silent edge delayed the round by at most its timeout: it closed at its deadline
-    # (not earlier, with fewer than min_updates, and not later).
-    assert waited <= timeout + 1.5, waited
-    assert any("closed with 2 edges (deadline)" in r.getMessage() for r in caplog.records)
+    # (not earlier, with fewer than min_updates, and not later). Measured when the fog logged
+    # the close (its monotonic clock), not when the aggregate reached Kafka.
+    assert closed_at, [r.getMessage() for r in caplog.records]
+    waited = closed_at[-1] - (last_deadline - timeout)
+    assert timeout - 0.05 <= waited <= timeout + 1.5, waited
     (agg,) = fog.forwarded
     assert agg.contributors == ("n0", "n1")
     store = ModelStore(tmp_path / "store")
@@ -322,8 +335,15 @@ async def test_an_aggregate_lost_on_the_way_is_sent_again(
         async with running(cloud, north, south, *make_edges(edge_s)):
             await wait_for(cloud.finished.is_set, 60)
     assert lost
-    assert north.metrics.counters["aggregates_resent"] == 1
+    # Once after resend_after_s; on a loaded machine the new global model can take longer
+    # than another 1 s to reach north, and then it sends once more: the cloud refuses that
+    # copy (it holds or has applied north's aggregate) rather than applying it twice.
+    resent = north.metrics.counters["aggregates_resent"]
+    assert resent >= 1
     assert south.metrics.counters.get("aggregates_resent", 0) == 0
-    meta = ModelStore(tmp_path / "store").load(1).meta
+    store = ModelStore(tmp_path / "store")
+    assert store.versions() == [0, 1]
+    meta = store.load(1).meta
     assert set(meta["fogs"]) == {"north", "south"}
-    assert cloud.metrics.rejected.get("validation.duplicate", 0) == 0
+    refused = cloud.metrics.rejected
+    assert refused.get("validation.duplicate", 0) + refused.get("validation.stale", 0) <= resent - 1
