@@ -32,19 +32,29 @@ def register(app: typer.Typer) -> None:
         mode: Annotated[str, typer.Option(help="processes (default) or inprocess")] = "processes",
         mqtt_url: Annotated[str | None, typer.Option(help="use this MQTT broker")] = None,
         kafka_bootstrap: Annotated[str | None, typer.Option(help="use this Kafka")] = None,
-        codec: Annotated[str, typer.Option(help="edge->fog update codec")] = "raw",
+        codec: Annotated[
+            str,
+            typer.Option(help="edge->fog update codec: raw, fp16, int8, topk:fraction=0.02, "
+                         "randk:fraction=0.05, topk+int8:fraction=0.02 (docs/compression.md)"),
+        ] = "raw",
         model_codec: Annotated[
             str, typer.Option(help="fog->edge model codec (deltas against the edges' model)")
         ] = "raw",
         error_feedback: Annotated[
             bool, typer.Option(help="edges carry what a lossy codec dropped into the next update")
         ] = True,
-        aggregator: Annotated[str, typer.Option(help="fog aggregation rule")] = "fedavg",
-        aggregator_params: Annotated[str, typer.Option(help="JSON params of the rule")] = "{}",
+        aggregator: Annotated[
+            str,
+            typer.Option(help="fog aggregation rule: fedavg, median, trimmed_mean, krum, "
+                         "multikrum, geometric_median, norm_bounded (docs/robustness.md)"),
+        ] = "fedavg",
+        aggregator_params: Annotated[
+            str, typer.Option(help='JSON params of the rule, e.g. {"beta": 0.2, "nnm_f": 1}')
+        ] = "{}",
         attack: Annotated[
             str | None,
-            typer.Option(help="Byzantine edges: sign-flip|sign-flip-1|scale|gaussian|alie|"
-                         "label-flip|weighting (docs/robustness.md)"),
+            typer.Option(help="Byzantine edges: sign-flip, sign-flip-1, scale, gaussian, alie, "
+                         "label-flip, weighting (docs/robustness.md)"),
         ] = None,
         byzantine: Annotated[float, typer.Option(help="fraction of malicious edges")] = 0.0,
         out: Annotated[Path, typer.Option(help="report directory")] = Path("runs/sim"),

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from hierfl.sim.runner import SimConfig, SimStallError, run_sim_async
@@ -67,6 +71,45 @@ def test_sim_processes_cli_leaves_nothing_running(tmp_path):
     lsof = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
     assert str(tmp_path) not in lsof.stdout
     assert report["config"]["federation"] not in lsof.stdout
+
+
+def test_sim_ctrl_c_stops_every_process_and_broker(tmp_path):
+    """Ctrl-C mid-run (SIGINT to the terminal's foreground process group): the sim stops the
+    brokers and every tier process it started, says so, and exits 130."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hierfl", "sim", "digits", "--fogs", "1", "--edges", "2",
+         "--rounds", "500", "--out", str(tmp_path), "--no-live"],
+        env={**os.environ, "COLUMNS": "200"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,  # its own process group, like a shell job
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),
+                              daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 180
+        # Running for real: the first global round came back through every tier.
+        while not any(line.startswith("round 1:") for line in lines):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.1)
+        started = psutil.Process(proc.pid).children(recursive=True)
+        names = " ".join(" ".join(p.cmdline()) for p in started)
+        for part in ("mosquitto" if "mosquitto" in names else "amqtt", "tansu",
+                     "hierfl cloud", "hierfl fog", "hierfl edge"):
+            assert part in names, names
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        reader.join(timeout=5)
+        proc.stdout.close()
+    assert proc.returncode == 130, "".join(lines)
+    assert any("every process and broker started by the sim was stopped" in line
+               for line in lines), "".join(lines)
+    _, alive = psutil.wait_procs(started, timeout=5)
+    assert not alive, [p.pid for p in alive]
 
 
 async def test_a_stalled_sim_stops_with_a_diagnosis(mqtt_broker, kafka_broker, tmp_path, unique_id):
