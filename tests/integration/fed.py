@@ -148,10 +148,12 @@ async def running(*services: Any) -> AsyncIterator[list[asyncio.Task[None]]]:
 
 
 async def wait_for(cond: Any, timeout: float, what: str = "condition") -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.02)
-    _ = what
+    try:
+        async with asyncio.timeout(timeout):
+            while not cond():
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}") from None
 
 
 def make_edges(edge_settings: list[EdgeSettings]) -> list[EdgeClient]:

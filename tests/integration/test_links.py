@@ -229,7 +229,7 @@ async def test_edge_that_misses_a_model_resyncs_from_the_retained_one(mqtt_broke
         spy_updates(mqtt_broker.url, fed, ["g"]) as spy,
         running(edge),
     ):
-        await wait_for(edge.ready.is_set, 10, "edge connected")
+        await wait_for(edge.ready.is_set, 30, "edge connected")
         for seq in range(1, 6):
             out = dl.prepare(ModelFrame(federation=fed, version=0, weights=weights, parent=0,
                                         scope="fog", fog_id="g", seq=seq))
