@@ -117,7 +117,7 @@ async def test_a_stalled_sim_stops_with_a_diagnosis(mqtt_broker, kafka_broker, t
     the sim stops and says where each fog stands."""
     cfg = SimConfig(
         scenario="digits", fogs=1, edges=2, rounds=1, min_updates=3, quorum=3,
-        round_timeout_s=0.5, stall_timeout_s=4.0, mode="inprocess",
+        round_timeout_s=1.0, stall_timeout_s=5.0, mode="inprocess",
         mqtt_url=mqtt_broker.url, kafka_bootstrap=kafka_broker.bootstrap, out=tmp_path,
         federation=unique_id, live=False,
     )
@@ -126,6 +126,9 @@ async def test_a_stalled_sim_stops_with_a_diagnosis(mqtt_broker, kafka_broker, t
     msg = str(info.value)
     assert "fog0: state=collecting version=0" in msg
     fields = dict(re.findall(r"(accepted|forwarded|skipped)=(\d+)", msg))
-    # edges did send (and were accepted), rounds kept being skipped, nothing was forwarded
-    assert int(fields["accepted"]) >= 2 and int(fields["skipped"]) >= 1
+    # Rounds kept being skipped, nothing was forwarded. (How many updates were accepted
+    # depends on load: on a busy machine every update can arrive after its round's deadline
+    # and be refused as stale.)
+    assert set(fields) == {"accepted", "forwarded", "skipped"}
+    assert int(fields["skipped"]) >= 1
     assert fields["forwarded"] == "0"
