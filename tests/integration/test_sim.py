@@ -73,12 +73,20 @@ def test_sim_processes_cli_leaves_nothing_running(tmp_path):
     assert report["config"]["federation"] not in lsof.stdout
 
 
+# `hierfl ...` with SIGINT handled as in a terminal's foreground job. A test runner started in
+# the background by a non-interactive shell (CI) ignores SIGINT, and children inherit that.
+_AS_FROM_A_TERMINAL = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv = ['hierfl', *sys.argv[1:]]; runpy.run_module('hierfl', run_name='__main__')"
+)
+
+
 def test_sim_ctrl_c_stops_every_process_and_broker(tmp_path):
     """Ctrl-C mid-run (SIGINT to the terminal's foreground process group): the sim stops the
     brokers and every tier process it started, says so, and exits 130."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hierfl", "sim", "digits", "--fogs", "1", "--edges", "2",
-         "--rounds", "500", "--out", str(tmp_path), "--no-live"],
+        [sys.executable, "-c", _AS_FROM_A_TERMINAL, "sim", "digits", "--fogs", "1", "--edges",
+         "2", "--rounds", "500", "--out", str(tmp_path), "--no-live"],
         env={**os.environ, "COLUMNS": "200"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, start_new_session=True,  # its own process group, like a shell job
     )
