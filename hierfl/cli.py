@@ -67,7 +67,10 @@ def _fail(exc: HierflError) -> None:
 
 def _serve_tier(tier: str, config: Path | None) -> None:
     """Load a server tier's settings, build its service, expose metrics and run it."""
+    from hierfl._memory import limit_malloc_arenas  # noqa: PLC0415
     from hierfl.metrics import serve_prometheus  # noqa: PLC0415
+
+    limit_malloc_arenas()  # before any worker thread: one arena keeps a gateway's RSS down
 
     try:
         if tier == "cloud":
