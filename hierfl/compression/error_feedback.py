@@ -102,9 +102,14 @@ class ErrorFeedback:
         if x.size != self._size:
             raise CompressionError(f"delta has {x.size} values, error feedback holds {self._size}")
         corrected = x + self._residual
-        fields = codec.encode(corrected, rng)
-        # Decode exactly what the receiver will: the residual tracks the real wire loss.
-        sent = codec.decode(fields, self._size)
+        # Decode exactly what the receiver will: the residual tracks the real wire loss. A
+        # codec with encode_decoded (randk) returns both without redoing its costly part.
+        both = getattr(codec, "encode_decoded", None)
+        if both is not None:
+            fields, sent = both(corrected, rng)
+        else:
+            fields = codec.encode(corrected, rng)
+            sent = codec.decode(fields, self._size)
         residual = corrected - sent
         if self._path is not None:
             _atomic_save(self._path, residual)

@@ -176,21 +176,47 @@ class RandKCodec:
             CompressionError: if ``vec`` is not a finite 1-D float32 vector, or scaling by
                 d/k overflows float32.
         """
+        return self._encode(vec, rng)[0]
+
+    def encode_decoded(
+        self, vec: Float32Vector, rng: np.random.Generator | None = None
+    ) -> tuple[dict[str, Any], Float32Vector]:
+        """Encode ``vec`` and return what :meth:`decode` makes of the fields, in one pass.
+
+        Error feedback needs both; decoding would draw the k indices a second time (the
+        costly part of this codec), while here the encoder's own indices are reused.
+
+        Returns:
+            ``(fields, decoded)``, ``decoded`` equal to ``decode(fields, vec.size)``.
+
+        Raises:
+            CompressionError: as :meth:`encode`.
+        """
+        fields, idx = self._encode(vec, rng)
+        out = np.zeros(np.size(vec), dtype=np.float32)
+        out[idx] = decode_values(self.values, fields, idx.size)
+        return fields, out
+
+    def _encode(
+        self, vec: Float32Vector, rng: np.random.Generator | None
+    ) -> tuple[dict[str, Any], np.ndarray[Any, np.dtype[np.int64]]]:
         x = check_input(vec)
         source = self._seeds if rng is None else rng
         seed = int(source.integers(0, MAX_SEED, endpoint=True))
         k = self.k_for(x.size)
-        picked = x[randk_indices(seed, k, x.size)]
+        idx = randk_indices(seed, k, x.size)
+        picked = x[idx]
         if self.scaled and k:
             picked *= np.float32(x.size / k)
             if not np.isfinite(picked).all():
                 raise CompressionError("randk: scaling by d/k overflowed float32")
-        return {
+        fields = {
             CODEC_KEY: self.name,
             "k": k,
             "seed": seed,
             **encode_values(self.values, picked, source),
         }
+        return fields, idx
 
     def decode(self, fields: Mapping[str, Any], size: int) -> Float32Vector:
         """Decode ``fields`` into a new float32 vector of length ``size``, zeros elsewhere.

@@ -14,7 +14,8 @@ SIZE = 2000
 
 
 @pytest.mark.parametrize(
-    "spec", ["topk:fraction=0.01", "topk+int8:fraction=0.05", "int8", "randk:scaled=false"]
+    "spec", ["topk:fraction=0.01", "topk+int8:fraction=0.05", "int8", "randk:scaled=false",
+            "randk+int8:fraction=0.05,scaled=false"]
 )
 def test_sent_plus_residual_equals_sum_of_deltas(spec: str) -> None:
     # Prepare

@@ -146,3 +146,22 @@ def test_seeded_codec_is_reproducible_with_int8_values() -> None:
     a = make_codec("randk+int8:fraction=0.1,seed=11")
     b = make_codec("randk+int8:fraction=0.1,seed=11")
     assert a.encode(x) == b.encode(x)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["randk:fraction=0.05", "randk:fraction=0.05,scaled=false", "randk+int8:fraction=0.3",
+     "randk+fp16:fraction=1.0", "randk:fraction=0.0001"],
+)
+@pytest.mark.parametrize("size", [1, 7, 10_000])
+def test_encode_decoded_matches_decode_bit_for_bit(spec: str, size: int) -> None:
+    """What error feedback keeps as 'sent' is exactly what the receiver decodes."""
+    codec = make_codec(spec)
+    x = np.random.default_rng(size).normal(size=size).astype(np.float32)
+    fields, decoded = codec.encode_decoded(x, np.random.default_rng(1))
+    again = codec.encode(x, np.random.default_rng(1))  # same draws, same fields
+    assert fields.keys() == again.keys()
+    assert all(np.array_equal(np.asarray(fields[k]), np.asarray(again[k])) if not isinstance(
+        fields[k], bytes) else fields[k] == again[k] for k in fields)
+    assert decoded.dtype == np.float32
+    np.testing.assert_array_equal(decoded, codec.decode(fields, size))
