@@ -65,7 +65,8 @@ def register(app: typer.Typer) -> None:
         Starts an MQTT broker (mosquitto, else amqtt) and a Kafka-compatible broker (Tansu)
         on free loopback ports unless --mqtt-url/--kafka-bootstrap are given, runs the
         cloud, the fogs and the edges, prints a live table, and writes report.json and
-        report.png to --out. Everything it started is stopped on exit, Ctrl-C included.
+        report.png to --out. Everything it started is stopped on exit, Ctrl-C included; the
+        rounds completed before a Ctrl-C or a stall are kept in a partial report.
         """
         from hierfl.sim.runner import SimConfig, SimStallError, run_sim  # noqa: PLC0415
         from hierfl.sim.view import LiveView  # noqa: PLC0415
@@ -87,10 +88,14 @@ def register(app: typer.Typer) -> None:
         try:
             with view:
                 report = run_sim(cfg, on_round=view.on_round, on_start=view.on_start)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             typer.echo("interrupted: every process and broker started by the sim was stopped")
+            if path := getattr(exc, "report_path", None):
+                typer.echo(f"partial report: {path}")
             raise typer.Exit(130) from None
         except SimStallError as exc:
             typer.secho(f"error: {exc}\nlogs: {cfg.out / 'logs'}", fg="red", err=True)
+            if exc.report_path:
+                typer.secho(f"partial report: {exc.report_path}", err=True)
             raise typer.Exit(3) from None
         view.summary(report)

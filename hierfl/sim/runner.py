@@ -30,7 +30,7 @@ from hierfl import __version__
 from hierfl.config import CloudSettings, EdgeSettings, FogSettings, KafkaSettings, MqttSettings
 from hierfl.sim.observer import Observer, RoundRecord
 
-__all__ = ["SimConfig", "SimStallError", "run_sim", "run_sim_async"]
+__all__ = ["SimConfig", "SimInterrupted", "SimStallError", "run_sim", "run_sim_async"]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,25 @@ SCENARIO_TASKS = {
 
 
 class SimStallError(RuntimeError):
-    """The simulated federation stopped making progress (the message says where it stands)."""
+    """The simulated federation stopped making progress (the message says where it stands).
+
+    Attributes:
+        report_path: the partial report of the rounds completed before the stall, if any.
+    """
+
+    report_path: str | None = None
+
+
+class SimInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the run; everything it started was stopped first.
+
+    Attributes:
+        report_path: the partial report of the rounds completed so far, if any.
+    """
+
+    def __init__(self, report_path: str | None) -> None:
+        super().__init__()
+        self.report_path = report_path
 
 
 @dataclass
@@ -277,7 +295,8 @@ async def _brokers(cfg: SimConfig) -> AsyncIterator[tuple[str, str, dict[str, st
 
 
 async def _run(cfg: SimConfig, on_round: Callable[[RoundRecord], None] | None,
-               on_start: Callable[[dict[str, str]], None] | None) -> dict[str, Any]:
+               on_start: Callable[[dict[str, str]], None] | None,
+               notes: dict[str, Any] | None = None) -> dict[str, Any]:
     cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / "logs").mkdir(exist_ok=True)
     store = cfg.out / "store"
@@ -310,52 +329,64 @@ async def _run(cfg: SimConfig, on_round: Callable[[RoundRecord], None] | None,
         cloud_rss: float | None = None
         fog_rss: dict[str, float] = {}
         try:
-            if cfg.mode == "processes":
-                procs.start("cloud", "cloud", _env(cloud_s))
-                for fs in fog_s:
-                    procs.start(fs.fog_id, "fog", _env(fs))
-                for i, es in enumerate(edge_s):
-                    attack = cfg.attack if (i in bad and cfg.attack != "label-flip") else None
-                    env = _env(es)
-                    if attack:
-                        env["HIERFL_SIM_BYZANTINE_OF"] = str(len(bad))
-                    procs.start(es.edge_id, "edge", env, attack=attack)
-            else:
-                services = _inprocess_services(cfg, cloud_s, fog_s, edge_s, bad)
-                tasks = [asyncio.create_task(s.run()) for s in services]
-            stall_after = cfg.stall_timeout_s or max(5 * cfg.round_timeout_s, 300.0)
-            progress = (observer.version, time.monotonic())
-            while observer.version < cfg.rounds:
-                procs.check()
-                if observer.version != progress[0]:
-                    progress = (observer.version, time.monotonic())
-                elif time.monotonic() - progress[1] > stall_after:
-                    raise SimStallError(
-                        f"no global version after v{observer.version} for {stall_after:.0f} s; "
-                        f"{observer.diagnosis()}"
-                    )
-                rss = procs.peak_rss_mb("cloud")  # VmHWM only grows; read while it lives
-                if rss is not None:
-                    cloud_rss = max(cloud_rss or 0.0, rss)
-                for fs in fog_s:
-                    if (rss := procs.peak_rss_mb(fs.fog_id)) is not None:
-                        fog_rss[fs.fog_id] = max(fog_rss.get(fs.fog_id, 0.0), rss)
-                for t in tasks:
-                    if t.done() and t.exception() is not None:
-                        raise t.exception()  # type: ignore[misc]
-                with contextlib.suppress(TimeoutError):
-                    await observer.wait_version(observer.version + 1, timeout=1.0)
-        finally:
-            for s in services:
-                s.stop()
-            if tasks:
-                _, pending = await asyncio.wait(tasks, timeout=10)
-                for t in pending:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-            await asyncio.to_thread(procs.close)
-            obs_task.cancel()
-            await asyncio.gather(obs_task, return_exceptions=True)
+            try:
+                if cfg.mode == "processes":
+                    procs.start("cloud", "cloud", _env(cloud_s))
+                    for fs in fog_s:
+                        procs.start(fs.fog_id, "fog", _env(fs))
+                    for i, es in enumerate(edge_s):
+                        attack = cfg.attack if (i in bad and cfg.attack != "label-flip") else None
+                        env = _env(es)
+                        if attack:
+                            env["HIERFL_SIM_BYZANTINE_OF"] = str(len(bad))
+                        procs.start(es.edge_id, "edge", env, attack=attack)
+                else:
+                    services = _inprocess_services(cfg, cloud_s, fog_s, edge_s, bad)
+                    tasks = [asyncio.create_task(s.run()) for s in services]
+                stall_after = cfg.stall_timeout_s or max(5 * cfg.round_timeout_s, 300.0)
+                progress = (observer.version, time.monotonic())
+                while observer.version < cfg.rounds:
+                    procs.check()
+                    if observer.version != progress[0]:
+                        progress = (observer.version, time.monotonic())
+                    elif time.monotonic() - progress[1] > stall_after:
+                        raise SimStallError(
+                            f"no global version after v{observer.version} for {stall_after:.0f} s; "
+                            f"{observer.diagnosis()}"
+                        )
+                    rss = procs.peak_rss_mb("cloud")  # VmHWM only grows; read while it lives
+                    if rss is not None:
+                        cloud_rss = max(cloud_rss or 0.0, rss)
+                    for fs in fog_s:
+                        if (rss := procs.peak_rss_mb(fs.fog_id)) is not None:
+                            fog_rss[fs.fog_id] = max(fog_rss.get(fs.fog_id, 0.0), rss)
+                    for t in tasks:
+                        if t.done() and t.exception() is not None:
+                            raise t.exception()  # type: ignore[misc]
+                    with contextlib.suppress(TimeoutError):
+                        await observer.wait_version(observer.version + 1, timeout=1.0)
+            finally:
+                for s in services:
+                    s.stop()
+                if tasks:
+                    _, pending = await asyncio.wait(tasks, timeout=10)
+                    for t in pending:
+                        t.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.to_thread(procs.close)
+                obs_task.cancel()
+                await asyncio.gather(obs_task, return_exceptions=True)
+        except (KeyboardInterrupt, asyncio.CancelledError, SimStallError) as exc:
+            # Stopped early: keep what was learned so far (brokers and tiers are down already).
+            if observer.records:
+                stopped = "stalled" if isinstance(exc, SimStallError) else "interrupted"
+                partial = _report(cfg, observer, time.monotonic() - t0, cloud_rss, fog_rss,
+                                  stopped=stopped)
+                if isinstance(exc, SimStallError):
+                    exc.report_path = partial["report_path"]
+                if notes is not None:
+                    notes["report_path"] = partial["report_path"]
+            raise
     wall = time.monotonic() - t0
     if cloud_rss is None:  # in-process: the whole process (edges included) is the bound
         import resource  # noqa: PLC0415
@@ -384,7 +415,7 @@ def _inprocess_services(cfg: SimConfig, cloud_s: CloudSettings, fog_s: list[FogS
 
 
 def _report(cfg: SimConfig, observer: Observer, wall: float, cloud_rss: float | None,
-            fog_rss: dict[str, float]) -> dict[str, Any]:
+            fog_rss: dict[str, float], *, stopped: str | None = None) -> dict[str, Any]:
     rounds = [asdict(r) for r in observer.records]
     rejected: Counter[str] = Counter()
     for r in observer.records:
@@ -393,6 +424,8 @@ def _report(cfg: SimConfig, observer: Observer, wall: float, cloud_rss: float | 
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     report = {
         "system": f"hierfl-{__version__}",
+        # None: every round ran; "interrupted" (Ctrl-C, SIGTERM) or "stalled": a partial report
+        "stopped": stopped,
         "config": config,
         "initial_accuracy": observer.initial[0] if observer.initial else None,
         "rounds": rounds,
@@ -465,8 +498,11 @@ def run_sim(
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGTERM, _term)
+    notes: dict[str, Any] = {}
     try:
-        return asyncio.run(_run(cfg, on_round, on_start))
+        return asyncio.run(_run(cfg, on_round, on_start, notes))
+    except KeyboardInterrupt as exc:
+        raise SimInterrupted(notes.get("report_path")) from exc
     finally:
         signal.signal(signal.SIGTERM, old)
 

@@ -34,6 +34,7 @@ async def test_inprocess_sim_learns_and_reports(mqtt_broker, kafka_broker, tmp_p
     report = await run_sim_async(cfg)
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert on_disk["final_accuracy"] == report["final_accuracy"]
+    assert on_disk["stopped"] is None  # every round ran
     assert len(report["rounds"]) == 3
     for r in report["rounds"]:
         assert set(r) == ROUND_FIELDS
@@ -118,6 +119,12 @@ def test_sim_ctrl_c_stops_every_process_and_broker(tmp_path):
                for line in lines), "".join(lines)
     _, alive = psutil.wait_procs(started, timeout=5)
     assert not alive, [p.pid for p in alive]
+    # What was learned before Ctrl-C is kept: a partial report of the rounds that completed.
+    assert f"partial report: {tmp_path / 'report.json'}" in "".join(lines)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["stopped"] == "interrupted"
+    assert report["totals"]["rounds"] == len(report["rounds"]) >= 1
+    assert len(report["rounds"]) < 500
 
 
 async def test_a_stalled_sim_stops_with_a_diagnosis(mqtt_broker, kafka_broker, tmp_path, unique_id):
@@ -132,6 +139,7 @@ async def test_a_stalled_sim_stops_with_a_diagnosis(mqtt_broker, kafka_broker, t
     with pytest.raises(SimStallError, match=r"no global version after v0") as info:
         await run_sim_async(cfg)
     msg = str(info.value)
+    assert info.value.report_path is None  # no round completed: nothing to report
     assert "fog0: state=collecting version=0" in msg
     fields = dict(re.findall(r"(accepted|forwarded|skipped)=(\d+)", msg))
     # Rounds kept being skipped, nothing was forwarded. (How many updates were accepted
