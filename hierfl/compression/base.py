@@ -168,7 +168,7 @@ def _parse_seed(key: str, value: object) -> int | None:
 _PARAMS: Final[Mapping[str, Mapping[str, _ParamParser]]] = {
     "raw": {},
     "fp16": {},
-    "int8": {"chunk": _parse_int},
+    "int8": {"chunk": _parse_int, "stochastic": _parse_bool},
     "topk": {"fraction": _parse_float},
     "randk": {"fraction": _parse_float, "seed": _parse_seed, "scaled": _parse_bool},
 }

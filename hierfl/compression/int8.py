@@ -54,12 +54,17 @@ class Int8Codec:
 
     Args:
         chunk: values per scale, 1 <= chunk <= 2**24.
+        stochastic: stochastic rounding (default; unbiased, ``E[decode] = x``). ``False``
+            rounds to nearest: biased, half the worst-case error and no noise, the better
+            pairing with error feedback, which carries the rounding error into the next
+            update anyway. Receivers need not know which was used.
 
     Raises:
         ConfigError: if ``chunk`` is out of range.
     """
 
     chunk: int = DEFAULT_CHUNK
+    stochastic: bool = True
 
     name: ClassVar[str] = "int8"
     lossless: ClassVar[bool] = False
@@ -69,6 +74,8 @@ class Int8Codec:
             raise ConfigError(f"int8 chunk must be an int, got {self.chunk!r}")
         if not 1 <= self.chunk <= MAX_CHUNK:
             raise ConfigError(f"int8 chunk must be in [1, {MAX_CHUNK}], got {self.chunk}")
+        if not isinstance(self.stochastic, bool):
+            raise ConfigError(f"int8 stochastic must be true or false, got {self.stochastic!r}")
 
     def encode(self, vec: Float32Vector, rng: np.random.Generator | None = None) -> dict[str, Any]:
         """Quantise ``vec``.
@@ -82,14 +89,17 @@ class Int8Codec:
             CompressionError: if ``vec`` is not a finite 1-D float32 vector.
         """
         x = check_input(vec)
-        rng = np.random.default_rng() if rng is None else rng
         absmax = _chunk_absmax(x, self.chunk)
         y = _scaled(x, absmax, self.chunk)
-        # Stochastic rounding: q = floor(y) + [u < frac(y)], so E[q] = y. Written this way
-        # rather than floor(y + u) because y + u can round up to 128 in float32.
-        q = np.floor(y)
-        y -= q
-        q += rng.random(x.size, dtype=np.float32) < y
+        if self.stochastic:
+            rng = np.random.default_rng() if rng is None else rng
+            # Stochastic rounding: q = floor(y) + [u < frac(y)], so E[q] = y. Written this way
+            # rather than floor(y + u) because y + u can round up to 128 in float32.
+            q = np.floor(y)
+            y -= q
+            q += rng.random(x.size, dtype=np.float32) < y
+        else:
+            q = np.rint(y)  # |y| <= 127, so |q| <= 127
         return {
             CODEC_KEY: self.name,
             "chunk": self.chunk,

@@ -105,7 +105,7 @@ def test_make_codec_randk_params() -> None:
         ("topk:fraction=1.5", "fraction must be in (0, 1]"),
         ("topk:fraction=nan", "fraction must be in (0, 1]"),
         ("topk+int8:fp16.chunk=3", "not one of"),
-        ("topk+int8:bogus=3", "int8.chunk, topk.fraction"),
+        ("topk+int8:bogus=3", "int8.chunk, int8.stochastic, topk.fraction"),
         ("randk:scaled=maybe", "true or false"),
         ("randk:seed=-1", "seed must be >= 0"),
     ],

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from hierfl.compression import Int8Codec
-from hierfl.errors import BadTensorError
+from hierfl.compression import Int8Codec, make_codec
+from hierfl.errors import BadTensorError, ConfigError
 
 TINY = 2.0**-148  # float32 subnormal rounding, absolute
 
@@ -169,3 +169,34 @@ def test_subnormal_chunks_keep_their_scale() -> None:
     codec = Int8Codec(chunk=4)
     out = codec.decode(codec.encode(x, np.random.default_rng(0)), x.size)
     assert np.abs(out.astype(np.float64) - x).max() <= 1e-44 / 127 + TINY
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    x=hnp.arrays(
+        np.float32,
+        st.integers(0, 300),
+        elements=st.floats(allow_nan=False, allow_infinity=False, width=32),
+    ),
+    chunk=st.integers(1, 70),
+)
+def test_nearest_rounding_error_below_half_a_step(x: np.ndarray, chunk: int) -> None:
+    codec = Int8Codec(chunk=chunk, stochastic=False)
+    fields = codec.encode(x)
+    out = codec.decode(fields, x.size)
+    step = np.repeat(_chunk_absmax(x, chunk) / 127.0, chunk)[: x.size]
+    # half a step (vs one for stochastic rounding), plus float32 rounding of scale and product
+    err = np.abs(out.astype(np.float64) - x.astype(np.float64))
+    assert (err <= step * (0.5 + 1e-4) + TINY).all()
+    # deterministic: no noise, the same bytes every time, whatever rng is passed
+    assert codec.encode(x, np.random.default_rng(1)) == fields
+
+
+def test_stochastic_flag_parses_and_is_checked() -> None:
+    assert make_codec("int8:stochastic=false") == Int8Codec(stochastic=False)
+    assert make_codec("topk+int8:fraction=0.02,stochastic=false").values == Int8Codec(
+        stochastic=False)
+    with pytest.raises(ConfigError):
+        Int8Codec(stochastic="no")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        make_codec("int8:stochastic=maybe")
