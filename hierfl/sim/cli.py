@@ -35,7 +35,8 @@ def register(app: typer.Typer) -> None:
         codec: Annotated[
             str,
             typer.Option(help="edge->fog update codec: raw, fp16, int8, topk:fraction=0.02, "
-                         "randk:fraction=0.05, topk+int8:fraction=0.02 (docs/compression.md)"),
+                         "randk:fraction=0.05,scaled=false, "
+                         "topk+int8:fraction=0.017,stochastic=false (docs/compression.md)"),
         ] = "raw",
         model_codec: Annotated[
             str, typer.Option(help="fog->edge model codec (deltas against the edges' model)")
