@@ -158,14 +158,14 @@ def _decode(data: bytes, limits: DecodeLimits) -> Frame:
         raise FrameTooLargeError(
             f"declared body of {body_len} bytes exceeds the limit of {limits.max_body_bytes}"
         )
-    payload = bytes(data[HEADER_SIZE:])
+    payload = memoryview(data)[HEADER_SIZE:]  # no copy of a multi-megabyte frame
     body = _decompress(payload, body_len) if flags & FLAG_ZSTD else payload
     if len(body) != body_len:
         raise WireFormatError(f"body is {len(body)} bytes, header declares {body_len}")
     return _from_map(_unpack(body, limits), limits, version)
 
 
-def _decompress(payload: bytes, body_len: int) -> bytes:
+def _decompress(payload: memoryview, body_len: int) -> bytes:
     # SAFETY: never call decompress() without a bound. The zstd frame must declare its
     # content size, equal to the header's (already checked against the limit); the
     # decompressor then allocates exactly that and refuses to produce more, and trailing
@@ -187,7 +187,7 @@ def _decompress(payload: bytes, body_len: int) -> bytes:
     return bytes(body)
 
 
-def _unpack(body: bytes, limits: DecodeLimits) -> dict[str, Any]:
+def _unpack(body: bytes | memoryview, limits: DecodeLimits) -> dict[str, Any]:
     # SAFETY: no ext_hook / object_hook revival, bounded lengths, string keys only.
     # Never add an ext_hook that builds objects; never reach for pickle.
     try:
