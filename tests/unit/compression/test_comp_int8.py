@@ -14,6 +14,11 @@ from hierfl.compression import Int8Codec, make_codec
 from hierfl.errors import BadTensorError, ConfigError
 
 TINY = 2.0**-148  # float32 subnormal rounding, absolute
+# Any finite float32 vector, empty included.
+VECTORS = hnp.arrays(
+    np.float32, st.integers(0, 300),
+    elements=st.floats(allow_nan=False, allow_infinity=False, width=32),
+)
 
 
 def _chunk_absmax(x: np.ndarray, chunk: int) -> np.ndarray:
@@ -25,11 +30,7 @@ def _chunk_absmax(x: np.ndarray, chunk: int) -> np.ndarray:
 
 @settings(max_examples=150, deadline=None)
 @given(
-    x=hnp.arrays(
-        np.float32,
-        st.integers(0, 300),
-        elements=st.floats(allow_nan=False, allow_infinity=False, width=32),
-    ),
+    x=VECTORS,
     chunk=st.integers(1, 70),
     seed=st.integers(0, 2**32),
 )
@@ -173,11 +174,7 @@ def test_subnormal_chunks_keep_their_scale() -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(
-    x=hnp.arrays(
-        np.float32,
-        st.integers(0, 300),
-        elements=st.floats(allow_nan=False, allow_infinity=False, width=32),
-    ),
+    x=VECTORS,
     chunk=st.integers(1, 70),
 )
 def test_nearest_rounding_error_below_half_a_step(x: np.ndarray, chunk: int) -> None:
