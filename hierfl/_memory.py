@@ -4,14 +4,10 @@ A fog or the cloud handles a few multi-megabyte buffers per round (MQTT payloads
 bodies, decoded vectors, stacked updates, Kafka chunks), allocated on the event loop and in the
 worker threads that decode and aggregate off it. glibc gives each thread that meets contention
 an arena of its own (up to 8 per core) and never moves free memory between them, so the same
-round's buffers end up resident several times over. Measured on the 1.1 M-parameter
-digits-20-wide model (4 fogs x 5 edges, ``benchmarks/digits.py``): fogs at 297-303 MB and the
-cloud at 218 MB with glibc's default, 220-232 MB and 157 MB with one arena, and rounds no
-slower (1.42 s vs 1.55 s median).
-
-(Forcing every large block through its own ``mmap`` saves a little more, 195 MB per fog, but
-faults its pages in on every allocation: wide rounds took ~20 % longer. Calling
-``malloc_trim`` after each round did not lower the peak.)
+round's buffers end up resident several times over. With one arena, a digits-20-wide fog
+(1.1 M parameters) peaks about a quarter lower and rounds are no slower; the figures, and the two
+alternatives measured and not kept (a fixed mmap threshold: slower rounds; malloc_trim per
+round: no lower peak), are in docs/benchmarks.md, "Fog memory".
 
 Edges are left alone: their memory is torch's, and they train on one thread.
 """
