@@ -47,6 +47,23 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def resolve_path(value: Path | str | None) -> Path | None:
+    """A path from settings: relative paths are taken from the config file's folder.
+
+    A provisioned startup kit names its files relative to its own TOML (``key_file =
+    "signing.key"``), so ``hierfl fog --config /etc/hierfl/fog-north/fog.toml`` works from any
+    working directory. Without a config file, relative paths are left as given (the working
+    directory). Use as a field validator for every path field.
+    """
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    base = _config_file.get()
+    if not p.is_absolute() and base is not None:
+        p = base.parent / p
+    return p
+
+
 class MqttSettings(_Section):
     """Connection to the MQTT broker (edge <-> fog)."""
 
