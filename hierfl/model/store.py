@@ -8,6 +8,12 @@ Each version ``v`` is two files in the store directory::
 The JSON file is written last, atomically (temp file + rename): a version exists once its
 JSON exists and the weights' sha256 matches. A torn write is therefore invisible, and
 :meth:`ModelStore.latest` skips a corrupt version with a warning.
+
+Records are hash-chained: each JSON holds ``parent_sha256`` (the parent's weights sha256),
+``parent_record`` (the parent's ``record_hash``) and ``record_hash``, the sha256 of the
+record's canonical JSON (:func:`record_hash`) without that field. The parent of ``v`` is
+``v - 1`` when the store holds it; with ``keep`` pruning the oldest versions away, the chain
+starts at the oldest version present. :mod:`hierfl.model.lineage` audits a whole store.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from hierfl.model.flatten import flatten, unflatten
 from hierfl.types import Float32Vector
 from hierfl.wire.frames import LayoutEntry
 
-__all__ = ["Checkpoint", "ModelStore", "load_weights_file"]
+__all__ = ["Checkpoint", "ModelStore", "canonical_json", "load_weights_file", "record_hash",
+           "weights_sha256"]
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^v(\d{8})\.json$")
@@ -46,8 +53,20 @@ class Checkpoint:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _sha256(vec: Float32Vector) -> str:
+def weights_sha256(vec: Float32Vector) -> str:
+    """The sha256 hex of a flat float32 vector's little-endian bytes."""
     return hashlib.sha256(np.ascontiguousarray(vec, dtype="<f4").tobytes()).hexdigest()
+
+
+def canonical_json(obj: Any) -> bytes:
+    """The canonical JSON bytes of ``obj``: sorted keys, no spaces, ASCII only."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def record_hash(record: dict[str, Any]) -> str:
+    """The sha256 hex of ``record``'s canonical JSON, its own ``record_hash`` left out."""
+    body = {k: v for k, v in record.items() if k != "record_hash"}
+    return hashlib.sha256(canonical_json(body)).hexdigest()
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -89,17 +108,25 @@ def load_weights_file(path: str | Path) -> tuple[Float32Vector, tuple[LayoutEntr
 
 
 class ModelStore:
-    """A directory of model versions.
+    """A directory of model versions, their records hash-chained (see the module docstring).
 
     Args:
-        root: the directory (created if missing).
-        keep: keep only the newest ``keep`` versions (None keeps all).
+        root: the directory (created if missing, unless ``create`` is False).
+        keep: keep only the newest ``keep`` versions (None keeps all); the chain then starts
+            at the oldest version left.
+        create: create ``root`` if missing; False for read-only tools such as an audit.
+
+    Raises:
+        StoreError: if ``create`` is False and ``root`` is not a directory.
     """
 
-    def __init__(self, root: str | Path, *, keep: int | None = None) -> None:
+    def __init__(self, root: str | Path, *, keep: int | None = None, create: bool = True) -> None:
         self.root = Path(root)
         self.keep = keep
-        self.root.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+        elif not self.root.is_dir():
+            raise StoreError(f"model store {self.root} does not exist")
 
     def _paths(self, version: int) -> tuple[Path, Path]:
         stem = f"v{version:08d}"
@@ -109,6 +136,52 @@ class ModelStore:
         """Stored versions, ascending (by their metadata files)."""
         return sorted(int(m.group(1)) for p in self.root.iterdir() if (m := _NAME.match(p.name)))
 
+    def read_record(self, version: int) -> dict[str, Any]:
+        """The JSON record of ``version`` as stored, unverified.
+
+        Raises:
+            StoreError: if it is missing or not a JSON object.
+        """
+        js = self._paths(version)[1]
+        try:
+            record = json.loads(js.read_text())
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"cannot read the record of version {version}: {exc}") from exc
+        if not isinstance(record, dict):
+            raise StoreError(f"the record of version {version} is not a JSON object")
+        return record
+
+    def read_weights(self, version: int, record: dict[str, Any]) -> Float32Vector:
+        """The flat weights of ``version``, in the order of ``record``'s layout, unverified.
+
+        Raises:
+            StoreError: if the file is unreadable or lacks a tensor of the layout.
+        """
+        st = self._paths(version)[0]
+        try:
+            named = load_file(str(st))
+            layout = [LayoutEntry(n, tuple(s)) for n, s in record["layout"]]
+            parts = [named[e.name].reshape(-1) for e in layout]
+        except KeyError as exc:
+            raise StoreError(f"version {version} lacks tensor {exc}") from exc
+        except (OSError, ValueError, TypeError) as exc:
+            raise StoreError(f"cannot read the weights of version {version}: {exc}") from exc
+        if not parts:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate(parts).astype(np.float32)
+
+    def _parent_links(self, version: int) -> tuple[str | None, str | None]:
+        """``(parent_sha256, parent_record)`` for a new ``version``."""
+        if not self._paths(version - 1)[1].exists():
+            return None, None
+        try:
+            parent = self.read_record(version - 1)
+        except StoreError as exc:
+            # The audit will flag the break; refusing to save would stall the federation.
+            log.warning("version %d starts a new chain: %s", version, exc)
+            return None, None
+        return parent.get("sha256"), parent.get("record_hash")
+
     def save(
         self,
         version: int,
@@ -116,23 +189,39 @@ class ModelStore:
         layout: tuple[LayoutEntry, ...],
         meta: dict[str, Any],
     ) -> Checkpoint:
-        """Write version ``version`` atomically and return it.
+        """Write version ``version`` atomically, chained to ``version - 1``, and return it.
+
+        The record is ``meta`` plus ``version``, ``sha256``, ``num_params``, ``layout``,
+        ``weights_file``, ``parent_sha256``, ``parent_record`` and ``record_hash``. The
+        parent is ``version - 1`` if this store holds it, else none (the first version, or
+        the oldest one left after pruning).
 
         Raises:
-            StoreError: if the version exists already or cannot be written.
+            StoreError: if the version exists already, ``meta`` is not JSON-serialisable,
+                or it cannot be written.
         """
         st, js = self._paths(version)
         if js.exists():
             raise StoreError(f"version {version} already exists in {self.root}")
         named = {n: np.ascontiguousarray(a) for n, a in unflatten(weights, layout).items()}
+        parent_sha, parent_rec = self._parent_links(version)
         full = dict(meta)
         full.update(
             version=version,
-            sha256=_sha256(weights),
+            sha256=weights_sha256(weights),
             num_params=int(weights.size),
             layout=[[e.name, list(e.shape)] for e in layout],
             weights_file=st.name,
+            parent_sha256=parent_sha,
+            parent_record=parent_rec,
         )
+        full.pop("record_hash", None)
+        try:
+            # Hash what a reader will parse (int keys become strings, tuples lists, ...).
+            full = json.loads(json.dumps(full))
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"metadata of version {version} is not JSON: {exc}") from exc
+        full["record_hash"] = record_hash(full)
         try:
             fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".safetensors.tmp")
             os.close(fd)
@@ -145,23 +234,23 @@ class ModelStore:
         return Checkpoint(version, weights.copy(), layout, full)
 
     def load(self, version: int) -> Checkpoint:
-        """Read and verify one version.
+        """Read and verify one version: its weights' sha256 and its record hash.
+
+        A record written before records were chained (no ``record_hash``) still loads; only
+        ``hierfl audit verify`` flags it.
 
         Raises:
-            StoreError: if it is missing or fails its checksum.
+            StoreError: if it is missing, fails its sha256 check, or its record was edited.
         """
-        st, js = self._paths(version)
+        meta = self.read_record(version)
+        if "record_hash" in meta and record_hash(meta) != meta["record_hash"]:
+            raise StoreError(f"version {version}: its record was edited (record_hash mismatch)")
         try:
-            meta = json.loads(js.read_text())
-            named = load_file(str(st))
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"cannot read version {version}: {exc}") from exc
-        layout = tuple(LayoutEntry(n, tuple(s)) for n, s in meta["layout"])
-        try:
-            vec = np.concatenate([named[e.name].reshape(-1) for e in layout]).astype(np.float32)
-        except KeyError as exc:
-            raise StoreError(f"version {version} lacks tensor {exc}") from exc
-        if _sha256(vec) != meta.get("sha256"):
+            layout = tuple(LayoutEntry(n, tuple(s)) for n, s in meta["layout"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"version {version}: malformed layout in its record") from exc
+        vec = self.read_weights(version, meta)
+        if weights_sha256(vec) != meta.get("sha256"):
             raise StoreError(f"version {version} fails its sha256 check")
         return Checkpoint(version, vec, layout, meta)
 
