@@ -12,10 +12,18 @@ import contextvars
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import (
     BaseSettings,
@@ -64,12 +72,52 @@ def resolve_path(value: Path | str | None) -> Path | None:
     return p
 
 
-class MqttSettings(_Section):
-    """Connection to the MQTT broker (edge <-> fog)."""
+def _tls_file(value: Path | None, info: ValidationInfo) -> Path | None:
+    """A TLS file setting: resolved like every path (:func:`resolve_path`), and it must exist."""
+    p = resolve_path(value)
+    if p is not None and not p.is_file():
+        raise ValueError(f"{info.field_name} {str(p)!r} does not exist (or is not a file)")
+    return p
 
-    url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host:port of the broker")
+
+def _check_key_pair(section: BaseModel) -> None:
+    """cert_file and key_file go together; key_password needs key_file."""
+    cert, key = getattr(section, "cert_file", None), getattr(section, "key_file", None)
+    if (cert is None) != (key is None):
+        raise ValueError(
+            "cert_file and key_file go together (the client certificate for mutual TLS and "
+            "its private key): set both or neither"
+        )
+    if getattr(section, "key_password", None) is not None and key is None:
+        raise ValueError("key_password is set but key_file is not")
+
+
+class MqttSettings(_Section):
+    """Connection to the MQTT broker (edge <-> fog).
+
+    ``mqtts://`` turns on TLS (TLS 1.2 or newer, the broker's certificate and host name are
+    always verified); ``cert_file`` + ``key_file`` add a client certificate (mutual TLS).
+    """
+
+    # Errors must not echo the input: it holds the password.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    url: str = Field(
+        "mqtt://127.0.0.1:1883",
+        description="mqtt://host[:port] (1883) or mqtts://host[:port] (TLS, 8883) of the broker",
+    )
     username: str | None = None
     password: SecretStr | None = None
+    ca_file: Path | None = Field(
+        None, description="CA bundle (PEM) that verifies the broker; unset = the system's CAs"
+    )
+    cert_file: Path | None = Field(None, description="client certificate (PEM) for mutual TLS")
+    key_file: Path | None = Field(None, description="private key (PEM) of cert_file")
+    key_password: SecretStr | None = Field(None, description="passphrase of key_file")
+    tls_server_name: str | None = Field(
+        None, min_length=1,
+        description="name the broker's certificate must carry (and SNI); unset = the URL's host",
+    )
     keepalive_s: int = Field(30, ge=5, le=3600)
     connect_timeout_s: float = Field(10.0, gt=0)
     reconnect_base_s: float = Field(0.5, gt=0, description="backoff base for reconnects")
@@ -92,13 +140,29 @@ class MqttSettings(_Section):
     @classmethod
     def _url(cls, v: str) -> str:
         u = urlsplit(v)
-        if u.scheme != "mqtt" or not u.hostname:
-            raise ValueError("expected mqtt://host[:port]")
+        if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
+            raise ValueError("expected mqtt://host[:port] or mqtts://host[:port]")
         try:
             _ = u.port
         except ValueError as exc:
             raise ValueError(f"bad port in {v!r}") from exc
         return v
+
+    _files = field_validator("ca_file", "cert_file", "key_file")(_tls_file)
+
+    @model_validator(mode="after")
+    def _tls_settings(self) -> Self:
+        given = [f for f in ("ca_file", "cert_file", "key_file", "key_password",
+                             "tls_server_name") if getattr(self, f) is not None]
+        if given and not self.tls:
+            raise ValueError(f"{', '.join(given)} need an mqtts:// url (TLS), got {self.url!r}")
+        _check_key_pair(self)
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """True for an ``mqtts://`` URL."""
+        return urlsplit(self.url).scheme == "mqtts"
 
     @property
     def host(self) -> str:
@@ -107,12 +171,15 @@ class MqttSettings(_Section):
 
     @property
     def port(self) -> int:
-        """Broker TCP port (1883 when the URL gives none)."""
-        return urlsplit(self.url).port or 1883
+        """Broker TCP port (1883, or 8883 with mqtts, when the URL gives none)."""
+        return urlsplit(self.url).port or (8883 if self.tls else 1883)
 
 
 class KafkaSettings(_Section):
     """Connection to the Kafka cluster (fog <-> cloud)."""
+
+    # Errors must not echo the input: it holds the SASL password.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     bootstrap: str = Field("127.0.0.1:9092", description="comma-separated host:port list")
     chunk_bytes: int = Field(
@@ -122,6 +189,50 @@ class KafkaSettings(_Section):
     create_topics: bool = Field(True, description="create hierfl topics when missing")
     partitions: int = Field(1, ge=1, description="partitions of topics created by hierfl")
     replication_factor: int = Field(1, ge=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="SSL / SASL_SSL: TLS (broker certificate and host verified)"
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism (SASL_PLAINTEXT, SASL_SSL)"
+    )
+    sasl_username: str | None = Field(None, min_length=1)
+    sasl_password: SecretStr | None = None
+    ca_file: Path | None = Field(
+        None, description="CA bundle (PEM) that verifies the brokers; unset = the system's CAs"
+    )
+    cert_file: Path | None = Field(None, description="client certificate (PEM) for mutual TLS")
+    key_file: Path | None = Field(None, description="private key (PEM) of cert_file")
+    key_password: SecretStr | None = Field(None, description="passphrase of key_file")
+
+    _files = field_validator("ca_file", "cert_file", "key_file")(_tls_file)
+
+    @model_validator(mode="after")
+    def _security(self) -> Self:
+        proto = self.security_protocol
+        sasl = {"sasl_mechanism": self.sasl_mechanism, "sasl_username": self.sasl_username,
+                "sasl_password": self.sasl_password}
+        if proto.startswith("SASL_"):
+            missing = [k for k, v in sasl.items() if v is None]
+            if missing:
+                raise ValueError(f"security_protocol {proto} needs {', '.join(missing)}")
+        elif given := [k for k, v in sasl.items() if v is not None]:
+            raise ValueError(
+                f"{', '.join(given)} need security_protocol SASL_PLAINTEXT or SASL_SSL, "
+                f"not {proto}"
+            )
+        files = [f for f in ("ca_file", "cert_file", "key_file", "key_password")
+                 if getattr(self, f) is not None]
+        if files and not self.tls:
+            raise ValueError(
+                f"{', '.join(files)} need security_protocol SSL or SASL_SSL, not {proto}"
+            )
+        _check_key_pair(self)
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """True when the connection uses TLS (``SSL``, ``SASL_SSL``)."""
+        return self.security_protocol in ("SSL", "SASL_SSL")
 
 
 class LimitsSettings(_Section):

@@ -6,6 +6,10 @@ partition. Consumer: manual partition assignment; with a ``group_id`` the positi
 resumes from the group's committed offsets, and offsets are committed only when the
 runtime says a frame is processed (:meth:`KafkaConsumerTransport.commit`), never before.
 Every aiokafka/OS failure is mapped to a :class:`~hierfl.errors.TransportError` here.
+
+Security (``KafkaSettings.security_protocol``): :func:`kafka_client_kwargs` turns the settings
+into aiokafka's keyword arguments (TLS context, SASL mechanism and credentials); the
+producer, the consumer and the admin client of :func:`ensure_topics` all use it.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -30,6 +34,7 @@ from hierfl.errors import (
     PublishTimeoutError,
     TransportError,
 )
+from hierfl.transport.tls import client_ssl_context, find_ssl_error
 from hierfl.wire.chunking import Reassembler, split_frame
 
 __all__ = [
@@ -37,6 +42,7 @@ __all__ = [
     "KafkaInbound",
     "KafkaProducerTransport",
     "ensure_topics",
+    "kafka_client_kwargs",
     "map_kafka_errors",
 ]
 
@@ -61,15 +67,60 @@ def map_kafka_errors(action: str) -> Iterator[None]:
         raise
     except TimeoutError as exc:
         raise PublishTimeoutError(f"Kafka {action} timed out") from exc
-    except KafkaError as exc:
-        name = type(exc).__name__
-        if name in ("KafkaConnectionError", "NodeNotReadyError", "KafkaUnavailableError"):
-            raise BrokerUnavailableError(f"Kafka {action} failed: {name}: {exc}") from exc
-        if name in ("KafkaTimeoutError", "RequestTimedOutError"):
-            raise PublishTimeoutError(f"Kafka {action} timed out: {exc}") from exc
-        raise DisconnectedError(f"Kafka {action} failed: {name}: {exc}") from exc
-    except OSError as exc:
-        raise BrokerUnavailableError(f"Kafka {action} failed: {exc}") from exc
+    except (KafkaError, OSError) as exc:
+        raise _map_kafka_error(action, exc) from exc
+
+
+def _map_kafka_error(action: str, exc: KafkaError | OSError) -> TransportError:
+    tls = find_ssl_error(exc)
+    if tls is not None:  # unknown CA, wrong host name, refused client certificate
+        return BrokerUnavailableError(
+            f"Kafka {action} failed: TLS: {tls} (check kafka.ca_file, cert_file, key_file and "
+            "that the broker's certificate names the host connected to)"
+        )
+    if isinstance(exc, OSError):
+        return BrokerUnavailableError(f"Kafka {action} failed: {exc}")
+    name = type(exc).__name__
+    if name in ("KafkaConnectionError", "NodeNotReadyError", "KafkaUnavailableError"):
+        return BrokerUnavailableError(f"Kafka {action} failed: {name}: {exc}")
+    if name in ("KafkaTimeoutError", "RequestTimedOutError"):
+        return PublishTimeoutError(f"Kafka {action} timed out: {exc}")
+    return DisconnectedError(f"Kafka {action} failed: {name}: {exc}")
+
+
+def kafka_client_kwargs(settings: KafkaSettings) -> dict[str, Any]:
+    """aiokafka keyword arguments for the connection's security settings.
+
+    The same dictionary goes to ``AIOKafkaProducer``, ``AIOKafkaConsumer`` and
+    ``AIOKafkaAdminClient``: ``security_protocol``, with TLS an ``ssl_context`` (TLS >= 1.2,
+    broker certificate and host name verified, optional client certificate), with SASL
+    ``sasl_mechanism`` and ``sasl_plain_username``/``sasl_plain_password`` (aiokafka uses
+    these two for SCRAM as well).
+
+    Args:
+        settings: the validated Kafka section.
+
+    Returns:
+        Keyword arguments; ``{"security_protocol": "PLAINTEXT"}`` by default.
+
+    Raises:
+        ConfigError: when a TLS file cannot be loaded.
+    """
+    kwargs: dict[str, Any] = {"security_protocol": settings.security_protocol}
+    if settings.tls:
+        kwargs["ssl_context"] = client_ssl_context(
+            ca_file=settings.ca_file,
+            cert_file=settings.cert_file,
+            key_file=settings.key_file,
+            key_password=settings.key_password,
+            section="kafka",
+        )
+    if settings.security_protocol.startswith("SASL_"):
+        password = settings.sasl_password
+        kwargs["sasl_mechanism"] = settings.sasl_mechanism
+        kwargs["sasl_plain_username"] = settings.sasl_username
+        kwargs["sasl_plain_password"] = password.get_secret_value() if password else None
+    return kwargs
 
 
 async def ensure_topics(settings: KafkaSettings, names: Sequence[str]) -> None:
@@ -79,7 +130,9 @@ async def ensure_topics(settings: KafkaSettings, names: Sequence[str]) -> None:
         TransportError: when the cluster cannot be reached.
     """
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap, request_timeout_ms=settings.request_timeout_ms
+        bootstrap_servers=settings.bootstrap,
+        request_timeout_ms=settings.request_timeout_ms,
+        **kafka_client_kwargs(settings),
     )
     with map_kafka_errors("create topics"):
         await admin.start()
@@ -115,6 +168,7 @@ class KafkaProducerTransport:
             request_timeout_ms=settings.request_timeout_ms,
             max_request_size=settings.chunk_bytes + 4096,
             linger_ms=0,
+            **kafka_client_kwargs(settings),
         )
         self.bytes_sent = 0
 
@@ -206,6 +260,7 @@ class KafkaConsumerTransport:
             request_timeout_ms=settings.request_timeout_ms,
             max_partition_fetch_bytes=max(settings.chunk_bytes + 65536, 1 << 20),
             fetch_max_wait_ms=100,
+            **kafka_client_kwargs(settings),
         )
         self._tps: list[TopicPartition] = []
         self._backlog: list[KafkaInbound] = []

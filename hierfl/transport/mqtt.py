@@ -12,6 +12,11 @@ reassembled payload on the original topic, so the tiers above never see chunks. 
 payload keeps chunk 0 on its topic ``T`` and chunk ``i >= 1`` retained on ``T/~chunk/i``
 (a topic retains only its last message); :meth:`MqttTransport.subscribe` subscribes every
 filter's ``/~chunk/+`` sub-topics too. See docs/wire-format.md, "Chunking on MQTT".
+
+TLS (``mqtts://``): the context comes from :func:`hierfl.transport.tls.client_ssl_context`
+(TLS >= 1.2, broker certificate and host name always verified, optional client certificate).
+A TLS failure while connecting (unknown CA, wrong host name, client certificate refused) is
+a :class:`~hierfl.errors.BrokerUnavailableError` whose message names the URL and says TLS.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import aiomqtt
 
@@ -36,6 +41,7 @@ from hierfl.errors import (
     TransportError,
 )
 from hierfl.transport.base import Inbound
+from hierfl.transport.tls import client_ssl_context, find_ssl_error
 from hierfl.wire.chunking import (
     CHUNK_HEADER_SIZE,
     CHUNK_MAGIC,
@@ -87,28 +93,36 @@ def _split_chunk_topic(topic: str) -> tuple[str, int | None]:
 
 
 @contextlib.contextmanager
-def map_mqtt_errors(action: str) -> Iterator[None]:
+def map_mqtt_errors(action: str, *, url: str | None = None) -> Iterator[None]:
     """Map aiomqtt, paho and OS errors raised inside the block to TransportError subclasses.
 
     Args:
         action: what was being done, for the message.
+        url: the broker URL, for the message.
 
     Raises:
         PublishTimeoutError: on a timeout.
-        BrokerUnavailableError: when connecting fails.
+        BrokerUnavailableError: when connecting fails, and on any TLS failure while
+            connecting (a misconfiguration: the message says TLS).
         DisconnectedError: when an established connection fails.
     """
+    where = f" ({url})" if url else ""
     try:
         yield
     except TransportError:
         raise
     except TimeoutError as exc:
-        raise PublishTimeoutError(f"MQTT {action} timed out") from exc
-    except aiomqtt.MqttError as exc:
-        cls = BrokerUnavailableError if action == "connect" else DisconnectedError
-        raise cls(f"MQTT {action} failed: {exc}") from exc
-    except OSError as exc:
-        raise BrokerUnavailableError(f"MQTT {action} failed: {exc}") from exc
+        raise PublishTimeoutError(f"MQTT {action}{where} timed out") from exc
+    except (aiomqtt.MqttError, OSError) as exc:
+        tls = find_ssl_error(exc)
+        if tls is not None and action == "connect":
+            raise BrokerUnavailableError(
+                f"MQTT {action}{where} failed: TLS: {tls} (check ca_file, cert_file, key_file "
+                "and that the broker's certificate names the host connected to)"
+            ) from exc
+        if isinstance(exc, OSError) or action == "connect":
+            raise BrokerUnavailableError(f"MQTT {action}{where} failed: {exc}") from exc
+        raise DisconnectedError(f"MQTT {action}{where} failed: {exc}") from exc
 
 
 class _CountingQueue(asyncio.Queue[aiomqtt.Message]):
@@ -164,6 +178,16 @@ class MqttTransport:
         self.settings = settings
         self.client_id = client_id
         self._queue_cls = type("_Queue", (_CountingQueue,), {"dropped": 0})
+        tls_context = None
+        if settings.tls:
+            tls_context = client_ssl_context(
+                ca_file=settings.ca_file,
+                cert_file=settings.cert_file,
+                key_file=settings.key_file,
+                key_password=settings.key_password,
+                server_name=settings.tls_server_name,
+                section="mqtt",
+            )
         self._client = aiomqtt.Client(
             settings.host,
             settings.port,
@@ -176,9 +200,11 @@ class MqttTransport:
             will=aiomqtt.Will(will[0], will[1], qos=1, retain=True) if will else None,
             queue_type=self._queue_cls,
             max_queued_incoming_messages=settings.queue_size,
-            socket_options=_NODELAY,
+            socket_options=_NODELAY,  # applied to the TLS socket too (paho's socket())
+            tls_context=tls_context,
             logger=logger or log,
         )
+        self._watch_early_disconnect()
         self._open = False
         self._on_reject = on_reject
         self._collector = ChunkCollector(
@@ -216,8 +242,30 @@ class MqttTransport:
             "buffered_bytes": c.buffered_bytes,
         }
 
+    def _watch_early_disconnect(self) -> None:
+        """Fail the connect at once when the broker drops the connection before its CONNACK.
+
+        aiomqtt ignores a disconnect that comes before the CONNACK and waits for the connect
+        timeout. A TLS broker that refuses our client certificate does just that with TLS 1.3:
+        the client's handshake completes, then the broker's alert closes the connection.
+        """
+        paho_client = self._client._client
+        aiomqtt_on_disconnect = paho_client.on_disconnect
+
+        def on_disconnect(*args: Any) -> None:
+            connected = self._client._connected
+            if not connected.done():
+                why = f"the broker closed the connection before accepting it ({args[3]})"
+                if self.settings.tls:
+                    why += "; with TLS: was our client certificate refused or missing?"
+                connected.set_exception(aiomqtt.MqttError(why))
+            if aiomqtt_on_disconnect is not None:
+                aiomqtt_on_disconnect(*args)
+
+        paho_client.on_disconnect = on_disconnect
+
     async def __aenter__(self) -> Self:
-        with map_mqtt_errors("connect"):
+        with map_mqtt_errors("connect", url=self.settings.url):
             await self._client.__aenter__()
         self._open = True
         log.debug("MQTT %s connected to %s", self.client_id, self.settings.url)
