@@ -44,6 +44,8 @@ __all__ = [
     "KafkaSettings",
     "LimitsSettings",
     "MqttSettings",
+    "SecuritySettings",
+    "resolve_path",
 ]
 
 _config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
@@ -247,6 +249,56 @@ class LimitsSettings(_Section):
         return DecodeLimits(self.max_frame_bytes, self.max_body_bytes, self.max_params)
 
 
+class SecuritySettings(_Section):
+    """Identity and frame signatures (docs/security.md). A provisioned startup kit
+    (``hierfl provision``) fills these in; signatures are required unless turned off."""
+
+    signing: Literal["required", "off"] = Field(
+        "required", description="sign every frame sent and refuse unsigned or badly signed "
+        "frames; 'off' only for an unprovisioned local run (logged loudly at start-up)",
+    )
+    key_file: Path | None = Field(None, description="this party's Ed25519 key (PEM, mode 0600)")
+    trust_bundle: Path | None = Field(
+        None, description="trust.json: public keys and roles of every party"
+    )
+    revocation_list: Path | None = Field(
+        None, description="revoked.json: parties refused from the moment the file changes"
+    )
+    state_dir: Path | None = Field(
+        None, description="folder for replay counters (survive restarts); none: memory only"
+    )
+
+    @field_validator("key_file", "trust_bundle", "revocation_list", "state_dir", mode="before")
+    @classmethod
+    def _paths(cls, v: Path | str | None) -> Path | None:
+        return resolve_path(v)
+
+    def require_complete(self, tier: str) -> None:
+        """Refuse to start a tier that must sign but has no key or trust bundle.
+
+        Checked when a service starts, not when settings load (a settings object may serve
+        only to reach a broker).
+
+        Raises:
+            ConfigError: naming what is missing and the two ways out.
+        """
+        if self.signing != "required":
+            return
+        missing = [n for n in ("key_file", "trust_bundle") if getattr(self, n) is None]
+        if missing:
+            raise ConfigError(
+                f"{tier}: signatures are required but security.{' and security.'.join(missing)}"
+                f" {'is' if len(missing) == 1 else 'are'} not set: run `hierfl provision` and "
+                "use this party's startup kit (docs/security.md), or set security.signing = "
+                "\"off\" (HIERFL_SECURITY__SIGNING=off) for an unprovisioned local run"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether frames are signed and verified."""
+        return self.signing == "required"
+
+
 class _TierSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="HIERFL_",
@@ -260,6 +312,7 @@ class _TierSettings(BaseSettings):
     limits: LimitsSettings = LimitsSettings()
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus port")
+    security: SecuritySettings = SecuritySettings()
 
     @field_validator("federation")
     @classmethod

@@ -18,6 +18,9 @@ Every class carries a ``reason`` label (used as the ``reason`` label of the
         + ChunkError                      reason="wire.chunk"
           + IncompleteFrameError          reason="wire.chunk_incomplete"
         + SignatureError                  reason="wire.signature"
+          + SignerError                   reason="wire.signer"
+          + RevokedError                  reason="wire.revoked"
+          + ReplayError                   reason="wire.replay"
       x ValidationError                   reason="validation"
         + WrongRecipientError             reason="validation.recipient"
         + ShapeMismatchError              reason="validation.shape"
@@ -65,7 +68,10 @@ __all__ = [
     "PublishTimeoutError",
     "SampleCountError",
     "ShapeMismatchError",
+    "ReplayError",
+    "RevokedError",
     "SignatureError",
+    "SignerError",
     "StaleUpdateError",
     "StateError",
     "StoreError",
@@ -163,6 +169,25 @@ class SignatureError(WireFormatError):
     """A frame's signature is missing or does not verify."""
 
     reason = "wire.signature"
+
+
+class SignerError(SignatureError):
+    """A valid signature by a party that may not sign this frame (unknown key, wrong role,
+    another fog's key, or an id that disagrees with the frame or its topic)."""
+
+    reason = "wire.signer"
+
+
+class RevokedError(SignatureError):
+    """A frame signed by a party on the revocation list."""
+
+    reason = "wire.revoked"
+
+
+class ReplayError(SignatureError):
+    """A correctly signed frame whose counter was already seen (a replay)."""
+
+    reason = "wire.replay"
 
 
 # --- validation -----------------------------------------------------------------------------

@@ -19,9 +19,17 @@ from hierfl import topics
 from hierfl.aggregation import make_aggregator
 from hierfl.cloud.round import CloudRound, CloudRoundConfig, NewGlobal
 from hierfl.config import CloudSettings
-from hierfl.errors import ConfigError, HierflError, TransportError, WireFormatError
+from hierfl.errors import (
+    ConfigError,
+    HierflError,
+    SignatureError,
+    TransportError,
+    WireFormatError,
+)
 from hierfl.metrics import ServiceMetrics
 from hierfl.model.store import Checkpoint, ModelStore, load_weights_file
+from hierfl.security.tier import tier_security
+from hierfl.security.trust import TrustStore, cloud_party
 from hierfl.transport.base import backoff_delays
 from hierfl.transport.kafka import (
     KafkaConsumerTransport,
@@ -29,8 +37,9 @@ from hierfl.transport.kafka import (
     KafkaProducerTransport,
     ensure_topics,
 )
-from hierfl.wire.codec import decode_frame, encode_frame
-from hierfl.wire.frames import AggregateFrame, ModelFrame
+from hierfl.wire.codec import encode_frame
+from hierfl.wire.frames import AggregateFrame, EdgeProof, ModelFrame
+from hierfl.wire.signing import SigBlock, verify_proof
 
 __all__ = ["CloudService"]
 
@@ -54,6 +63,10 @@ class CloudService:
         self.settings = settings
         self.clock = clock
         self.metrics = ServiceMetrics("cloud", settings.federation)
+        # Replay counters are durable with the checkpoints, not on every record: after a
+        # restart the aggregates consumed but not yet applied are read again and must pass.
+        self.security = tier_security(settings.security, federation=settings.federation,
+                                      party_id=cloud_party(), tier="cloud", replay_file=None)
         self.store = ModelStore(settings.store_dir, keep=settings.keep_versions)
         ckpt = self.store.latest()
         if ckpt is None:
@@ -62,12 +75,19 @@ class CloudService:
                     f"model store {settings.store_dir} is empty and no initial_model is set"
                 )
             weights, layout = load_weights_file(settings.initial_model)
-            ckpt = self.store.save(0, weights, layout, {"parent": None, "round": 0, "fogs": {},
-                                                        "metrics": {}, "created_at": time.time()})
+            ckpt = self.store.save(0, weights, layout, {
+                "parent": None, "round": 0, "fogs": {}, "metrics": {}, "created_at": time.time(),
+                "lineage": {"aggregates": [], "signed": self.security.enabled},
+                "replay": {},
+            })
             log.info("cloud: version 0 from %s (%d parameters)", settings.initial_model,
                      weights.size)
         else:
             log.info("cloud: resuming from checkpoint v%d", ckpt.version)
+        if self.security.verifier is not None:
+            self.security.verifier.replay.seed(dict(ckpt.meta.get("replay") or {}))
+        self._sigs: dict[str, SigBlock] = {}  # fog -> signature of its held aggregate
+        self._provenance: dict[str, tuple[EdgeProof, ...]] = {}
         self.round = CloudRound(
             CloudRoundConfig(
                 federation=settings.federation,
@@ -187,11 +207,14 @@ class CloudService:
             return
         self.metrics.inc("bytes_in", len(inbound.payload))
         try:
-            frame = await asyncio.to_thread(
-                decode_frame, inbound.payload, limits=self.settings.limits.decode_limits()
+            verified = await asyncio.to_thread(
+                self.security.decode, inbound.payload, limits=self.settings.limits.decode_limits()
             )
+            frame = verified.frame
             if not isinstance(frame, AggregateFrame):
                 raise WireFormatError(f"a {type(frame).__name__} on the aggregates topic")
+            if self.security.trust is not None:
+                await asyncio.to_thread(_check_provenance, self.security.trust, frame)
             new = await asyncio.to_thread(self.round.on_aggregate, frame, self.clock())
         except HierflError as exc:
             self._reject(exc, inbound)
@@ -200,6 +223,9 @@ class CloudService:
             return
         self.metrics.inc("accepted")
         self._last_inbound = inbound
+        if verified.sig is not None:
+            self._sigs[frame.fog_id] = verified.sig
+        self._provenance[frame.fog_id] = frame.provenance
         log.info("cloud: aggregate %s accepted (%d samples)", frame.aggregate_id,
                  frame.num_samples)
         if new is not None:
@@ -223,6 +249,9 @@ class CloudService:
             "timed_out": new.timed_out,
             "aggregator": self.settings.aggregator,
             "created_at": time.time(),
+            "lineage": self._lineage(new),
+            "replay": ({} if self.security.verifier is None
+                       else self.security.verifier.replay.snapshot()),
         }
         ckpt = await asyncio.to_thread(
             self.store.save, new.version, new.weights, self.round.layout, meta
@@ -237,6 +266,24 @@ class CloudService:
             await consumer.commit(inbound)
         self._last_inbound = None
 
+    def _lineage(self, new: NewGlobal) -> dict[str, Any]:
+        """Who signed what went into ``new``: each aggregate's signature block and the
+        signed claims of the edge updates behind it (checked by ``hierfl audit verify``)."""
+        aggs = []
+        for fog in sorted(new.fogs):
+            sig = self._sigs.pop(fog, None)
+            proofs = self._provenance.pop(fog, ())
+            aggs.append({
+                "fog": fog,
+                "sig": None if sig is None else sig.to_json(),
+                "edges": [{"edge": p.edge_id, "base": p.base_version, "seq": p.base_seq,
+                           "ctr": p.counter, "h": p.payload_hash.hex(),
+                           "sig": p.signature.hex()} for p in proofs],
+            })
+        self._sigs.clear()
+        self._provenance.clear()
+        return {"aggregates": aggs, "signed": self.security.enabled}
+
     async def _publish(self, producer: KafkaProducerTransport, ckpt: Checkpoint) -> None:
         s = self.settings
         frame = ModelFrame(
@@ -248,7 +295,8 @@ class CloudService:
             metrics={k: float(v) for k, v in ckpt.meta.get("metrics", {}).items()},
         )
         codec = None if s.model_codec == "raw" else s.model_codec
-        data = await asyncio.to_thread(encode_frame, frame, codec=codec)
+        data = await asyncio.to_thread(encode_frame, frame, codec=codec,
+                                       signer=self.security.signer)
         await producer.send_frame(topics.models(s.federation), key=s.federation.encode(),
                                   frame=data)
         self._published_version = ckpt.version
@@ -257,3 +305,28 @@ class CloudService:
     def _reject(self, exc: HierflError, inbound: KafkaInbound) -> None:
         self.metrics.reject(exc.reason)
         log.info("cloud: rejected record at offset %d: %s: %s", inbound.offset, exc.reason, exc)
+
+
+def _check_provenance(trust: TrustStore, frame: AggregateFrame) -> None:
+    """A signed aggregate must prove each contributor: one signed update or more per edge,
+    against this aggregate's base version, by an edge of this fog (no invented edge ids).
+
+    Raises:
+        SignatureError: (or a subclass) naming the first problem.
+    """
+    proven = set()
+    for proof in frame.provenance:
+        if proof.base_version != frame.base_version:
+            raise SignatureError(
+                f"aggregate {frame.aggregate_id}: provenance of {proof.edge_id} is against "
+                f"v{proof.base_version}"
+            )
+        verify_proof(trust, frame.federation, frame.fog_id, proof)
+        proven.add(proof.edge_id)
+    unproven = set(frame.contributors) - proven
+    if unproven or proven - set(frame.contributors):
+        raise SignatureError(
+            f"aggregate {frame.aggregate_id}: contributors without a signed update: "
+            f"{sorted(unproven)[:5]}" if unproven else
+            f"aggregate {frame.aggregate_id}: provenance names non-contributors"
+        )

@@ -33,10 +33,12 @@ from hierfl.edge.trainer import EdgeTask
 from hierfl.errors import ConfigError, HierflError, TransportError
 from hierfl.metrics import ServiceMetrics
 from hierfl.model.torch_adapter import model_to_vector, vector_to_model
+from hierfl.security.tier import tier_security
+from hierfl.security.trust import edge_party
 from hierfl.transport.base import backoff_delays
 from hierfl.transport.mqtt import MqttTransport
 from hierfl.types import Float32Vector
-from hierfl.wire.codec import decode_frame, encode_frame
+from hierfl.wire.codec import encode_frame
 from hierfl.wire.frames import ModelFrame, UpdateFrame
 
 __all__ = ["EdgeClient", "load_task"]
@@ -83,6 +85,11 @@ class EdgeClient:
         self.task = task
         self.model = task.build_model()
         self.metrics = ServiceMetrics("edge", settings.edge_id)
+        self.security = tier_security(
+            settings.security, federation=settings.federation,
+            party_id=edge_party(settings.fog_id, settings.edge_id),
+            tier=f"edge {settings.fog_id}/{settings.edge_id}",
+        )
         self.updates_sent = 0
         self.feedback = _feedback(settings, self.metrics)
         self._latest: ModelFrame | None = None
@@ -146,7 +153,8 @@ class EdgeClient:
             self.metrics.inc(f"bytes_down_{kind}", len(inbound.payload))
             self.metrics.inc(f"frames_down_{kind}")
             try:
-                frame = await asyncio.to_thread(decode_frame, inbound.payload, limits=limits)
+                frame = (await asyncio.to_thread(self.security.decode, inbound.payload,
+                                                 limits=limits)).frame
                 model = await asyncio.to_thread(feed.on_frame, kind, frame)
             except HierflError as exc:
                 self.metrics.reject(exc.reason)
@@ -207,10 +215,12 @@ class EdgeClient:
         round differently).
         """
         if self.feedback is None:
-            return encode_frame(update, codec=_codec(self.settings.codec)), None
+            return encode_frame(update, codec=_codec(self.settings.codec),
+                                signer=self.security.signer), None
         fields, sent = self.feedback.compress(update.delta, update.base_version)
         frame = dataclasses.replace(update, delta=sent)
-        return encode_frame(frame, codec=PreEncoded(fields, sent)), sent
+        return encode_frame(frame, codec=PreEncoded(fields, sent),
+                            signer=self.security.signer), sent
 
     def _train_on(self, frame: ModelFrame) -> UpdateFrame:
         torch.set_num_threads(self.settings.threads)

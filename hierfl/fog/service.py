@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -42,12 +43,15 @@ from hierfl.fog.round import (
 )
 from hierfl.fog.spool import Spool
 from hierfl.metrics import ServiceMetrics
+from hierfl.security.tier import tier_security
+from hierfl.security.trust import fog_party
 from hierfl.transport.base import backoff_delays
 from hierfl.transport.kafka import KafkaConsumerTransport, KafkaProducerTransport, ensure_topics
 from hierfl.transport.mqtt import MqttTransport
-from hierfl.wire.codec import decode_frame, encode_frame
+from hierfl.wire.codec import encode_frame
 from hierfl.wire.downlink import Downlink, DownlinkMessages
-from hierfl.wire.frames import AggregateFrame, ModelFrame, UpdateFrame
+from hierfl.wire.frames import AggregateFrame, EdgeProof, ModelFrame, UpdateFrame
+from hierfl.wire.signing import SigBlock, edge_proof
 
 __all__ = ["FogService"]
 
@@ -60,6 +64,7 @@ class _Event:
     frame: Any
     size: int
     raw: bytes = b""
+    sig: SigBlock | None = None
 
 
 class FogService:
@@ -80,6 +85,8 @@ class FogService:
         self.clock = clock
         s = settings
         self.metrics = ServiceMetrics("fog", s.fog_id)
+        self.security = tier_security(s.security, federation=s.federation,
+                                      party_id=fog_party(s.fog_id), tier=f"fog {s.fog_id}")
         self.round = FogRound(
             FogRoundConfig(
                 federation=s.federation,
@@ -97,7 +104,9 @@ class FogService:
             make_aggregator(s.aggregator, s.aggregator_params),
         )
         self._events: asyncio.Queue[_Event] = asyncio.Queue(maxsize=s.mqtt.queue_size)
-        self._early: list[tuple[UpdateFrame, bytes]] = []
+        self._early: list[tuple[UpdateFrame, bytes, SigBlock | None]] = []
+        # signed claims of the updates accepted against each global version (provenance)
+        self._proofs: dict[int, dict[tuple[str, int], EdgeProof]] = {}
         # accepted / rejected per base version, for monitors that attribute counts to rounds
         self._by_version: dict[int, dict[str, Any]] = {}
         self._spool = Spool(s.spool_dir) if s.spool_dir is not None else None
@@ -105,7 +114,7 @@ class FogService:
         self._outbox: list[AggregateFrame] = []
         self._to_publish: ModelFrame | None = None
         self._downlink = Downlink(codec=_codec(s.model_codec), delta=s.downlink_delta,
-                                  max_params=s.limits.max_params)
+                                  max_params=s.limits.max_params, signer=self.security.signer)
         self._prepared: DownlinkMessages | None = None
         self._resume: ModelFrame | None = None
         self._stats_at = float("-inf")
@@ -196,10 +205,12 @@ class FogService:
                 async with asyncio.timeout(s.resume_wait_s):
                     async for inbound in probe.messages():
                         try:
-                            frame = await asyncio.to_thread(
-                                decode_frame, inbound.payload, limits=s.limits.decode_limits()
-                            )
-                        except HierflError:
+                            frame = (await asyncio.to_thread(
+                                self.security.decode, inbound.payload,
+                                limits=s.limits.decode_limits(), replay=False,
+                            )).frame
+                        except HierflError as exc:
+                            self._reject(exc, "retained fog model")
                             return None
                         return frame if isinstance(frame, ModelFrame) else None
             except TimeoutError:
@@ -217,17 +228,22 @@ class FogService:
                 parsed = topics.parse_mqtt(inbound.topic)
                 if parsed.kind != "update":
                     continue
-                frame = await asyncio.to_thread(decode_frame, inbound.payload, limits=limits)
+                # signed: the signature is verified before anything is decompressed
+                verified = await asyncio.to_thread(self.security.decode, inbound.payload,
+                                                   limits=limits)
+                frame = verified.frame
                 if not isinstance(frame, UpdateFrame):
                     raise UnknownSenderError(f"a {type(frame).__name__} on an update topic")
-                if frame.edge_id != parsed.client:
+                if frame.edge_id != parsed.client or frame.fog_id != parsed.fog:
                     raise UnknownSenderError(
-                        f"frame from edge {frame.edge_id!r} on the topic of {parsed.client!r}"
+                        f"frame from edge {frame.fog_id}/{frame.edge_id} on the topic of "
+                        f"{parsed.fog}/{parsed.client}"
                     )
             except HierflError as exc:
                 self._reject(exc, inbound.topic)
                 continue
-            await self._events.put(_Event("update", frame, len(inbound.payload), inbound.payload))
+            await self._events.put(_Event("update", frame, len(inbound.payload), inbound.payload,
+                                          verified.sig))
 
     async def _ingest_models(self, models: KafkaConsumerTransport) -> None:
         limits = self.settings.limits.decode_limits()
@@ -236,7 +252,8 @@ class FogService:
                 self._reject(inbound.error or HierflError("empty"), "kafka:models")
                 continue
             try:
-                frame = await asyncio.to_thread(decode_frame, inbound.payload, limits=limits)
+                frame = (await asyncio.to_thread(self.security.decode, inbound.payload,
+                                                 limits=limits)).frame
             except HierflError as exc:
                 self._reject(exc, "kafka:models")
                 continue
@@ -286,7 +303,7 @@ class FogService:
             if event.kind == "model":
                 await self._on_model(event.frame)
             else:
-                await self._on_update(event.frame, event.raw)
+                await self._on_update(event.frame, event.raw, event.sig)
 
     def _resend_at(self) -> float | None:
         """When to re-send the last aggregate: forwarded, and no newer global model since."""
@@ -322,8 +339,8 @@ class FogService:
             self._replayed = True
             await self._replay_spool()
         early, self._early = self._early, []
-        for u, raw in early:
-            await self._on_update(u, raw)
+        for u, raw, sig in early:
+            await self._on_update(u, raw, sig)
 
     async def _replay_spool(self) -> None:
         """Feed the frames accepted before a crash back into the (resumed) round."""
@@ -332,7 +349,8 @@ class FogService:
         for v, s, edge, path in self._spool.entries():
             try:
                 raw = path.read_bytes()
-                frame = decode_frame(raw, limits=limits)
+                verified = self.security.decode(raw, limits=limits, replay=False)
+                frame = verified.frame
             except (OSError, HierflError) as exc:
                 log.warning("fog %s: dropping unreadable spool file %s: %s",
                             self.settings.fog_id, path.name, exc)
@@ -344,15 +362,16 @@ class FogService:
                 path.unlink(missing_ok=True)
                 continue
             self.metrics.inc("spool_replayed")
-            await self._on_update(frame, raw, replay=True)
+            await self._on_update(frame, raw, verified.sig, replay=True)
 
-    async def _on_update(self, frame: UpdateFrame, raw: bytes = b"", *,
-                         replay: bool = False) -> None:
+    async def _on_update(self, frame: UpdateFrame, raw: bytes = b"",
+                         sig: SigBlock | None = None, *, replay: bool = False) -> None:
         if self.round.version is None:
             if len(self._early) >= self.settings.mqtt.queue_size:
                 self.metrics.inc("dropped_queue_full")
                 return
-            self._early.append((frame, raw))  # the model has not arrived yet: keep, do not judge
+            # the model has not arrived yet: keep, do not judge
+            self._early.append((frame, raw, sig))
             return
         key = (self.round.version, self.round.seq)
         try:
@@ -366,6 +385,11 @@ class FogService:
             return
         self.metrics.inc("accepted")
         self._count_for_version("accepted")
+        if sig is not None:
+            proofs = self._proofs.setdefault(frame.base_version, {})
+            proofs[(frame.edge_id, frame.base_seq)] = edge_proof(sig, frame.edge_id)
+            while len(self._proofs) > 4:  # bounded: only the open global version matters
+                del self._proofs[min(self._proofs)]
         if self._spool is not None and raw and not replay:
             # Durable before anything depends on it; removed once folded into durable state.
             await asyncio.to_thread(self._spool.put, key[0], key[1], frame.edge_id, raw)
@@ -376,8 +400,9 @@ class FogService:
             if isinstance(a, PublishModel):
                 self._to_publish = a.frame
             elif isinstance(a, Forward):
-                self._outbox.append(a.frame)
-                self.forwarded.append(a.frame)
+                agg = self._with_provenance(a.frame)
+                self._outbox.append(agg)
+                self.forwarded.append(agg)
             elif isinstance(a, RoundClosed):
                 self.metrics.inc("fog_rounds")
                 self.metrics.set("last_round_edges", len(a.contributors))
@@ -389,6 +414,15 @@ class FogService:
                 self.metrics.inc(f"rounds_skipped_{a.reason}")
         await self._flush()
         await self._publish_stats()
+
+    def _with_provenance(self, agg: AggregateFrame) -> AggregateFrame:
+        """Attach the signed claims of the edge updates behind ``agg`` (for the lineage)."""
+        if not self.security.enabled:
+            return agg
+        proofs = self._proofs.pop(agg.base_version, {})
+        members = set(agg.contributors)
+        chosen = tuple(p for (edge, _), p in sorted(proofs.items()) if edge in members)
+        return dataclasses.replace(agg, provenance=chosen)
 
     async def _publish_stats(self, *, force: bool = True) -> None:
         """Publish the counters retained on the fog's stats topic (monitoring, best effort).
@@ -429,7 +463,8 @@ class FogService:
                 self._to_publish = None
         while self._outbox and self._producer is not None:
             agg = self._outbox[0]
-            data = await asyncio.to_thread(encode_frame, agg, codec=_codec(s.cloud_codec))
+            data = await asyncio.to_thread(encode_frame, agg, codec=_codec(s.cloud_codec),
+                                           signer=self.security.signer)
             await self._producer.send_frame(
                 topics.aggregates(s.federation), key=s.fog_id.encode(), frame=data
             )

@@ -4,10 +4,13 @@ Layout (all integers little-endian)::
 
     offset 0   4 bytes  magic  b"HFLW"
     offset 4   u8       format version: 1, or 2 for a model_delta frame
-    offset 5   u8       flags: bit 0 = body is zstd-compressed; other bits must be 0
+    offset 5   u8       flags: bit 0 = body is zstd-compressed; bit 1 = signed;
+                        other bits must be 0
     offset 6   u16      reserved, 0
     offset 8   u32      body length after decompression
     offset 12  ...      body: zstd frame (flag set) or plain msgpack map
+    (signed)   ...      signature block (msgpack map), then its length as u16: the last
+                        two bytes of the frame (:mod:`hierfl.wire.signing`)
 
 Decoding is strict and bounded: the frame length, then the declared body length, are
 checked against :class:`DecodeLimits` before anything is decompressed, and the
@@ -21,7 +24,7 @@ from __future__ import annotations
 import struct
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 import zstandard
@@ -31,11 +34,13 @@ from hierfl.errors import (
     FrameFieldError,
     FrameTooLargeError,
     HierflError,
+    SignatureError,
     UnsupportedVersionError,
     WireFormatError,
 )
 from hierfl.wire.frames import (
     AggregateFrame,
+    EdgeProof,
     Frame,
     LayoutEntry,
     ModelDeltaFrame,
@@ -46,12 +51,15 @@ from hierfl.wire.tensors import decode_vector, encode_vector
 
 __all__ = [
     "DELTA_FORMAT_VERSION",
+    "FLAG_SIGNED",
     "FORMAT_VERSION",
     "HEADER_SIZE",
     "MAGIC",
     "DecodeLimits",
+    "FrameSigner",
     "decode_frame",
     "encode_frame",
+    "split_signed",
 ]
 
 MAGIC = b"HFLW"
@@ -61,6 +69,9 @@ FORMAT_VERSION = 1
 DELTA_FORMAT_VERSION = 2
 _VERSIONS = (FORMAT_VERSION, DELTA_FORMAT_VERSION)
 FLAG_ZSTD = 0x01
+FLAG_SIGNED = 0x02
+_TRAILER_LEN = struct.Struct("<H")
+MAX_SIG_BLOCK = 1024
 _HEADER = struct.Struct("<4sBBHI")
 HEADER_SIZE = _HEADER.size  # 12
 
@@ -85,12 +96,21 @@ class DecodeLimits:
 DEFAULT_LIMITS = DecodeLimits()
 
 
+class FrameSigner(Protocol):
+    """What :func:`encode_frame` needs of a signer (:class:`hierfl.wire.signing.Signer`)."""
+
+    def signature_block(self, frame: Frame, signed: bytes) -> bytes:
+        """The signature block over ``signed`` (header + body) for ``frame``."""
+        ...
+
+
 def encode_frame(
     frame: Frame,
     *,
     codec: Any = None,
     level: int = 1,
     compress: bool = True,
+    signer: FrameSigner | None = None,
 ) -> bytes:
     """Serialise a frame to bytes.
 
@@ -100,6 +120,7 @@ def encode_frame(
             :mod:`hierfl.compression`.
         level: zstd level (1 is as small as 3 for float deltas and much faster).
         compress: zstd-compress the body (flag bit 0).
+        signer: sign the frame (flag bit 1, a signature block after the body).
 
     Returns:
         The frame bytes.
@@ -111,10 +132,38 @@ def encode_frame(
         payload = zstandard.ZstdCompressor(level=level, write_content_size=True).compress(body)
         flags |= FLAG_ZSTD
     version = DELTA_FORMAT_VERSION if isinstance(frame, ModelDeltaFrame) else FORMAT_VERSION
-    return _HEADER.pack(MAGIC, version, flags, 0, len(body)) + payload
+    if signer is None:
+        return _HEADER.pack(MAGIC, version, flags, 0, len(body)) + payload
+    signed = _HEADER.pack(MAGIC, version, flags | FLAG_SIGNED, 0, len(body)) + payload
+    block = signer.signature_block(frame, signed)
+    if len(block) > MAX_SIG_BLOCK:
+        raise WireFormatError(f"signature block of {len(block)} bytes exceeds {MAX_SIG_BLOCK}")
+    return b"".join((signed, block, _TRAILER_LEN.pack(len(block))))
 
 
-def decode_frame(data: bytes, *, limits: DecodeLimits = DEFAULT_LIMITS) -> Frame:
+def split_signed(data: bytes | memoryview) -> tuple[memoryview, memoryview | None]:
+    """Split a frame into ``(header + body, signature block)``; the block is None when the
+    frame is not signed (flag bit 1 clear). Checks only the framing, not the signature.
+
+    Raises:
+        WireFormatError: if the header is short or the signature block's length is not
+            plausible.
+    """
+    view = memoryview(data)
+    if len(view) < HEADER_SIZE:
+        raise WireFormatError(f"frame of {len(view)} bytes is shorter than the header")
+    if not view[5] & FLAG_SIGNED:
+        return view, None
+    if len(view) < HEADER_SIZE + _TRAILER_LEN.size:
+        raise SignatureError("signed frame too short for its signature block")
+    (n,) = _TRAILER_LEN.unpack_from(view, len(view) - _TRAILER_LEN.size)
+    end = len(view) - _TRAILER_LEN.size - n
+    if n == 0 or n > MAX_SIG_BLOCK or end < HEADER_SIZE:
+        raise SignatureError(f"signature block length {n} is not plausible")
+    return view[:end], view[end : len(view) - _TRAILER_LEN.size]
+
+
+def decode_frame(data: bytes | memoryview, *, limits: DecodeLimits = DEFAULT_LIMITS) -> Frame:
     """Parse and validate frame bytes.
 
     Args:
@@ -138,7 +187,7 @@ def decode_frame(data: bytes, *, limits: DecodeLimits = DEFAULT_LIMITS) -> Frame
         raise WireFormatError(f"malformed frame: {type(exc).__name__}: {exc}") from exc
 
 
-def _decode(data: bytes, limits: DecodeLimits) -> Frame:
+def _decode(data: bytes | memoryview, limits: DecodeLimits) -> Frame:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise WireFormatError(f"expected bytes, got {type(data).__name__}")
     if len(data) > limits.max_frame_bytes:
@@ -147,12 +196,13 @@ def _decode(data: bytes, limits: DecodeLimits) -> Frame:
         )
     if len(data) < HEADER_SIZE:
         raise WireFormatError(f"frame of {len(data)} bytes is shorter than the header")
+    data, _ = split_signed(data)  # verified, when it must be, by hierfl.wire.signing
     magic, version, flags, reserved, body_len = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise UnsupportedVersionError(f"bad magic {bytes(magic)!r}: not a hierfl frame")
     if version not in _VERSIONS:
         raise UnsupportedVersionError(f"format version {version} is not supported (want 1 or 2)")
-    if flags & ~FLAG_ZSTD or reserved:
+    if flags & ~(FLAG_ZSTD | FLAG_SIGNED) or reserved:
         raise UnsupportedVersionError(f"unknown flags {flags:#x} / reserved {reserved:#x}")
     if body_len > limits.max_body_bytes:
         raise FrameTooLargeError(
@@ -225,7 +275,7 @@ def _to_map(frame: Frame, codec: Any) -> dict[str, Any]:
             "delta": encode_vector(frame.delta, codec),
         }
     if isinstance(frame, AggregateFrame):
-        return common | {
+        out = common | {
             "fog": frame.fog_id,
             "base_version": frame.base_version,
             "num_samples": frame.num_samples,
@@ -233,6 +283,10 @@ def _to_map(frame: Frame, codec: Any) -> dict[str, Any]:
             "fog_rounds": frame.fog_rounds,
             "delta": encode_vector(frame.delta, codec),
         }
+        if frame.provenance:
+            out["provenance"] = [[p.edge_id, p.base_version, p.base_seq, p.counter,
+                                  p.payload_hash, p.signature] for p in frame.provenance]
+        return out
     if isinstance(frame, ModelDeltaFrame):
         return common | {
             "fog": frame.fog_id,
@@ -264,6 +318,18 @@ _REQUIRED = {
                     "delta"),
 }
 _COMMON = ("kind", "federation", "created_at", "metrics")
+_OPTIONAL = {"aggregate": ("provenance",)}
+
+
+def _provenance(items: object) -> tuple[EdgeProof, ...]:
+    if not isinstance(items, list):
+        raise FrameFieldError("provenance", "expected a list")
+    out = []
+    for item in items:
+        if not (isinstance(item, list) and len(item) == 6):
+            raise FrameFieldError("provenance", "expected [edge, base, seq, ctr, hash, sig]")
+        out.append(EdgeProof(*item))
+    return tuple(out)
 
 
 def _from_map(m: dict[str, Any], limits: DecodeLimits, version: int = FORMAT_VERSION) -> Frame:
@@ -275,7 +341,7 @@ def _from_map(m: dict[str, Any], limits: DecodeLimits, version: int = FORMAT_VER
     for key in (*_COMMON, *_REQUIRED[kind]):
         if key not in m:
             raise FrameFieldError(key, "missing")
-    extra = set(m) - set(_COMMON) - set(_REQUIRED[kind]) - {"sig"}
+    extra = set(m) - set(_COMMON) - set(_REQUIRED[kind]) - set(_OPTIONAL.get(kind, ())) - {"sig"}
     if extra:
         raise FrameFieldError(sorted(map(str, extra))[0], "unknown field")
     common = {"federation": m["federation"], "created_at": m["created_at"], "metrics": m["metrics"]}
@@ -299,6 +365,7 @@ def _from_map(m: dict[str, Any], limits: DecodeLimits, version: int = FORMAT_VER
             num_samples=m["num_samples"],
             contributors=tuple(contributors),
             fog_rounds=m["fog_rounds"],
+            provenance=_provenance(m.get("provenance", [])),
             delta=decode_vector(m["delta"], max_size=limits.max_params, field="delta"),
             **common,
         )

@@ -33,7 +33,7 @@ import numpy as np
 
 from hierfl.errors import ModelBaseError
 from hierfl.types import Float32Vector
-from hierfl.wire.codec import DecodeLimits, decode_frame, encode_frame
+from hierfl.wire.codec import DecodeLimits, FrameSigner, decode_frame, encode_frame
 from hierfl.wire.frames import ModelDeltaFrame, ModelFrame, weights_digest
 from hierfl.wire.tensors import decode_vector, encode_vector
 
@@ -125,6 +125,7 @@ class Downlink:
             full model otherwise (then it must be dense: raw, fp16 or int8).
         delta: send deltas to edges that hold the previous model.
         max_params: decode limit, as the edges apply it.
+        signer: signs every frame sent (the fog's key).
 
     Usage::
 
@@ -134,8 +135,10 @@ class Downlink:
         downlink.commit(out)
     """
 
-    def __init__(self, *, codec: str | None, delta: bool, max_params: int) -> None:
+    def __init__(self, *, codec: str | None, delta: bool, max_params: int,
+                 signer: FrameSigner | None = None) -> None:
         self.codec = codec
+        self.signer = signer
         self.delta = delta
         self._limits = DecodeLimits(max_params=max_params)
         self.held: ModelFrame | None = None
@@ -151,20 +154,21 @@ class Downlink:
     def prepare(self, target: ModelFrame) -> DownlinkMessages:
         """Encode the messages that bring the edges to ``target`` (no state changes)."""
         if not self.delta:
-            full = encode_frame(target, codec=self.codec)
+            full = encode_frame(target, codec=self.codec, signer=self.signer)
             held = target
             if self.codec is not None:  # edges hold the decoded weights, not the fog's
                 held = dataclasses.replace(target, weights=_decoded_weights(full, self._limits))
             return DownlinkMessages(target, held, full, full, is_delta=False)
         prev = self.held
         if prev is not None and _same_model(prev, target):
-            full = encode_frame(dataclasses.replace(target, weights=prev.weights))
+            full = encode_frame(dataclasses.replace(target, weights=prev.weights),
+                                signer=self.signer)
             return DownlinkMessages(target, prev, full, full, is_delta=False)
         if prev is not None and _is_base_of(prev, target):
             out = self._delta(prev, target)
             if out is not None:
                 return out
-        full = encode_frame(target)
+        full = encode_frame(target, signer=self.signer)
         return DownlinkMessages(target, target, full, full, is_delta=False)
 
     def _delta(self, prev: ModelFrame, target: ModelFrame) -> DownlinkMessages | None:
@@ -186,8 +190,9 @@ class Downlink:
             digest=weights_digest(weights), fog_round=target.fog_round,
             metrics=dict(target.metrics), created_at=target.created_at,
         )
-        stream = encode_frame(frame, codec=_PreEncoded(fields))
-        return DownlinkMessages(target, held, encode_frame(held), stream, is_delta=True)
+        stream = encode_frame(frame, codec=_PreEncoded(fields), signer=self.signer)
+        return DownlinkMessages(target, held, encode_frame(held, signer=self.signer), stream,
+                                is_delta=True)
 
 
 def _same_model(a: ModelFrame, b: ModelFrame) -> bool:

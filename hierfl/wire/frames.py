@@ -25,6 +25,7 @@ __all__ = [
     "DIGEST_BYTES",
     "MAX_METRICS",
     "AggregateFrame",
+    "EdgeProof",
     "Frame",
     "LayoutEntry",
     "ModelDeltaFrame",
@@ -137,6 +138,30 @@ class UpdateFrame:
 
 
 @dataclass(frozen=True, slots=True)
+class EdgeProof:
+    """What a fog carries, per edge update behind an aggregate, so that the cloud's lineage
+    can show who contributed and anyone holding the trust bundle can check it: the signed
+    claims of the update (:mod:`hierfl.wire.signing`), its payload hash and signature."""
+
+    edge_id: str
+    base_version: int
+    base_seq: int
+    counter: int
+    payload_hash: bytes
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        _check_id("provenance.edge", self.edge_id)
+        _check_int("provenance.base_version", self.base_version, 0)
+        _check_int("provenance.base_seq", self.base_seq, 0)
+        _check_int("provenance.counter", self.counter, 0)
+        if not isinstance(self.payload_hash, bytes) or len(self.payload_hash) != 32:
+            raise FrameFieldError("provenance.hash", "expected 32 bytes")
+        if not isinstance(self.signature, bytes) or len(self.signature) != 64:
+            raise FrameFieldError("provenance.sig", "expected 64 bytes")
+
+
+@dataclass(frozen=True, slots=True)
 class AggregateFrame:
     """A fog's aggregate: the fog model minus global ``base_version``, after ``fog_rounds``."""
 
@@ -151,6 +176,7 @@ class AggregateFrame:
     delta: Float32Vector
     metrics: dict[str, float] = field(default_factory=dict)
     created_at: float = 0.0
+    provenance: tuple[EdgeProof, ...] = ()
 
     def __post_init__(self) -> None:
         _check_id("federation", self.federation)
@@ -158,6 +184,11 @@ class AggregateFrame:
         _check_int("base_version", self.base_version, 0)
         _check_int("num_samples", self.num_samples, 1)
         _check_int("fog_rounds", self.fog_rounds, 1, 10_000)
+        if not isinstance(self.provenance, tuple) or len(self.provenance) > MAX_CONTRIBUTORS:
+            raise FrameFieldError("provenance", f"at most {MAX_CONTRIBUTORS} entries")
+        for p in self.provenance:
+            if not isinstance(p, EdgeProof):
+                raise FrameFieldError("provenance", "expected EdgeProof entries")
         if not isinstance(self.contributors, tuple) or not 1 <= len(self.contributors) <= (
             MAX_CONTRIBUTORS
         ):

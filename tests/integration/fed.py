@@ -17,6 +17,7 @@ from hierfl.config import CloudSettings, EdgeSettings, FogSettings
 from hierfl.edge import EdgeClient, SupervisedTask
 from hierfl.fog.service import FogService
 from hierfl.model.torch_adapter import model_layout, model_to_vector
+from hierfl.provision import ProjectSpec, Provisioned, provision
 from hierfl.transport.mqtt import MqttTransport
 from hierfl.wire import UpdateFrame, decode_frame
 
@@ -97,6 +98,26 @@ async def spy_updates(mqtt_url: str, fed: str, fogs: list[str]) -> AsyncIterator
                 await task
 
 
+def provision_topo(folder: Path, fed: str, topo: Topology) -> Provisioned:
+    """Signing keys and trust files (no TLS) for every party of ``topo``, made by
+    ``hierfl provision``'s API."""
+    spec = ProjectSpec(federation=fed, fogs={f: tuple(es) for f, es in topo.fogs.items()})
+    return provision(spec, folder, tls=False)
+
+
+def security_for(prov: Provisioned | None, party: str) -> dict[str, Any]:
+    """The ``security`` settings of ``party`` from its kit (signatures off without one)."""
+    if prov is None:
+        return {"signing": "off"}
+    kit = prov.kit(party)
+    sec: dict[str, Any] = {"signing": "required", "key_file": kit / "signing.key",
+                           "trust_bundle": prov.trust_bundle,
+                           "revocation_list": prov.revocation_list}
+    if party.startswith("fog/"):
+        sec["state_dir"] = kit / "state"
+    return sec
+
+
 def settings_for(
     mqtt_url: str,
     bootstrap: str,
@@ -109,23 +130,33 @@ def settings_for(
     k2: int = 1,
     fog_overrides: dict[str, Any] | None = None,
     cloud_overrides: dict[str, Any] | None = None,
+    signed: bool = True,
+    pki: Provisioned | None = None,
 ) -> tuple[CloudSettings, list[FogSettings], list[EdgeSettings]]:
+    """Settings of a whole federation; signed by default, with keys provisioned next to the
+    store (``pki``, or a new ``pki-<fed>`` folder)."""
+    if signed and pki is None:
+        pki = provision_topo(store.parent / f"pki-{fed}", fed, topo)
+    prov = pki if signed else None
     common: dict[str, Any] = {"federation": fed}
     cloud = CloudSettings.load(**{
-        **common, "kafka": {"bootstrap": bootstrap}, "fogs": list(topo.fogs),
+        **common, "security": security_for(prov, "cloud"),
+        "kafka": {"bootstrap": bootstrap}, "fogs": list(topo.fogs),
         "min_fogs": len(topo.fogs), "store_dir": store, "initial_model": initial,
         "max_versions": versions, "round_timeout_s": 30, **(cloud_overrides or {}),
     })
     fogs = [
         FogSettings.load(**{
             **common, "fog_id": f, "mqtt": {"url": mqtt_url}, "kafka": {"bootstrap": bootstrap},
+            "security": security_for(prov, f"fog/{f}"),
             "min_updates": len(es), "round_timeout_s": 30, "k2": k2, "resume_wait_s": 0.3,
             **(fog_overrides or {}),
         })
         for f, es in topo.fogs.items()
     ]
     edges = [
-        EdgeSettings.load(**common, fog_id=f, edge_id=e, mqtt={"url": mqtt_url})
+        EdgeSettings.load(**common, fog_id=f, edge_id=e, mqtt={"url": mqtt_url},
+                          security=security_for(prov, f"edge/{f}/{e}"))
         for f, e in topo.edges
     ]
     return cloud, fogs, edges

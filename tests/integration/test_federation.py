@@ -81,6 +81,15 @@ async def test_two_fogs_six_edges_three_rounds(mqtt_broker, kafka_broker, unique
         assert meta["parent"] == v
         assert sorted(meta["fogs"]) == ["north", "south"]
         assert all(f["num_edges"] == 3 and f["fog_rounds"] == k2 for f in meta["fogs"].values())
+        # lineage: every aggregate signed by its fog, carrying each edge update's signed claims
+        lineage = meta["lineage"]
+        assert lineage["signed"] is True
+        for agg in lineage["aggregates"]:
+            assert agg["sig"]["signer"] == f"fog/{agg['fog']}"
+            assert agg["sig"]["base"] == v
+            edges = sorted({e["edge"] for e in agg["edges"]})
+            assert edges == sorted(meta["fogs"][agg["fog"]]["contributors"])
+            assert len(agg["edges"]) == 3 * k2  # one signed update per edge per fog round
         # the model changed: training happened
         assert not np.allclose(got, w)
     for f in fogs:
