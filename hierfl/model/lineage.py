@@ -111,8 +111,14 @@ def edge_proof_of(entry: dict[str, Any]) -> EdgeProof:
         SignatureError: if the entry is malformed.
     """
     try:
-        return EdgeProof(entry["edge"], int(entry["base"]), int(entry["seq"]),
-                         int(entry["ctr"]), bytes.fromhex(entry["h"]), bytes.fromhex(entry["sig"]))
+        return EdgeProof(
+            entry["edge"],
+            int(entry["base"]),
+            int(entry["seq"]),
+            int(entry["ctr"]),
+            bytes.fromhex(entry["h"]),
+            bytes.fromhex(entry["sig"]),
+        )
     except (KeyError, TypeError, ValueError, HierflError) as exc:
         raise SignatureError(f"malformed edge proof {entry!r:.80}: {exc}") from exc
 
@@ -150,9 +156,16 @@ class _Auditor:
         finally:
             self.prev = (version, record)
         return VersionAudit(
-            version, ok=found.ok, reason=found.reason, aggregates=found.aggregates,
-            edge_updates=found.edge_updates, signers=found.signers, signed=found.signed,
-            verified=found.verified, revoked=found.revoked, chain_start=chain_start,
+            version,
+            ok=found.ok,
+            reason=found.reason,
+            aggregates=found.aggregates,
+            edge_updates=found.edge_updates,
+            signers=found.signers,
+            signed=found.signed,
+            verified=found.verified,
+            revoked=found.revoked,
+            chain_start=chain_start,
         )
 
     def _record(self, version: int, record: dict[str, Any]) -> None:
@@ -205,13 +218,19 @@ class _Auditor:
                 signers.append(self._aggregate(version, fog, agg["sig"], meta, revoked))
             self._edges(fog, agg["edges"], meta, revoked, signed=signed)
         return VersionAudit(
-            version, ok=True, aggregates=len(aggs), edge_updates=edges,
-            signers=tuple(sorted(signers)), signed=signed and bool(aggs),
-            verified=self.trust is not None, revoked=tuple(sorted(revoked)),
+            version,
+            ok=True,
+            aggregates=len(aggs),
+            edge_updates=edges,
+            signers=tuple(sorted(signers)),
+            signed=signed and bool(aggs),
+            verified=self.trust is not None,
+            revoked=tuple(sorted(revoked)),
         )
 
-    def _aggregate(self, version: int, fog: str, sig: Any, meta: dict[str, Any],
-                   revoked: set[str]) -> str:
+    def _aggregate(
+        self, version: int, fog: str, sig: Any, meta: dict[str, Any], revoked: set[str]
+    ) -> str:
         if not isinstance(sig, dict):
             raise _Bad(f"aggregate of fog {fog!r} has no signature in a signed lineage")
         sb = SigBlock.from_json(sig)
@@ -238,15 +257,27 @@ class _Auditor:
             revoked.add(sb.signer)
         return sb.signer
 
-    def _edges(self, fog: str, entries: list[dict[str, Any]], meta: dict[str, Any],
-               revoked: set[str], *, signed: bool) -> None:
+    def _edges(
+        self,
+        fog: str,
+        entries: list[dict[str, Any]],
+        meta: dict[str, Any],
+        revoked: set[str],
+        *,
+        signed: bool,
+    ) -> None:
         ids = [e["edge"] for e in entries]
         if len(set(ids)) != len(ids):
             raise _Bad(f"an edge of fog {fog!r} appears twice: {sorted(ids)}")
-        if (signed or ids) and "contributors" in meta and sorted(meta["contributors"]) != sorted(
-                ids):
-            raise _Bad(f"fog {fog!r}: edge proofs for {sorted(ids)}, record contributors "
-                       f"{sorted(meta['contributors'])}")
+        if (
+            (signed or ids)
+            and "contributors" in meta
+            and sorted(meta["contributors"]) != sorted(ids)
+        ):
+            raise _Bad(
+                f"fog {fog!r}: edge proofs for {sorted(ids)}, record contributors "
+                f"{sorted(meta['contributors'])}"
+            )
         if not signed:
             return
         for entry in entries:
@@ -261,8 +292,9 @@ class _Auditor:
                 revoked.add(edge_party(fog, proof.edge_id))
 
 
-def verify_store(store_dir: Path, trust: TrustStore | None,
-                 federation: str | None = None) -> AuditReport:
+def verify_store(
+    store_dir: Path, trust: TrustStore | None, federation: str | None = None
+) -> AuditReport:
     """Audit every version of the store at ``store_dir``, ascending.
 
     Each version's weights must match its record's sha256, its record its ``record_hash``,
@@ -288,9 +320,9 @@ def verify_store(store_dir: Path, trust: TrustStore | None,
     store = ModelStore(store_dir, create=False)
     if trust is not None:
         if federation is not None and federation != trust.federation:
-            raise ConfigError(f"federation {federation!r} differs from the trust bundle's "
-                              f"{trust.federation!r}")
+            raise ConfigError(
+                f"federation {federation!r} differs from the trust bundle's {trust.federation!r}"
+            )
         federation = trust.federation
     auditor = _Auditor(store, trust, federation)
-    return AuditReport(store_dir, federation,
-                       tuple(auditor.audit(v) for v in store.versions()))
+    return AuditReport(store_dir, federation, tuple(auditor.audit(v) for v in store.versions()))

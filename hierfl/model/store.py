@@ -36,8 +36,14 @@ from hierfl.model.flatten import flatten, unflatten
 from hierfl.types import Float32Vector
 from hierfl.wire.frames import LayoutEntry
 
-__all__ = ["Checkpoint", "ModelStore", "canonical_json", "load_weights_file", "record_hash",
-           "weights_sha256"]
+__all__ = [
+    "Checkpoint",
+    "ModelStore",
+    "canonical_json",
+    "load_weights_file",
+    "record_hash",
+    "weights_sha256",
+]
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^v(\d{8})\.json$")
