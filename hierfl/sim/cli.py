@@ -10,6 +10,15 @@ import typer
 
 __all__ = ["register"]
 
+_SECURITY_LINE = {
+    "signed": "security: frames signed and verified (keys in {pki}); MQTT and Kafka "
+              "plaintext on loopback (--secure adds TLS on MQTT)",
+    "secure": "security: frames signed and verified; MQTT over mutual TLS with the provisioned "
+              "ACL; Kafka PLAINTEXT (Tansu has no TLS)",
+    "insecure": "warning: --insecure: this run is UNSIGNED (security.signing = \"off\"); any "
+                "client of the brokers can forge updates and models",
+}
+
 
 def register(app: typer.Typer) -> None:
     """Attach ``sim`` to the main ``hierfl`` app."""
@@ -58,6 +67,18 @@ def register(app: typer.Typer) -> None:
                          "label-flip, weighting (docs/robustness.md)"),
         ] = None,
         byzantine: Annotated[float, typer.Option(help="fraction of malicious edges")] = 0.0,
+        secure: Annotated[
+            bool,
+            typer.Option("--secure", help="also encrypt MQTT: provision with a CA and run "
+                         "mosquitto (required) with mutual TLS and the provisioned ACL; edges "
+                         "and fogs connect over mqtts:// with their kits' certificates. Kafka "
+                         "stays PLAINTEXT: Tansu has no TLS or SASL (docs/security.md)"),
+        ] = False,
+        insecure: Annotated[
+            bool,
+            typer.Option("--insecure", help="turn frame signatures off (security.signing = "
+                         "\"off\"): any client of the brokers can forge updates and models"),
+        ] = False,
         out: Annotated[Path, typer.Option(help="report directory")] = Path("runs/sim"),
         live: Annotated[bool, typer.Option(help="live progress table")] = True,
     ) -> None:
@@ -68,10 +89,22 @@ def register(app: typer.Typer) -> None:
         cloud, the fogs and the edges, prints a live table, and writes report.json and
         report.png to --out. Everything it started is stopped on exit, Ctrl-C included; the
         rounds completed before a Ctrl-C or a stall are kept in a partial report.
+
+        Every run is provisioned (keys and trust files in OUT/pki, as `hierfl provision`
+        makes them) and every frame is signed and verified; --secure adds mutual TLS on MQTT,
+        --insecure turns signatures off. report.json says which ("security").
         """
-        from hierfl.sim.runner import SimConfig, SimStallError, run_sim  # noqa: PLC0415
+        from hierfl.sim.runner import (  # noqa: PLC0415
+            SimConfig,
+            SimSecurity,
+            SimStallError,
+            run_sim,
+        )
         from hierfl.sim.view import LiveView  # noqa: PLC0415
 
+        if secure and insecure:
+            raise typer.BadParameter("--secure and --insecure exclude each other")
+        security: SimSecurity = "secure" if secure else "insecure" if insecure else "signed"
         try:
             cfg = SimConfig(
                 scenario=scenario, fogs=fogs, edges=edges, rounds=rounds, k1=k1, k2=k2,
@@ -81,10 +114,12 @@ def register(app: typer.Typer) -> None:
                 model_codec=model_codec,
                 aggregator=aggregator,
                 aggregator_params=json.loads(aggregator_params), attack=attack,
-                byzantine=byzantine, out=out, live=live,
+                byzantine=byzantine, out=out, live=live, security=security,
             )
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
+        typer.secho(_SECURITY_LINE[security].format(pki=cfg.out / "pki"),
+                    fg="yellow" if insecure else None, err=insecure)
         view = LiveView(cfg, enabled=live)
         try:
             with view:

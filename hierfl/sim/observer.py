@@ -4,6 +4,10 @@ It subscribes to the same topics the tiers use (never to anything private): upda
 on MQTT (edge -> fog bytes), the fogs' model streams and stats on MQTT, aggregates and global
 models on Kafka (fog -> cloud and cloud -> fog bytes). Each new global version is
 evaluated on the scenario's test set.
+
+It verifies no signatures (it decides nothing; the tiers verify) and signs nothing. On a TLS
+broker (``hierfl sim --secure``) it connects with a client certificate of its own, CN
+``sim-observer``, which the sim's ACL lets read the federation's topics and write none.
 """
 
 from __future__ import annotations
@@ -218,6 +222,15 @@ class Observer:
                 f"by_version={st.get('by_version', {}).get(str(v), {})}"
             )
         return "; ".join(parts)
+
+    def fog_rejected(self) -> dict[str, dict[str, int]]:
+        """Every fog's rejected-input counters by reason, from its latest stats message."""
+        out: dict[str, dict[str, int]] = {}
+        for fog in self.fog_edges:
+            rejected = self._stats.get(fog, {}).get("rejected", {})
+            out[fog] = ({str(k): int(n) for k, n in rejected.items()}
+                        if isinstance(rejected, dict) else {})
+        return out
 
     def _by_version(self, fog: str, version: int) -> dict[str, Any]:
         """One fog's accepted/rejected counts for updates against ``version`` (0 when unseen)."""

@@ -5,6 +5,15 @@ and the edges, either as separate OS processes running ``hierfl cloud|fog|edge``
 deployable services; the default) or in this process (fast, for tests). An
 :class:`~hierfl.sim.observer.Observer` measures each round from the outside. Every
 process and broker started here is stopped on the way out, Ctrl-C included.
+
+Security (``SimConfig.security``): every run is provisioned (``hierfl provision``'s API, into
+``<out>/pki``) and every frame is signed and verified ("signed", the default). "secure" adds
+TLS: the federation is provisioned with a CA, and the sim's own mosquitto serves mutual TLS with
+the provisioned ACL; edges and fogs connect with their kits' certificates. Kafka stays
+PLAINTEXT: Tansu has no TLS or SASL (fog <-> cloud frames are signed, not encrypted).
+"insecure" turns signatures off. Each tier is given its whole ``security`` section (and, with
+TLS, its MQTT TLS files) explicitly, so ``HIERFL_SECURITY__*`` variables of the parent
+environment cannot change what the sim sets up.
 """
 
 from __future__ import annotations
@@ -22,17 +31,37 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from hierfl import __version__
 from hierfl.config import CloudSettings, EdgeSettings, FogSettings, KafkaSettings, MqttSettings
+from hierfl.errors import BrokerUnavailableError, ConfigError
 from hierfl.sim.observer import Observer, RoundRecord
 
-__all__ = ["SimConfig", "SimInterrupted", "SimStallError", "run_sim", "run_sim_async"]
+if TYPE_CHECKING:
+    from hierfl.provision import Provisioned
+    from hierfl.sim.brokers import MqttTls
+
+__all__ = [
+    "SECURITY_MODES",
+    "SimConfig",
+    "SimInterrupted",
+    "SimSecurity",
+    "SimStallError",
+    "run_sim",
+    "run_sim_async",
+]
 
 log = logging.getLogger(__name__)
+
+SimSecurity = Literal["signed", "secure", "insecure"]
+SECURITY_MODES: tuple[SimSecurity, ...] = ("signed", "secure", "insecure")
+#: TLS client-certificate CN (and MQTT username) of the sim's observer, which has no party id:
+#: it may read the federation's MQTT topics (an ACL block of its own) and sign nothing.
+OBSERVER_USER = "sim-observer"
+_BROKER_ATTEMPTS = 3
 
 SCENARIO_TASKS = {
     "digits": "hierfl.sim.scenarios:digits_task",
@@ -96,10 +125,18 @@ class SimConfig:
     #: stop with a diagnosis when no new global version appears for this long (None: 5 fog
     #: round timeouts, at least 300 s)
     stall_timeout_s: float | None = None
+    #: "signed" (provisioned, frames signed), "secure" (also MQTT over mutual TLS; needs
+    #: mosquitto) or "insecure" (signatures off)
+    security: SimSecurity = "signed"
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIO_TASKS:
             raise ValueError(f"unknown scenario {self.scenario!r}: {sorted(SCENARIO_TASKS)}")
+        if self.security not in SECURITY_MODES:
+            raise ValueError(f"security must be one of {', '.join(SECURITY_MODES)}")
+        if self.security == "secure" and self.mqtt_url is not None:
+            raise ValueError("--secure starts its own TLS mosquitto with a fresh CA; it cannot "
+                             "use --mqtt-url")
         if self.mode not in ("processes", "inprocess"):
             raise ValueError("mode must be 'processes' or 'inprocess'")
         if not 1 <= self.fogs <= self.edges:
@@ -118,6 +155,16 @@ class SimConfig:
             fogs[f"fog{f}"] = list(range(i, i + n))
             i += n
         return fogs
+
+    @property
+    def signed(self) -> bool:
+        """Whether frames are signed (every mode but "insecure")."""
+        return self.security != "insecure"
+
+    @property
+    def mqtt_tls(self) -> bool:
+        """Whether MQTT runs over mutual TLS ("secure")."""
+        return self.security == "secure"
 
     def byzantine_edges(self) -> set[int]:
         """Indices of the malicious edges: spread across fogs, the last edges of each fog."""
@@ -173,20 +220,68 @@ def _task_options(cfg: SimConfig, index: int) -> dict[str, Any]:
     return opts
 
 
+def _edge_id(index: int) -> str:
+    return f"e{index:03d}"
+
+
+def _provision(cfg: SimConfig, *, mqtt_url: str, bootstrap: str, tls: bool) -> Provisioned:
+    """Keys, trust files and kits of the sim's topology in ``<out>/pki`` (replaced every run).
+
+    Without TLS this costs about a millisecond per party; with TLS a CA, certificates and the
+    mosquitto ACL are made too.
+    """
+    from hierfl.provision import ProjectSpec, provision  # noqa: PLC0415
+
+    spec = ProjectSpec(
+        federation=cfg.federation,
+        fogs={f: tuple(_edge_id(i) for i in idx) for f, idx in cfg.topology().items()},
+        mqtt_hosts=("127.0.0.1", "localhost"), mqtt_url=mqtt_url, kafka_bootstrap=bootstrap,
+    )
+    return provision(spec, cfg.out.resolve() / "pki", tls=tls, force=True)
+
+
+def _security(prov: Provisioned | None, party: str) -> dict[str, Any]:
+    """The whole ``security`` section of ``party``: from its kit, or signatures off.
+
+    Every field is given, None included: a field left out would be filled from a
+    ``HIERFL_SECURITY__*`` variable of this process's environment.
+    """
+    sec: dict[str, Any] = {"signing": "off", "key_file": None, "trust_bundle": None,
+                           "revocation_list": None, "state_dir": None}
+    if prov is None:
+        return sec
+    kit = prov.kit(party)
+    sec.update(signing="required", key_file=kit / "signing.key",
+               trust_bundle=kit / "trust.json", revocation_list=kit / "revoked.json")
+    if party.startswith("fog/"):
+        sec["state_dir"] = kit / "state"  # replay counters
+    return sec
+
+
+def _mqtt(url: str, prov: Provisioned | None, party: str) -> dict[str, Any]:
+    """The ``mqtt`` connection of ``party``: with TLS, its kit's CA and client certificate."""
+    if prov is None or not prov.tls:
+        return {"url": url}
+    kit = prov.kit(party)
+    return {"url": url, "ca_file": kit / "ca.crt", "cert_file": kit / "client.crt",
+            "key_file": kit / "client.key", "key_password": None, "tls_server_name": None}
+
+
 def _tier_settings(
-    cfg: SimConfig, mqtt_url: str, bootstrap: str
+    cfg: SimConfig, mqtt_url: str, bootstrap: str, prov: Provisioned | None = None
 ) -> tuple[CloudSettings, list[FogSettings], list[EdgeSettings]]:
     topo = cfg.topology()
     cloud = CloudSettings.load(
         federation=cfg.federation, kafka={"bootstrap": bootstrap}, fogs=list(topo),
         min_fogs=len(topo), round_timeout_s=cfg.round_timeout_s,
         store_dir=cfg.out / "store", initial_model=cfg.out / "initial.npz",
-        max_versions=cfg.rounds, aggregator="fedavg",
+        max_versions=cfg.rounds, aggregator="fedavg", security=_security(prov, "cloud"),
     )
     fogs = []
     for fog, idx in topo.items():
         fogs.append(FogSettings.load(
-            federation=cfg.federation, fog_id=fog, mqtt={"url": mqtt_url},
+            federation=cfg.federation, fog_id=fog, mqtt=_mqtt(mqtt_url, prov, f"fog/{fog}"),
+            security=_security(prov, f"fog/{fog}"),
             kafka={"bootstrap": bootstrap}, min_updates=cfg.min_updates or len(idx),
             quorum=min(cfg.quorum or 1, cfg.min_updates or len(idx)), k2=cfg.k2,
             round_timeout_s=cfg.round_timeout_s, aggregator=cfg.aggregator,
@@ -195,8 +290,10 @@ def _tier_settings(
         ))
     edges = [
         EdgeSettings.load(
-            federation=cfg.federation, fog_id=fog, edge_id=f"e{i:03d}",
-            mqtt={"url": mqtt_url}, task=SCENARIO_TASKS[cfg.scenario],
+            federation=cfg.federation, fog_id=fog, edge_id=_edge_id(i),
+            mqtt=_mqtt(mqtt_url, prov, f"edge/{fog}/{_edge_id(i)}"),
+            security=_security(prov, f"edge/{fog}/{_edge_id(i)}"),
+            task=SCENARIO_TASKS[cfg.scenario],
             task_options=_task_options(cfg, i), local_epochs=cfg.k1, codec=cfg.codec,
             error_feedback=cfg.error_feedback,
         )
@@ -211,7 +308,7 @@ def _env(settings: Any, prefix: str = "HIERFL_") -> dict[str, str]:
     out: dict[str, str] = {}
     data = settings.model_dump(mode="json", exclude_none=True)
     for k, v in data.items():
-        if isinstance(v, dict) and k in ("mqtt", "kafka", "limits"):
+        if isinstance(v, dict) and k in ("mqtt", "kafka", "limits", "security"):
             for k2, v2 in v.items():
                 out[f"{prefix}{k.upper()}__{k2.upper()}"] = (
                     json.dumps(v2) if isinstance(v2, list | dict | bool) else str(v2)
@@ -275,23 +372,114 @@ class _Processes:
                 p.wait(timeout=5)
 
 
+@dataclass
+class _Setup:
+    """The brokers' addresses, the sim's PKI, and how the observer connects."""
+
+    mqtt_url: str
+    bootstrap: str
+    info: dict[str, str]
+    prov: Provisioned | None
+    observer_mqtt: MqttSettings
+
+
 @contextlib.asynccontextmanager
-async def _brokers(cfg: SimConfig) -> AsyncIterator[tuple[str, str, dict[str, str]]]:
+async def _brokers(cfg: SimConfig) -> AsyncIterator[_Setup]:
     from hierfl.sim.brokers import KafkaBroker, MqttBroker  # noqa: PLC0415
 
     with contextlib.ExitStack() as stack:
         info = {}
-        mqtt_url = cfg.mqtt_url
-        if mqtt_url is None:
-            b = stack.enter_context(MqttBroker())
-            mqtt_url = b.url
-            info["mqtt"] = f"{b.kind} pid {b.pid} at {b.url}"
         bootstrap = cfg.kafka_bootstrap
         if bootstrap is None:
             k = stack.enter_context(KafkaBroker())
             bootstrap = k.bootstrap
-            info["kafka"] = f"tansu pid {k.pid} at {k.bootstrap}"
-        yield mqtt_url, bootstrap, info
+            info["kafka"] = f"tansu pid {k.pid} at {k.bootstrap} (PLAINTEXT: Tansu has no TLS)"
+        if cfg.mqtt_tls:
+            setup = _start_tls_mqtt(cfg, stack, bootstrap, info)
+        else:
+            mqtt_url = cfg.mqtt_url
+            if mqtt_url is None:
+                b = stack.enter_context(MqttBroker())
+                mqtt_url = b.url
+                info["mqtt"] = f"{b.kind} pid {b.pid} at {b.url}"
+            prov = (_provision(cfg, mqtt_url=mqtt_url, bootstrap=bootstrap, tls=False)
+                    if cfg.signed else None)
+            setup = _Setup(mqtt_url, bootstrap, info, prov, MqttSettings(url=mqtt_url))
+        yield setup
+
+
+def _start_tls_mqtt(cfg: SimConfig, stack: contextlib.ExitStack, bootstrap: str,
+                    info: dict[str, str]) -> _Setup:
+    """Provision with TLS and start mosquitto on a free port with mutual TLS and the ACL.
+
+    The port is chosen before provisioning, so that the kits name the broker's real URL; a
+    broker that cannot take it (another process was quicker) is retried on a new port.
+    """
+    from hierfl.sim.brokers import LOOPBACK, MqttBroker, free_port  # noqa: PLC0415
+
+    for attempt in range(1, _BROKER_ATTEMPTS + 1):
+        port = free_port()
+        url = f"mqtts://{LOOPBACK}:{port}"
+        prov = _provision(cfg, mqtt_url=url, bootstrap=bootstrap, tls=True)
+        tls, observer = _tls_material(prov, url)
+        broker = MqttBroker(port=port, tls=tls)
+        try:
+            stack.enter_context(broker)
+        except BrokerUnavailableError as exc:
+            if attempt == _BROKER_ATTEMPTS:
+                raise
+            log.debug("TLS mosquitto on port %d did not start, retrying: %s", port, exc)
+            continue
+        info["mqtt"] = (f"mosquitto pid {broker.pid} at {broker.url} (TLS, client certificates, "
+                        f"ACL from {prov.out})")
+        return _Setup(url, bootstrap, info, prov, observer)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _tls_material(prov: Provisioned, url: str) -> tuple[MqttTls, MqttSettings]:
+    """The TLS mosquitto of a provisioned sim, and the observer's MQTT settings.
+
+    The observer is no party of the federation: it gets a client certificate of its own
+    (CN ``sim-observer``, from the provisioned CA) and a read-only ACL block for the
+    federation's topics, appended to a copy of the provisioned ACL that only the sim's broker
+    uses. It needs no Kafka credentials (Tansu is PLAINTEXT).
+    """
+    from hierfl.provision import mosquitto_tls_conf  # noqa: PLC0415
+    from hierfl.provision.pki import cert_pem, issue_client, load_ca, private_pem  # noqa: PLC0415
+    from hierfl.sim.brokers import MqttTls  # noqa: PLC0415
+    from hierfl.topics import PREFIX  # noqa: PLC0415
+
+    ca = load_ca((prov.ca_dir / "ca.key").read_bytes(), prov.ca_cert.read_bytes())
+    issued = issue_client(ca, OBSERVER_USER)
+    folder = prov.out / OBSERVER_USER
+    folder.mkdir(mode=0o700)
+    key, crt = folder / "client.key", folder / "client.crt"
+    _write_private(key, private_pem(issued.key))
+    crt.write_bytes(cert_pem(issued.cert))
+    acl = folder / "acl"
+    provisioned_acl = (prov.mosquitto_dir / "acl").resolve()
+    acl.write_text(provisioned_acl.read_text() + (
+        f"\n# The sim's observer (hierfl.sim.observer): it reads, never writes.\n"
+        f"user {OBSERVER_USER}\ntopic read {PREFIX}/{prov.spec.federation}/#\n"
+    ))
+    acl.chmod(0o600)
+
+    def conf(port: int) -> str:
+        text = mosquitto_tls_conf(prov, port)
+        line = f"acl_file {provisioned_acl}"
+        if line not in text:
+            raise ConfigError(f"the TLS mosquitto configuration has no {line!r} to replace")
+        return text.replace(line, f"acl_file {acl.resolve()}")
+
+    observer = MqttSettings(url=url, ca_file=prov.ca_cert, cert_file=crt, key_file=key)
+    return MqttTls(conf, ca_file=prov.ca_cert, cert_file=crt, key_file=key), observer
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a new private key, created 0600 (never readable by others, not even briefly)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
 
 
 async def _run(cfg: SimConfig, on_round: Callable[[RoundRecord], None] | None,
@@ -305,14 +493,18 @@ async def _run(cfg: SimConfig, on_round: Callable[[RoundRecord], None] | None,
             p.unlink()
     _write_initial(cfg, cfg.out / "initial.npz")
     t0 = time.monotonic()
-    async with _brokers(cfg) as (mqtt_url, bootstrap, info):
+    if not cfg.signed:
+        log.warning("hierfl sim --insecure: frames are NOT signed; any client of the brokers "
+                    "can forge updates and models")
+    async with _brokers(cfg) as setup:
         if on_start:
-            on_start(info)
-        cloud_s, fog_s, edge_s = _tier_settings(cfg, mqtt_url, bootstrap)
+            on_start(setup.info)
+        cloud_s, fog_s, edge_s = _tier_settings(cfg, setup.mqtt_url, setup.bootstrap,
+                                                setup.prov)
         topo = cfg.topology()
         observer = Observer(
             cfg.federation, {f: len(i) for f, i in topo.items()},
-            MqttSettings(url=mqtt_url), KafkaSettings(bootstrap=bootstrap), _evaluator(cfg),
+            setup.observer_mqtt, KafkaSettings(bootstrap=setup.bootstrap), _evaluator(cfg),
             on_round,
         )
         from hierfl import topics  # noqa: PLC0415
@@ -381,6 +573,7 @@ async def _run(cfg: SimConfig, on_round: Callable[[RoundRecord], None] | None,
             if observer.records:
                 stopped = "stalled" if isinstance(exc, SimStallError) else "interrupted"
                 partial = _report(cfg, observer, time.monotonic() - t0, cloud_rss, fog_rss,
+                                  _security_report(cfg, setup, observer, services),
                                   stopped=stopped)
                 if isinstance(exc, SimStallError):
                     exc.report_path = partial["report_path"]
@@ -392,7 +585,8 @@ async def _run(cfg: SimConfig, on_round: Callable[[RoundRecord], None] | None,
         import resource  # noqa: PLC0415
 
         cloud_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return _report(cfg, observer, wall, cloud_rss, fog_rss)
+    return _report(cfg, observer, wall, cloud_rss, fog_rss,
+                   _security_report(cfg, setup, observer, services))
 
 
 def _inprocess_services(cfg: SimConfig, cloud_s: CloudSettings, fog_s: list[FogSettings],
@@ -414,8 +608,56 @@ def _inprocess_services(cfg: SimConfig, cloud_s: CloudSettings, fog_s: list[FogS
     return services
 
 
+def _security_report(cfg: SimConfig, setup: _Setup, observer: Observer,
+                     services: list[Any]) -> dict[str, Any]:
+    """The report's ``security`` section: what protected this run, and what was refused.
+
+    ``rejected``: per fog (in-process: the fog's own counters; processes: its last stats
+    message) and for the cloud (in-process only: a cloud process publishes no counters).
+    ``signed_versions``: whether the cloud's newest checkpoint records a signed lineage.
+    """
+    fogs = observer.fog_rejected()
+    cloud: dict[str, int] | None = None
+    if services:
+        from hierfl.cloud.service import CloudService  # noqa: PLC0415
+        from hierfl.fog.service import FogService  # noqa: PLC0415
+
+        for s in services:
+            if isinstance(s, CloudService):
+                cloud = {k: int(n) for k, n in s.metrics.rejected.items()}
+            elif isinstance(s, FogService):
+                fogs[s.settings.fog_id] = {k: int(n) for k, n in s.metrics.rejected.items()}
+    return {
+        "signing": cfg.signed,
+        "mqtt_tls": cfg.mqtt_tls,
+        "mqtt_client_certificates": cfg.mqtt_tls,
+        # Tansu speaks PLAINTEXT only: fog <-> cloud frames are signed, not encrypted.
+        "kafka_tls": False,
+        "pki": str(setup.prov.out) if setup.prov is not None else None,
+        "signed_versions": _newest_version_signed(cfg.out / "store"),
+        "rejected": {"fogs": fogs, "cloud": cloud},
+    }
+
+
+def _newest_version_signed(store_dir: Path) -> bool | None:
+    """``lineage.signed`` of the newest checkpoint (None: no checkpoint, or unreadable)."""
+    from hierfl.errors import HierflError  # noqa: PLC0415
+    from hierfl.model.store import ModelStore  # noqa: PLC0415
+
+    try:
+        store = ModelStore(store_dir, create=False)
+        versions = store.versions()
+        if not versions:
+            return None
+        lineage = store.read_record(versions[-1]).get("lineage")
+    except (HierflError, OSError):
+        return None
+    return bool(lineage.get("signed")) if isinstance(lineage, dict) else None
+
+
 def _report(cfg: SimConfig, observer: Observer, wall: float, cloud_rss: float | None,
-            fog_rss: dict[str, float], *, stopped: str | None = None) -> dict[str, Any]:
+            fog_rss: dict[str, float], security: dict[str, Any], *,
+            stopped: str | None = None) -> dict[str, Any]:
     rounds = [asdict(r) for r in observer.records]
     rejected: Counter[str] = Counter()
     for r in observer.records:
@@ -427,6 +669,7 @@ def _report(cfg: SimConfig, observer: Observer, wall: float, cloud_rss: float | 
         # None: every round ran; "interrupted" (Ctrl-C, SIGTERM) or "stalled": a partial report
         "stopped": stopped,
         "config": config,
+        "security": security,
         "initial_accuracy": observer.initial[0] if observer.initial else None,
         "rounds": rounds,
         "totals": {

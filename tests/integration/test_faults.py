@@ -27,6 +27,7 @@ from tests.integration.fed import (
     Topology,
     make_edges,
     make_fogs,
+    provision_topo,
     running,
     settings_for,
     spy_updates,
@@ -128,6 +129,7 @@ async def test_hostile_frames_are_rejected_and_counted(
         mqtt_broker.url, kafka_broker.bootstrap, unique_id, topo, tmp_path / "store",
         tmp_path / "init.npz", versions=1,
         fog_overrides={"limits": {"max_body_bytes": 8 << 20}},
+        signed=False,  # the decoder's own defences; signed attacks: tests/integration/test_trust.py
     )
     cloud = CloudService(cloud_s)
     (fog,) = make_fogs(fog_s)
@@ -202,12 +204,17 @@ async def test_fog_killed_mid_round_gets_updates_sent_while_down(
     what edges published while it was down (persistent MQTT session)."""
     topo = Topology({"north": ["n0", "n1", "n2"]})
     write_initial(tmp_path / "init.npz")
+    pki = provision_topo(tmp_path / "pki", unique_id, topo)
     cloud_s, _, edge_s = settings_for(
         mqtt_broker.url, kafka_broker.bootstrap, unique_id, topo, tmp_path / "store",
-        tmp_path / "init.npz", versions=1,
+        tmp_path / "init.npz", versions=1, pki=pki,
     )
     fed = unique_id
+    kit = pki.fog_kit("north")
     env = {
+        "HIERFL_SECURITY__KEY_FILE": str(kit / "signing.key"),
+        "HIERFL_SECURITY__TRUST_BUNDLE": str(pki.trust_bundle),
+        "HIERFL_SECURITY__STATE_DIR": str(kit / "state"),
         "HIERFL_FEDERATION": fed, "HIERFL_FOG_ID": "north",
         "HIERFL_MQTT__URL": mqtt_broker.url, "HIERFL_KAFKA__BOOTSTRAP": kafka_broker.bootstrap,
         "HIERFL_MIN_UPDATES": "3", "HIERFL_ROUND_TIMEOUT_S": "60", "HIERFL_LOG_LEVEL": "DEBUG",
@@ -301,7 +308,11 @@ async def test_cloud_restart_resumes_and_never_reapplies(
     async with spy_updates(mqtt_broker.url, unique_id, list(topo.fogs)) as spy:
         async with running(cloud2, *fogs, *edges):
             await wait_for(cloud2.finished.is_set, 60)
-    assert cloud2.metrics.rejected["validation.stale"] == 4  # 2 fogs x versions 0 and 1
+    # 2 fogs x versions 0 and 1: refused by their signed counters (below those checkpointed
+    # with v2), or, if a counter passes, as stale
+    refused = cloud2.metrics.rejected
+    assert refused.get("wire.replay", 0) + refused.get("validation.stale", 0) == 4
+    assert refused.get("wire.replay", 0) == 4
     assert store.versions() == [0, 1, 2, 3]
     ups = [u for u in spy.updates if u.base_version == 2]
     np.testing.assert_allclose(store.load(3).weights, expected_next(v2.astype(np.float64), ups, 1),

@@ -23,7 +23,7 @@ import zstandard
 
 from hierfl import topics
 from hierfl.cloud.service import CloudService
-from hierfl.config import EdgeSettings, FogSettings, KafkaSettings
+from hierfl.config import EdgeSettings, FogSettings, KafkaSettings, SecuritySettings
 from hierfl.edge import EdgeClient
 from hierfl.model import ModelStore
 from hierfl.model.torch_adapter import model_to_vector
@@ -34,7 +34,9 @@ from hierfl.wire.downlink import Downlink
 from tests.integration.fed import (
     Topology,
     make_fogs,
+    provision_topo,
     running,
+    security_for,
     settings_for,
     spy_updates,
     tiny_model,
@@ -112,16 +114,22 @@ async def test_per_link_codecs_and_downlink_deltas(mqtt_broker, kafka_broker, un
     topo = Topology({"north": ["n0", "n1"], "south": ["s0", "s1"]})
     initial = tmp_path / "init.npz"
     write_initial(initial, wide_model)
+    # n2 joins later: it is provisioned (has a key in the trust bundle) from the start
+    pki = provision_topo(tmp_path / "pki", fed,
+                         Topology({"north": ["n0", "n1", "n2"], "south": ["s0", "s1"]}))
     cloud_s, fog_s, edge_s = settings_for(
         mqtt_broker.url, kafka_broker.bootstrap, fed, topo, tmp_path / "store", initial,
-        versions=VERSIONS,
+        versions=VERSIONS, pki=pki,
         fog_overrides={"cloud_codec": "int8", "model_codec": "fp16", "downlink_delta": True},
         cloud_overrides={"model_codec": "fp16"},
     )
     # n1 leaves after two updates; n2 joins north afterwards and starts from the full model
     edge_s = [s.model_copy(update={"codec": "topk:fraction=0.3"}) for s in edge_s]
     edge_s[1] = edge_s[1].model_copy(update={"max_rounds": 2})
-    late_s = edge_s[1].model_copy(update={"edge_id": "n2", "max_rounds": None})
+    late_s = edge_s[1].model_copy(update={
+        "edge_id": "n2", "max_rounds": None,
+        "security": SecuritySettings(**security_for(pki, "edge/north/n2")),
+    })
     cloud = CloudService(cloud_s)
     fogs = make_fogs(fog_s)
     edges = [EdgeClient(s, tiny_task(i, model=wide_model)) for i, s in enumerate(edge_s)]
@@ -220,7 +228,8 @@ async def test_edge_that_misses_a_model_resyncs_from_the_retained_one(mqtt_broke
     fed = unique_id
     fog_s = FogSettings.load(fog_id="g", federation=fed, mqtt={"url": mqtt_broker.url})
     edge_s = EdgeSettings.load(federation=fed, fog_id="g", edge_id="e",
-                               mqtt={"url": mqtt_broker.url})
+                               mqtt={"url": mqtt_broker.url},
+                               security={"signing": "off"})  # the "fog" here signs nothing
     edge = EdgeClient(edge_s, tiny_task(0))
     dl = Downlink(codec="fp16", delta=True, max_params=10_000)
     weights = model_to_vector(tiny_model())

@@ -29,7 +29,9 @@ from hierfl.wire.chunking import CHUNK_HEADER_SIZE
 from tests.integration.fed import (
     Topology,
     make_fogs,
+    provision_topo,
     running,
+    security_for,
     settings_for,
     spy_updates,
     wait_for,
@@ -235,16 +237,19 @@ async def test_federation_over_a_128kb_broker(small_broker, kafka_broker, unique
     fed = unique_id
     mqtt = {"url": small_broker.url, "max_packet_bytes": AWS_LIMIT}
     write_initial(tmp_path / "init.npz", wide_model)
+    topo = Topology({"north": ["n0", "n1"]})
+    pki = provision_topo(tmp_path / "pki", fed, Topology({"north": ["n0", "n1", "n2"]}))
     cloud_s, (fog_s,), _ = settings_for(
-        small_broker.url, kafka_broker.bootstrap, fed, Topology({"north": ["n0", "n1"]}),
+        small_broker.url, kafka_broker.bootstrap, fed, topo,
         tmp_path / "store", tmp_path / "init.npz", versions=1, fog_overrides={"mqtt": mqtt},
+        pki=pki,
     )
     cloud = CloudService(cloud_s)
     (fog,) = make_fogs([fog_s])
 
     def edge(name: str, index: int, rounds: int | None = 1) -> EdgeClient:
         s = EdgeSettings.load(federation=fed, fog_id="north", edge_id=name, mqtt=mqtt,
-                              max_rounds=rounds)
+                              max_rounds=rounds, security=security_for(pki, f"edge/north/{name}"))
         return EdgeClient(s, wide_task(index))
 
     async with (

@@ -73,7 +73,7 @@ def test_example_fog_and_cloud_configs_agree() -> None:
     fog = FogSettings.load(ROOT / "fog" / "fog.toml")
     cloud = CloudSettings.load(ROOT / "cloud" / "cloud.toml")
     assert fog.fog_id == edge.fog_id
-    assert edge.edge_id in fog.allowed_edges
+    assert not fog.allowed_edges or edge.edge_id in fog.allowed_edges
     assert fog.fog_id in cloud.fogs
     assert fog.kafka.chunk_bytes < 1_048_588  # stock Kafka message.max.bytes
     make_aggregator(fog.aggregator, fog.aggregator_params)
@@ -340,7 +340,7 @@ def test_longest_id_is_valid() -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["http://broker:1883", "mqtts://broker:8883", "broker:1883", "mqtt://", "mqtt://:1883",
+    ["http://broker:1883", "broker:1883", "mqtt://", "mqtt://:1883",
      "mqtt://broker:99999", "mqtt://broker:port", "tcp://broker", ""],
 )
 def test_bad_mqtt_url(url: str, clean_env: pytest.MonkeyPatch) -> None:

@@ -38,7 +38,7 @@ def tiny_task() -> SupervisedTask:
 def edge(**overrides: Any) -> EdgeClient:
     torch.set_num_threads(1)
     settings = EdgeSettings.load(federation="fed", fog_id="fog0", edge_id="e0",
-                                 **{"codec": CODEC, **overrides})
+                                 **{"codec": CODEC, "security": {"signing": "off"}, **overrides})
     return EdgeClient(settings, tiny_task())
 
 

@@ -36,7 +36,7 @@ def tiny_task() -> SupervisedTask:
 
 def settings(**task_options: object) -> EdgeSettings:
     return EdgeSettings.load(federation="fed", fog_id="fog0", edge_id="bad0",
-                             task_options=task_options)
+                             task_options=task_options, security={"signing": "off"})
 
 
 def model_frame() -> ModelFrame:

@@ -189,7 +189,7 @@ def _valid() -> bytes:
         pytest.param(b"hflw" + _valid()[4:], id="magic-is-case-sensitive"),
         pytest.param(_valid()[:4] + bytes([3]) + _valid()[5:], id="version-3"),
         pytest.param(_valid()[:4] + bytes([0]) + _valid()[5:], id="version-0"),
-        pytest.param(_valid()[:5] + bytes([0x03]) + _valid()[6:], id="flag-bit-1"),
+        pytest.param(_valid()[:5] + bytes([0x05]) + _valid()[6:], id="flag-bit-2"),
         pytest.param(_valid()[:5] + bytes([0x81]) + _valid()[6:], id="flag-bit-7"),
         pytest.param(_valid()[:6] + b"\x01\x00" + _valid()[8:], id="reserved-nonzero"),
     ],
