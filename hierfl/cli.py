@@ -158,6 +158,15 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def _register_security() -> None:
+    """``hierfl provision`` (startup kits) and ``hierfl audit`` (model lineage)."""
+    from hierfl.audit.cli import audit_app  # noqa: PLC0415
+    from hierfl.provision.cli import provision_app  # noqa: PLC0415
+
+    app.add_typer(provision_app, name="provision")
+    app.add_typer(audit_app, name="audit")
+
+
 def _register_optional() -> None:
     """Attach commands whose modules need the ``sim`` extra (registered lazily)."""
     try:
@@ -169,6 +178,7 @@ def _register_optional() -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    _register_security()
     _register_optional()
     try:
         app()

@@ -483,9 +483,15 @@ class FogSettings(_TierSettings):
         1, ge=1, description="fewest updates aggregated at the deadline; fewer skips the round"
     )
     k2: int = Field(1, ge=1, le=10_000, description="fog rounds per cloud round (HierFAVG)")
-    aggregator: str = Field("fedavg", description="aggregation rule (see docs/robustness.md)")
+    aggregator: str = Field(
+        "clipped_trimmed_mean", description="aggregation rule (see docs/robustness.md); the "
+        "default clips norms, then mixes and trims against one Byzantine edge per round, and "
+        "still closes rounds of 1-2 edges"
+    )
     aggregator_params: dict[str, Any] = Field(default_factory=dict)
-    max_samples: int = Field(1_000_000, ge=1, description="largest claimed sample count accepted")
+    max_samples: int = Field(
+        100_000, ge=1, description="largest claimed sample count accepted (larger: refused)"
+    )
     max_norm: float | None = Field(None, gt=0, description="reject updates with a larger L2 norm")
     adaptive_norm_multiplier: float | None = Field(
         None, gt=0, description="reject norms above this x the running median of accepted norms"

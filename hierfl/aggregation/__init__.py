@@ -13,6 +13,7 @@ submodule of the same name, breaking ``import hierfl.aggregation.median as m`` a
 from __future__ import annotations
 
 from hierfl.aggregation.base import AGGREGATORS, Aggregator, check_inputs, make_aggregator
+from hierfl.aggregation.clipped_trimmed import ClippedTrimmedMean
 from hierfl.aggregation.fedavg import FedAvg, capped_weights
 from hierfl.aggregation.geometric_median import GeometricMedian
 from hierfl.aggregation.krum import Krum, MultiKrum, krum_scores
@@ -35,6 +36,7 @@ from hierfl.aggregation.validation import (
 __all__ = [
     "AGGREGATORS",
     "Aggregator",
+    "ClippedTrimmedMean",
     "FedAvg",
     "GeometricMedian",
     "Krum",

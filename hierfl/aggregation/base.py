@@ -24,6 +24,7 @@ median             no: every update counts once
 trimmed_mean       no: every update counts once
 krum               no: every update counts once
 geometric_median   no: every update counts once
+clipped_trimmed_mean no: every update counts once (the fog's default)
 ================== ==================================================================
 
 Nearest-neighbour mixing (``nnm_f`` on median, trimmed_mean, krum, multikrum and
@@ -41,6 +42,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from hierfl.aggregation._common import check_inputs
+from hierfl.aggregation.clipped_trimmed import ClippedTrimmedMean
 from hierfl.aggregation.fedavg import FedAvg
 from hierfl.aggregation.geometric_median import GeometricMedian
 from hierfl.aggregation.krum import Krum, MultiKrum
@@ -90,7 +92,8 @@ class Aggregator(Protocol):
 
 AGGREGATORS: dict[str, type[Aggregator]] = {
     cls.name: cls
-    for cls in (FedAvg, Median, TrimmedMean, Krum, MultiKrum, GeometricMedian, NormBounded)
+    for cls in (FedAvg, Median, TrimmedMean, Krum, MultiKrum, GeometricMedian, NormBounded,
+                ClippedTrimmedMean)
 }
 
 

@@ -18,6 +18,7 @@ NAMES = [
     "multikrum",
     "geometric_median",
     "norm_bounded",
+    "clipped_trimmed_mean",
 ]
 
 
