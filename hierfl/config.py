@@ -305,6 +305,7 @@ class _TierSettings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         frozen=True,
+        hide_input_in_errors=True,  # a rejected value may be a password
     )
     tier: ClassVar[str] = ""
 

@@ -126,7 +126,7 @@ def edge_proof_of(entry: dict[str, Any]) -> EdgeProof:
 def _historical(trust: TrustStore) -> TrustStore:
     """``trust`` without its revocations: a signature made before a revocation stays valid."""
     # TrustStore has no accessor for its parties yet; the audit is their only outside reader.
-    parties = {pid: p.public_key for pid, p in trust._parties.items()}
+    parties = {pid: p.public_key for pid, p in trust.parties().items()}
     return TrustStore.from_parties(parties, trust.federation)
 
 

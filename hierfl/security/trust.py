@@ -274,6 +274,17 @@ class TrustStore:
             raise RevokedError(f"signer {pid!r} is revoked")
         return party
 
+    def parties(self) -> dict[str, Party]:
+        """Every party of the bundle, revoked ones included (a signature made before a
+        revocation stays verifiable history: ``hierfl audit``)."""
+        self.refresh()
+        return dict(self._parties)
+
+    def revoked(self) -> frozenset[str]:
+        """Party ids on the revocation list."""
+        self.refresh()
+        return self._revoked
+
     def is_revoked(self, pid: str) -> bool:
         """Whether ``pid`` is on the revocation list."""
         self.refresh()
