@@ -8,7 +8,13 @@ from typing import Annotated
 
 import typer
 
+from hierfl.aggregation import AGGREGATORS
+
 __all__ = ["register"]
+
+# The registry itself, so that --help never misses a rule. (Module level: typer evaluates the
+# postponed annotations below in this module's namespace.)
+_RULES = ", ".join(AGGREGATORS)
 
 _SECURITY_LINE = {
     "signed": "security: frames signed and verified (keys in {pki}); MQTT and Kafka "
@@ -55,8 +61,7 @@ def register(app: typer.Typer) -> None:
         ] = True,
         aggregator: Annotated[
             str,
-            typer.Option(help="fog aggregation rule: fedavg, median, trimmed_mean, krum, "
-                         "multikrum, geometric_median, norm_bounded (docs/robustness.md)"),
+            typer.Option(help=f"fog aggregation rule: {_RULES} (docs/robustness.md)"),
         ] = "fedavg",
         aggregator_params: Annotated[
             str, typer.Option(help='JSON params of the rule, e.g. {"beta": 0.2, "nnm_f": 1}')

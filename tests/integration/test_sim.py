@@ -26,6 +26,8 @@ ROUND_FIELDS = {
 
 
 async def test_inprocess_sim_learns_and_reports(mqtt_broker, kafka_broker, tmp_path, unique_id):
+    """The default run is provisioned and signed: every update passes the fogs' and the cloud's
+    signature checks (nothing rejected) and the cloud's versions record a signed lineage."""
     cfg = SimConfig(
         scenario="digits", fogs=2, edges=6, rounds=3, k1=2, mode="inprocess",
         mqtt_url=mqtt_broker.url, kafka_bootstrap=kafka_broker.bootstrap, out=tmp_path,
@@ -48,6 +50,14 @@ async def test_inprocess_sim_learns_and_reports(mqtt_broker, kafka_broker, tmp_p
     assert accs[-1] > report["initial_accuracy"]
     assert set(report["totals"]) >= {"wall_s", "median_round_s", "edge_fog_bytes", "rejected"}
     assert Path(report["plot_path"]).stat().st_size > 1000
+    sec = on_disk["security"]
+    assert sec == {
+        "signing": True, "mqtt_tls": False, "mqtt_client_certificates": False,
+        "kafka_tls": False, "pki": str((tmp_path / "pki").resolve()), "signed_versions": True,
+        "rejected": {"fogs": {"fog0": {}, "fog1": {}}, "cloud": {}},
+    }
+    key = tmp_path / "pki" / "kits" / "edge-fog1-e005" / "signing.key"
+    assert key.stat().st_mode & 0o077 == 0
 
 
 def test_sim_processes_cli_leaves_nothing_running(tmp_path):
@@ -60,8 +70,14 @@ def test_sim_processes_cli_leaves_nothing_running(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "final accuracy" in proc.stdout
+    assert "security: frames signed and verified" in proc.stdout
     report = json.loads((tmp_path / "report.json").read_text())
     assert len(report["rounds"]) == 2
+    # signed by default: each tier process got its kit's key (HIERFL_SECURITY__*)
+    assert report["security"]["signing"] is True
+    assert report["security"]["signed_versions"] is True
+    assert report["security"]["rejected"]["fogs"] == {"fog0": {}, "fog1": {}}
+    assert all(r["accepted"] == 4 and r["rejected"] == {} for r in report["rounds"])
     # each tier was its own process: the cloud's and every fog's peak memory were read
     assert report["cloud_peak_rss_mb"] > 10
     assert set(report["fog_peak_rss_mb"]) == {"fog0", "fog1"}
