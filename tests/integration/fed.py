@@ -150,6 +150,9 @@ def settings_for(
             **common, "fog_id": f, "mqtt": {"url": mqtt_url}, "kafka": {"bootstrap": bootstrap},
             "security": security_for(prov, f"fog/{f}"),
             "min_updates": len(es), "round_timeout_s": 30, "k2": k2, "resume_wait_s": 0.3,
+            # FedAvg, so tests can check the aggregate against numpy; the fog's default rule
+            # (clipped_trimmed_mean) has tests of its own
+            "aggregator": "fedavg",
             **(fog_overrides or {}),
         })
         for f, es in topo.fogs.items()
