@@ -146,12 +146,16 @@ def split_signed(data: bytes | memoryview) -> tuple[memoryview, memoryview | Non
     frame is not signed (flag bit 1 clear). Checks only the framing, not the signature.
 
     Raises:
-        WireFormatError: if the header is short or the signature block's length is not
-            plausible.
+        WireFormatError: if the header is short, not a hierfl header (UnsupportedVersionError),
+            or the signature block's length is not plausible (SignatureError).
     """
     view = memoryview(data)
     if len(view) < HEADER_SIZE:
         raise WireFormatError(f"frame of {len(view)} bytes is shorter than the header")
+    if view[:4] != MAGIC:
+        raise UnsupportedVersionError(f"bad magic {bytes(view[:4])!r}: not a hierfl frame")
+    if view[4] not in _VERSIONS:
+        raise UnsupportedVersionError(f"format version {view[4]} is not supported (want 1 or 2)")
     if not view[5] & FLAG_SIGNED:
         return view, None
     if len(view) < HEADER_SIZE + _TRAILER_LEN.size:

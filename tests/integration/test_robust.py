@@ -190,10 +190,12 @@ async def test_weighting_attack_is_capped_by_fedavg_max_weight_fraction(
 ):
     _, agg, store, good, lie = await run_weighting(
         mqtt_broker, kafka_broker, unique_id, tmp_path,
-        {"aggregator": "fedavg", "aggregator_params": {"max_weight_fraction": 0.25}},
+        # max_samples raised to admit the lie (the default, 100,000, refuses it)
+        {"aggregator": "fedavg", "aggregator_params": {"max_weight_fraction": 0.25},
+         "max_samples": 10**6},
     )
 
-    assert "nbad" in agg.contributors  # accepted: 10**6 is within max_samples
+    assert "nbad" in agg.contributors  # accepted: 10**6 is within this max_samples
     ups = sorted([*good, lie], key=lambda u: u.edge_id)  # the fog's (sorted) order
     claims = np.array([u.num_samples for u in ups], np.float64)
     shares = capped_weights(claims, max_weight_fraction=0.25)
@@ -208,7 +210,8 @@ async def test_weighting_attack_is_ignored_by_the_median(
     mqtt_broker, kafka_broker, unique_id, tmp_path
 ):
     _, agg, _, good, lie = await run_weighting(
-        mqtt_broker, kafka_broker, unique_id, tmp_path, {"aggregator": "median"},
+        mqtt_broker, kafka_broker, unique_id, tmp_path,
+        {"aggregator": "median", "max_samples": 10**6},
     )
 
     assert "nbad" in agg.contributors
