@@ -293,6 +293,19 @@ async def test_forged_aggregates_and_global_models_on_kafka_are_refused(
     assert np.abs(store.load(1).weights - store.load(0).weights).max() < 10
     report = verify_store(tmp_path / "store", TrustStore(prov.trust_bundle, fed), fed)
     assert report.ok, report.first_bad
+    # the audit catches one flipped byte in a checkpoint, and one edited metadata record
+    weights = tmp_path / "store" / "v00000002.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x01
+    weights.write_bytes(bytes(data))
+    bad = verify_store(tmp_path / "store", TrustStore(prov.trust_bundle, fed), fed).first_bad
+    assert bad is not None and bad.version == 2
+    weights.write_bytes(bytes(data[:-5]) + bytes([data[-5] ^ 0x01]) + bytes(data[-4:]))
+    assert verify_store(tmp_path / "store", TrustStore(prov.trust_bundle, fed), fed).ok
+    record = tmp_path / "store" / "v00000003.json"
+    record.write_text(record.read_text().replace('"n1"', '"ghost"', 1))
+    bad = verify_store(tmp_path / "store", TrustStore(prov.trust_bundle, fed), fed).first_bad
+    assert bad is not None and bad.version == 3
 
 
 async def test_forged_fog_models_are_refused_by_edges(
