@@ -37,12 +37,18 @@ import numpy as np
 
 from hierfl import __version__
 from hierfl.config import CloudSettings, EdgeSettings, FogSettings, KafkaSettings, MqttSettings
-from hierfl.errors import BrokerUnavailableError, ConfigError
+from hierfl.errors import BrokerUnavailableError
 from hierfl.sim.observer import Observer, RoundRecord
+from hierfl.sim.pki import (
+    mqtt_section,
+    newest_version_signed,
+    provision_sim,
+    security_section,
+    tls_material,
+)
 
 if TYPE_CHECKING:
     from hierfl.provision import Provisioned
-    from hierfl.sim.brokers import MqttTls
 
 __all__ = [
     "SECURITY_MODES",
@@ -58,9 +64,6 @@ log = logging.getLogger(__name__)
 
 SimSecurity = Literal["signed", "secure", "insecure"]
 SECURITY_MODES: tuple[SimSecurity, ...] = ("signed", "secure", "insecure")
-#: TLS client-certificate CN (and MQTT username) of the sim's observer, which has no party id:
-#: it may read the federation's MQTT topics (an ACL block of its own) and sign nothing.
-OBSERVER_USER = "sim-observer"
 _BROKER_ATTEMPTS = 3
 
 SCENARIO_TASKS = {
@@ -220,51 +223,13 @@ def _task_options(cfg: SimConfig, index: int) -> dict[str, Any]:
     return opts
 
 
+def _sim_fogs(cfg: SimConfig) -> dict[str, tuple[str, ...]]:
+    """Fog id -> its edge ids, as provisioned."""
+    return {f: tuple(_edge_id(i) for i in idx) for f, idx in cfg.topology().items()}
+
+
 def _edge_id(index: int) -> str:
     return f"e{index:03d}"
-
-
-def _provision(cfg: SimConfig, *, mqtt_url: str, bootstrap: str, tls: bool) -> Provisioned:
-    """Keys, trust files and kits of the sim's topology in ``<out>/pki`` (replaced every run).
-
-    Without TLS this costs about a millisecond per party; with TLS a CA, certificates and the
-    mosquitto ACL are made too.
-    """
-    from hierfl.provision import ProjectSpec, provision  # noqa: PLC0415
-
-    spec = ProjectSpec(
-        federation=cfg.federation,
-        fogs={f: tuple(_edge_id(i) for i in idx) for f, idx in cfg.topology().items()},
-        mqtt_hosts=("127.0.0.1", "localhost"), mqtt_url=mqtt_url, kafka_bootstrap=bootstrap,
-    )
-    return provision(spec, cfg.out.resolve() / "pki", tls=tls, force=True)
-
-
-def _security(prov: Provisioned | None, party: str) -> dict[str, Any]:
-    """The whole ``security`` section of ``party``: from its kit, or signatures off.
-
-    Every field is given, None included: a field left out would be filled from a
-    ``HIERFL_SECURITY__*`` variable of this process's environment.
-    """
-    sec: dict[str, Any] = {"signing": "off", "key_file": None, "trust_bundle": None,
-                           "revocation_list": None, "state_dir": None}
-    if prov is None:
-        return sec
-    kit = prov.kit(party)
-    sec.update(signing="required", key_file=kit / "signing.key",
-               trust_bundle=kit / "trust.json", revocation_list=kit / "revoked.json")
-    if party.startswith("fog/"):
-        sec["state_dir"] = kit / "state"  # replay counters
-    return sec
-
-
-def _mqtt(url: str, prov: Provisioned | None, party: str) -> dict[str, Any]:
-    """The ``mqtt`` connection of ``party``: with TLS, its kit's CA and client certificate."""
-    if prov is None or not prov.tls:
-        return {"url": url}
-    kit = prov.kit(party)
-    return {"url": url, "ca_file": kit / "ca.crt", "cert_file": kit / "client.crt",
-            "key_file": kit / "client.key", "key_password": None, "tls_server_name": None}
 
 
 def _tier_settings(
@@ -275,13 +240,13 @@ def _tier_settings(
         federation=cfg.federation, kafka={"bootstrap": bootstrap}, fogs=list(topo),
         min_fogs=len(topo), round_timeout_s=cfg.round_timeout_s,
         store_dir=cfg.out / "store", initial_model=cfg.out / "initial.npz",
-        max_versions=cfg.rounds, aggregator="fedavg", security=_security(prov, "cloud"),
+        max_versions=cfg.rounds, aggregator="fedavg", security=security_section(prov, "cloud"),
     )
     fogs = []
     for fog, idx in topo.items():
         fogs.append(FogSettings.load(
-            federation=cfg.federation, fog_id=fog, mqtt=_mqtt(mqtt_url, prov, f"fog/{fog}"),
-            security=_security(prov, f"fog/{fog}"),
+            federation=cfg.federation, fog_id=fog, mqtt=mqtt_section(mqtt_url, prov, f"fog/{fog}"),
+            security=security_section(prov, f"fog/{fog}"),
             kafka={"bootstrap": bootstrap}, min_updates=cfg.min_updates or len(idx),
             quorum=min(cfg.quorum or 1, cfg.min_updates or len(idx)), k2=cfg.k2,
             round_timeout_s=cfg.round_timeout_s, aggregator=cfg.aggregator,
@@ -291,8 +256,8 @@ def _tier_settings(
     edges = [
         EdgeSettings.load(
             federation=cfg.federation, fog_id=fog, edge_id=_edge_id(i),
-            mqtt=_mqtt(mqtt_url, prov, f"edge/{fog}/{_edge_id(i)}"),
-            security=_security(prov, f"edge/{fog}/{_edge_id(i)}"),
+            mqtt=mqtt_section(mqtt_url, prov, f"edge/{fog}/{_edge_id(i)}"),
+            security=security_section(prov, f"edge/{fog}/{_edge_id(i)}"),
             task=SCENARIO_TASKS[cfg.scenario],
             task_options=_task_options(cfg, i), local_epochs=cfg.k1, codec=cfg.codec,
             error_feedback=cfg.error_feedback,
@@ -395,20 +360,21 @@ async def _brokers(cfg: SimConfig) -> AsyncIterator[_Setup]:
             bootstrap = k.bootstrap
             info["kafka"] = f"tansu pid {k.pid} at {k.bootstrap} (PLAINTEXT: Tansu has no TLS)"
         if cfg.mqtt_tls:
-            setup = _start_tls_mqtt(cfg, stack, bootstrap, info)
+            setup = _start_tlsmqtt_section(cfg, stack, bootstrap, info)
         else:
             mqtt_url = cfg.mqtt_url
             if mqtt_url is None:
                 b = stack.enter_context(MqttBroker())
                 mqtt_url = b.url
                 info["mqtt"] = f"{b.kind} pid {b.pid} at {b.url}"
-            prov = (_provision(cfg, mqtt_url=mqtt_url, bootstrap=bootstrap, tls=False)
+            prov = (provision_sim(cfg.federation, _sim_fogs(cfg), cfg.out, mqtt_url=mqtt_url,
+                                  bootstrap=bootstrap, tls=False)
                     if cfg.signed else None)
             setup = _Setup(mqtt_url, bootstrap, info, prov, MqttSettings(url=mqtt_url))
         yield setup
 
 
-def _start_tls_mqtt(cfg: SimConfig, stack: contextlib.ExitStack, bootstrap: str,
+def _start_tlsmqtt_section(cfg: SimConfig, stack: contextlib.ExitStack, bootstrap: str,
                     info: dict[str, str]) -> _Setup:
     """Provision with TLS and start mosquitto on a free port with mutual TLS and the ACL.
 
@@ -420,8 +386,9 @@ def _start_tls_mqtt(cfg: SimConfig, stack: contextlib.ExitStack, bootstrap: str,
     for attempt in range(1, _BROKER_ATTEMPTS + 1):
         port = free_port()
         url = f"mqtts://{LOOPBACK}:{port}"
-        prov = _provision(cfg, mqtt_url=url, bootstrap=bootstrap, tls=True)
-        tls, observer = _tls_material(prov, url)
+        prov = provision_sim(cfg.federation, _sim_fogs(cfg), cfg.out, mqtt_url=url,
+                             bootstrap=bootstrap, tls=True)
+        tls, observer = tls_material(prov, url)
         broker = MqttBroker(port=port, tls=tls)
         try:
             stack.enter_context(broker)
@@ -434,52 +401,6 @@ def _start_tls_mqtt(cfg: SimConfig, stack: contextlib.ExitStack, bootstrap: str,
                         f"ACL from {prov.out})")
         return _Setup(url, bootstrap, info, prov, observer)
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _tls_material(prov: Provisioned, url: str) -> tuple[MqttTls, MqttSettings]:
-    """The TLS mosquitto of a provisioned sim, and the observer's MQTT settings.
-
-    The observer is no party of the federation: it gets a client certificate of its own
-    (CN ``sim-observer``, from the provisioned CA) and a read-only ACL block for the
-    federation's topics, appended to a copy of the provisioned ACL that only the sim's broker
-    uses. It needs no Kafka credentials (Tansu is PLAINTEXT).
-    """
-    from hierfl.provision import mosquitto_tls_conf  # noqa: PLC0415
-    from hierfl.provision.pki import cert_pem, issue_client, load_ca, private_pem  # noqa: PLC0415
-    from hierfl.sim.brokers import MqttTls  # noqa: PLC0415
-    from hierfl.topics import PREFIX  # noqa: PLC0415
-
-    ca = load_ca((prov.ca_dir / "ca.key").read_bytes(), prov.ca_cert.read_bytes())
-    issued = issue_client(ca, OBSERVER_USER)
-    folder = prov.out / OBSERVER_USER
-    folder.mkdir(mode=0o700)
-    key, crt = folder / "client.key", folder / "client.crt"
-    _write_private(key, private_pem(issued.key))
-    crt.write_bytes(cert_pem(issued.cert))
-    acl = folder / "acl"
-    provisioned_acl = (prov.mosquitto_dir / "acl").resolve()
-    acl.write_text(provisioned_acl.read_text() + (
-        f"\n# The sim's observer (hierfl.sim.observer): it reads, never writes.\n"
-        f"user {OBSERVER_USER}\ntopic read {PREFIX}/{prov.spec.federation}/#\n"
-    ))
-    acl.chmod(0o600)
-
-    def conf(port: int) -> str:
-        text = mosquitto_tls_conf(prov, port)
-        line = f"acl_file {provisioned_acl}"
-        if line not in text:
-            raise ConfigError(f"the TLS mosquitto configuration has no {line!r} to replace")
-        return text.replace(line, f"acl_file {acl.resolve()}")
-
-    observer = MqttSettings(url=url, ca_file=prov.ca_cert, cert_file=crt, key_file=key)
-    return MqttTls(conf, ca_file=prov.ca_cert, cert_file=crt, key_file=key), observer
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a new private key, created 0600 (never readable by others, not even briefly)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
 
 
 async def _run(cfg: SimConfig, on_round: Callable[[RoundRecord], None] | None,
@@ -634,25 +555,9 @@ def _security_report(cfg: SimConfig, setup: _Setup, observer: Observer,
         # Tansu speaks PLAINTEXT only: fog <-> cloud frames are signed, not encrypted.
         "kafka_tls": False,
         "pki": str(setup.prov.out) if setup.prov is not None else None,
-        "signed_versions": _newest_version_signed(cfg.out / "store"),
+        "signed_versions": newest_version_signed(cfg.out / "store"),
         "rejected": {"fogs": fogs, "cloud": cloud},
     }
-
-
-def _newest_version_signed(store_dir: Path) -> bool | None:
-    """``lineage.signed`` of the newest checkpoint (None: no checkpoint, or unreadable)."""
-    from hierfl.errors import HierflError  # noqa: PLC0415
-    from hierfl.model.store import ModelStore  # noqa: PLC0415
-
-    try:
-        store = ModelStore(store_dir, create=False)
-        versions = store.versions()
-        if not versions:
-            return None
-        lineage = store.read_record(versions[-1]).get("lineage")
-    except (HierflError, OSError):
-        return None
-    return bool(lineage.get("signed")) if isinstance(lineage, dict) else None
 
 
 def _report(cfg: SimConfig, observer: Observer, wall: float, cloud_rss: float | None,

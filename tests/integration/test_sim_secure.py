@@ -11,7 +11,8 @@ import pytest
 
 from hierfl.errors import ConfigError
 from hierfl.sim.brokers import MqttBroker
-from hierfl.sim.runner import OBSERVER_USER, SimConfig, run_sim_async
+from hierfl.sim.pki import OBSERVER_USER
+from hierfl.sim.runner import SimConfig, run_sim_async
 
 pytestmark = pytest.mark.integration
 

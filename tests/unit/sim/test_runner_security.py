@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from hierfl.sim.runner import SimConfig, _env, _provision, _tier_settings
+from hierfl.sim.pki import provision_sim
+from hierfl.sim.runner import SimConfig, _env, _sim_fogs, _tier_settings
 
 
 def _cfg(tmp_path: Path, **kw: object) -> SimConfig:
@@ -26,8 +27,8 @@ def hostile_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 @pytest.mark.usefixtures("hostile_env")
 def test_signed_tiers_get_their_kits_and_ignore_the_parent_env(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
-    prov = _provision(cfg, mqtt_url="mqtt://127.0.0.1:1883", bootstrap="127.0.0.1:9092",
-                      tls=False)
+    prov = provision_sim(cfg.federation, _sim_fogs(cfg), cfg.out, mqtt_url="mqtt://127.0.0.1:1883",
+                         bootstrap="127.0.0.1:9092", tls=False)
     assert prov.out == tmp_path.resolve() / "pki"
     cloud, fogs, edges = _tier_settings(cfg, "mqtt://127.0.0.1:1883", "127.0.0.1:9092", prov)
     assert cloud.security.signing == "required"
@@ -68,8 +69,8 @@ def test_insecure_turns_signing_off_everywhere(tmp_path: Path) -> None:
 
 def test_secure_tiers_connect_with_their_kit_certificates(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, security="secure")
-    prov = _provision(cfg, mqtt_url="mqtts://127.0.0.1:8883", bootstrap="127.0.0.1:9092",
-                      tls=True)
+    prov = provision_sim(cfg.federation, _sim_fogs(cfg), cfg.out, mqtt_url="mqtts://127.0.0.1:8883",
+                         bootstrap="127.0.0.1:9092", tls=True)
     cloud, fogs, edges = _tier_settings(cfg, "mqtts://127.0.0.1:8883", "127.0.0.1:9092", prov)
     assert cloud.kafka.security_protocol == "PLAINTEXT"  # Tansu: no TLS
     for s, party in [*((f, f"fog/{f.fog_id}") for f in fogs),
