@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 SimSecurity = Literal["signed", "secure", "insecure"]
 SECURITY_MODES: tuple[SimSecurity, ...] = ("signed", "secure", "insecure")
 _BROKER_ATTEMPTS = 3
+_SIM_RESEND_S = 15.0
 
 SCENARIO_TASKS = {
     "digits": "hierfl.sim.scenarios:digits_task",
@@ -252,6 +253,9 @@ def _tier_settings(
             round_timeout_s=cfg.round_timeout_s, aggregator=cfg.aggregator,
             aggregator_params=cfg.aggregator_params, resume_wait_s=0.2,
             model_codec=cfg.model_codec,
+            # Tansu has been seen to skip a chunk record under load (the cloud then waits for
+            # one fog's aggregate): re-send after seconds, not the deployed default of minutes
+            resend_after_s=_SIM_RESEND_S,
         ))
     edges = [
         EdgeSettings.load(
