@@ -28,13 +28,12 @@ from urllib.parse import urlsplit
 
 from hierfl import topics
 from hierfl.errors import ConfigError
+from hierfl.security.trust import edge_party, fog_party
 
 __all__ = [
     "CLOUD",
     "Party",
     "ProjectSpec",
-    "edge_party",
-    "fog_party",
     "load_project",
     "numbered_edges",
     "parse_party",
@@ -43,16 +42,6 @@ __all__ = [
 
 CLOUD = "cloud"
 _MAX_EDGES_PER_FOG = 100_000
-
-
-def fog_party(fog: str) -> str:
-    """Party id of fog ``fog``: ``fog/<fog>``."""
-    return f"fog/{fog}"
-
-
-def edge_party(fog: str, edge: str) -> str:
-    """Party id of edge ``edge`` of fog ``fog``: ``edge/<fog>/<edge>``."""
-    return f"edge/{fog}/{edge}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +158,16 @@ class ProjectSpec:
             )
         if self.min_fogs is not None and not 1 <= self.min_fogs <= len(self.fogs):
             raise ConfigError(f"min_fogs must be in 1..{len(self.fogs)}, got {self.min_fogs}")
+        kits: dict[str, str] = {}
+        for party in self.parties:
+            other = kits.setdefault(party.kit_name, party.id)
+            if other != party.id:
+                # ids may hold "-", the kit names' separator: fog "a-b" edge "c" and fog "a"
+                # edge "b-c" would share the folder edge-a-b-c (and one would overwrite the other)
+                raise ConfigError(
+                    f"{party.id} and {other} would share the startup kit folder "
+                    f"{party.kit_name!r}; rename one of them"
+                )
 
     @property
     def parties(self) -> tuple[Party, ...]:

@@ -14,7 +14,8 @@ from hierfl.provision import kafka, mosquitto, pki, trust
 from hierfl.provision._files import write_atomic, write_private
 from hierfl.provision.kits import KitMaterial, write_kit
 from hierfl.provision.layout import Provisioned, open_provisioned
-from hierfl.provision.project import Party, ProjectSpec, edge_party, parse_party
+from hierfl.provision.project import Party, ProjectSpec, parse_party
+from hierfl.security.trust import edge_party
 from hierfl.topics import check_id
 
 __all__ = ["add_edge", "provision", "revoke"]

@@ -88,3 +88,8 @@ def test_parse_party() -> None:
     for bad in ("edge/north", "fog/a/b", "nobody", "edge/n/x y"):
         with pytest.raises(ConfigError):
             parse_party(bad)
+
+
+def test_ids_whose_kit_folders_would_collide_are_refused() -> None:
+    with pytest.raises(ConfigError, match="share the startup kit folder"):
+        ProjectSpec(federation="city", fogs={"a-b": ("c",), "a": ("b-c",)})
