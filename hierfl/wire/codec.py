@@ -99,8 +99,8 @@ DEFAULT_LIMITS = DecodeLimits()
 class FrameSigner(Protocol):
     """What :func:`encode_frame` needs of a signer (:class:`hierfl.wire.signing.Signer`)."""
 
-    def signature_block(self, frame: Frame, signed: bytes) -> bytes:
-        """The signature block over ``signed`` (header + body) for ``frame``."""
+    def signature_block(self, frame: Frame, header: bytes, body: bytes) -> bytes:
+        """The signature block over ``header + body`` (the frame before the block)."""
         ...
 
 
@@ -134,11 +134,11 @@ def encode_frame(
     version = DELTA_FORMAT_VERSION if isinstance(frame, ModelDeltaFrame) else FORMAT_VERSION
     if signer is None:
         return _HEADER.pack(MAGIC, version, flags, 0, len(body)) + payload
-    signed = _HEADER.pack(MAGIC, version, flags | FLAG_SIGNED, 0, len(body)) + payload
-    block = signer.signature_block(frame, signed)
+    header = _HEADER.pack(MAGIC, version, flags | FLAG_SIGNED, 0, len(body))
+    block = signer.signature_block(frame, header, payload)
     if len(block) > MAX_SIG_BLOCK:
         raise WireFormatError(f"signature block of {len(block)} bytes exceeds {MAX_SIG_BLOCK}")
-    return b"".join((signed, block, _TRAILER_LEN.pack(len(block))))
+    return b"".join((header, payload, block, _TRAILER_LEN.pack(len(block))))
 
 
 def split_signed(data: bytes | memoryview) -> tuple[memoryview, memoryview | None]:

@@ -4,13 +4,14 @@ A signed frame (flag bit 1 of the header) ends with a signature block, a msgpack
 
     {"alg": "ed25519", "signer": "edge/north/n0", "kind": "update", "fed": "city",
      "fog": "north", "base": 7, "seq": 12, "ctr": 1733456789123456,
-     "h": sha256(header + body), "sig": <64 bytes>}
+     "h": blake3(header + body), "sig": <64 bytes>}
 
 followed by the block's length (u16, little-endian). The signature covers
 ``b"hierfl-sig-v1\\0" + msgpack([fed, kind, signer, fog, base, seq, ctr, h])``: the
 federation, the frame kind, the sender, its region, the base version and round/sequence,
-a per-sender monotonic counter, and the SHA-256 of everything before the block (header
-and compressed body; SHA-256 is about 2.6x faster than BLAKE2b here, SHA-NI).
+a per-sender monotonic counter, and ``h``, the 32-byte BLAKE3 hash of everything before the
+block (header and compressed body). BLAKE3 because hashing is the whole cost of signing a
+large frame: on a 3.7 MB update here it took 0.98 ms, SHA-256 4.9 ms, BLAKE2b 13 ms.
 
 The receiver (:class:`Verifier`) checks, in this order and before it decompresses a byte:
 the block's shape, the hash, the signer in the trust bundle and not revoked, the signer's
@@ -22,7 +23,7 @@ decoding, the frame's own fields must equal the signed claims. Docs: docs/securi
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import hmac
 import json
 import os
 import tempfile
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+from blake3 import blake3
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -57,6 +59,7 @@ __all__ = [
     "Verifier",
     "claims_of",
     "edge_proof",
+    "payload_hash",
     "signed_message",
     "verify_proof",
 ]
@@ -107,6 +110,11 @@ class SigBlock:
                        bytes.fromhex(d["sig"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise SignatureError(f"malformed signature record: {exc}") from exc
+
+
+def payload_hash(data: bytes | memoryview) -> bytes:
+    """``h`` of a frame: the 32-byte BLAKE3 hash of its bytes before the signature block."""
+    return blake3(data).digest()
 
 
 def signed_message(federation: str, kind: str, signer: str, fog: str, base: int, seq: int,
@@ -189,10 +197,12 @@ class Signer:
         return SigBlock(self.party_id, kind, self.federation, fog, base, seq, ctr,
                         payload_hash, self._key.sign(msg))
 
-    def signature_block(self, frame: Frame, signed: bytes) -> bytes:
-        """The block :func:`~hierfl.wire.codec.encode_frame` appends to ``signed``."""
+    def signature_block(self, frame: Frame, header: bytes, body: bytes) -> bytes:
+        """The block :func:`~hierfl.wire.codec.encode_frame` appends to ``header + body``."""
         kind, fog, base, seq = claims_of(frame)
-        sb = self.sign(kind, fog, base, seq, hashlib.sha256(signed).digest())
+        h = blake3(header)
+        h.update(body)
+        sb = self.sign(kind, fog, base, seq, h.digest())
         return msgpack.packb(
             {"alg": "ed25519", "signer": sb.signer, "kind": sb.kind, "fed": sb.federation,
              "fog": sb.fog, "base": sb.base, "seq": sb.seq, "ctr": sb.counter,
@@ -322,7 +332,7 @@ class Verifier:
         sb = _parse_block(block)
         if sb.federation != self.federation:
             raise SignatureError(f"frame signed for federation {sb.federation!r}")
-        if hashlib.sha256(signed).digest() != sb.payload_hash:
+        if not hmac.compare_digest(payload_hash(signed), sb.payload_hash):
             raise SignatureError("frame body does not match its signed hash")
         party = self.trust.get(sb.signer)  # SignerError / RevokedError
         if not _allowed(party.role, party.fog, sb.kind, sb.fog):

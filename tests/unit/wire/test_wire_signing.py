@@ -31,6 +31,7 @@ from hierfl.wire.signing import (
     Signer,
     Verifier,
     edge_proof,
+    payload_hash,
     verify_proof,
 )
 
@@ -152,11 +153,9 @@ def test_claims_must_match_the_frame(keys, trust) -> None:
     signed, block = split_signed(bytes(data))
     assert block is not None
     # re-sign the same bytes claiming another base version
-    import hashlib
-
     import msgpack
 
-    sb = s.sign("update", "north", 99, 7, hashlib.sha256(signed).digest())
+    sb = s.sign("update", "north", 99, 7, payload_hash(signed))
     forged = msgpack.packb({"alg": "ed25519", "signer": sb.signer, "kind": sb.kind,
                             "fed": sb.federation, "fog": sb.fog, "base": sb.base, "seq": sb.seq,
                             "ctr": sb.counter, "h": sb.payload_hash, "sig": sb.signature})
