@@ -571,6 +571,10 @@ class CloudSettings(_TierSettings):
         None, description="npz/safetensors with the version-0 weights (when the store is empty)"
     )
     aggregator: str = Field("fedavg", description="rule that combines fog aggregates")
+    max_samples_per_edge: int | None = Field(
+        100_000, ge=1, description="a fog aggregate may claim at most this many samples per "
+        "contributing edge (larger: refused); bounds a compromised fog's weight; None: no bound"
+    )
     aggregator_params: dict[str, Any] = Field(default_factory=dict)
     max_versions: int | None = Field(None, ge=1, description="stop after producing this version")
     keep_versions: int | None = Field(None, ge=1, description="prune older checkpoints")

@@ -40,6 +40,8 @@ class CloudRoundConfig:
     min_fogs: int = 1
     round_timeout_s: float = 60.0
     max_samples: int = 10**12
+    #: a fog may claim at most this many samples per contributing edge (None: no bound)
+    max_samples_per_edge: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +122,10 @@ class CloudRound:
             )
         if frame.fog_id in self._pending.frames:
             raise DuplicateUpdateError(f"aggregate {frame.aggregate_id} was already received")
-        checks.check_samples(frame.num_samples, 1, cfg.max_samples)
+        cap = cfg.max_samples
+        if cfg.max_samples_per_edge is not None:
+            cap = min(cap, cfg.max_samples_per_edge * len(frame.contributors))
+        checks.check_samples(frame.num_samples, 1, cap)
         checks.check_shape(frame.delta, self.weights.size)
         checks.check_finite(frame.delta)
         self._pending.frames[frame.fog_id] = frame

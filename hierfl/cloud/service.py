@@ -79,7 +79,7 @@ class CloudService:
                 "parent": None, "round": 0, "fogs": {}, "metrics": {}, "created_at": time.time(),
                 "lineage": {"aggregates": [], "signed": self.security.enabled},
                 "replay": {},
-            })
+            }, sign=None if self.security.signer is None else self.security.signer.sign_record)
             log.info("cloud: version 0 from %s (%d parameters)", settings.initial_model,
                      weights.size)
         else:
@@ -94,6 +94,7 @@ class CloudService:
                 fogs=frozenset(settings.fogs),
                 min_fogs=settings.min_fogs,
                 round_timeout_s=settings.round_timeout_s,
+                max_samples_per_edge=settings.max_samples_per_edge,
             ),
             make_aggregator(settings.aggregator, settings.aggregator_params),
             version=ckpt.version,
@@ -253,8 +254,10 @@ class CloudService:
             "replay": ({} if self.security.verifier is None
                        else self.security.verifier.replay.snapshot()),
         }
+        signer = self.security.signer
         ckpt = await asyncio.to_thread(
-            self.store.save, new.version, new.weights, self.round.layout, meta
+            self.store.save, new.version, new.weights, self.round.layout, meta,
+            sign=None if signer is None else signer.sign_record,
         )
         self._latest = ckpt
         self.metrics.inc("versions")
@@ -310,6 +313,8 @@ class CloudService:
 def _check_provenance(trust: TrustStore, frame: AggregateFrame) -> None:
     """A signed aggregate must prove each contributor: one signed update or more per edge,
     against this aggregate's base version, by an edge of this fog (no invented edge ids).
+    An edge revoked after its update was accepted still proves it: the fog enforces the
+    revocation list on what arrives; refusing a forwarded aggregate would stall the region.
 
     Raises:
         SignatureError: (or a subclass) naming the first problem.
@@ -321,7 +326,7 @@ def _check_provenance(trust: TrustStore, frame: AggregateFrame) -> None:
                 f"aggregate {frame.aggregate_id}: provenance of {proof.edge_id} is against "
                 f"v{proof.base_version}"
             )
-        verify_proof(trust, frame.federation, frame.fog_id, proof)
+        verify_proof(trust, frame.federation, frame.fog_id, proof, revoked_ok=True)
         proven.add(proof.edge_id)
     unproven = set(frame.contributors) - proven
     if unproven or proven - set(frame.contributors):

@@ -10,10 +10,13 @@ behind it (:class:`~hierfl.wire.frames.EdgeProof`)::
 
 :func:`verify_store` checks, version by version: the weights against the record's sha256,
 the record against its ``record_hash``, the chain to the previous version, and, given a
-trust bundle, every aggregate and edge signature. What it cannot check: the signed hashes
-cover the frames, which the store does not keep, so it proves *who* contributed to a version,
-not that the weights are the aggregate of exactly those frames; and the newest record, having
-no child, can be rewritten together with its ``record_hash`` by anyone with write access.
+trust bundle, every aggregate and edge signature and the cloud's signature of the record
+(``record_sig`` over ``record_hash``: a hash chain alone could be rewritten whole, from any
+version on, by anyone with write access to the store; signed records cannot be rewritten
+without the cloud's key). What it cannot check: the signed hashes cover the frames, which the
+store does not keep, so it proves *who* contributed to a version, not that the weights are the
+aggregate of exactly those frames; and deleting the newest versions leaves a valid, shorter
+store.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ from cryptography.exceptions import InvalidSignature
 
 from hierfl.errors import ConfigError, HierflError, SignatureError, SignerError, StoreError
 from hierfl.model.store import ModelStore, record_hash, weights_sha256
-from hierfl.security.trust import TrustStore, edge_party, fog_party
+from hierfl.security.trust import TrustStore, cloud_party, edge_party, fog_party
 from hierfl.wire.frames import EdgeProof
-from hierfl.wire.signing import SigBlock, _allowed, verify_proof
+from hierfl.wire.signing import RECORD_DOMAIN, SigBlock, _allowed, verify_proof
 
 __all__ = ["AuditReport", "VersionAudit", "edge_proof_of", "verify_store"]
 
@@ -149,6 +152,7 @@ class _Auditor:
         try:
             self._record(version, record)
             found = self._lineage(version, record)
+            self._record_sig(record)  # last: the reasons above say more about an edit
         except (_Bad, HierflError) as exc:
             found = VersionAudit(version, ok=False, reason=str(exc))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -188,6 +192,27 @@ class _Auditor:
             raise _Bad(f"chain broken: parent_record is not the record hash of v{pv}")
         if record.get("parent_sha256") != parent.get("sha256"):
             raise _Bad(f"chain broken: parent_sha256 is not the weights sha256 of v{pv}")
+
+    def _record_sig(self, record: dict[str, Any]) -> None:
+        """With a trust bundle, a signed federation's record must carry the cloud's signature
+        of its ``record_hash``."""
+        if self.history is None:
+            return
+        lineage = record.get("lineage")
+        sig = record.get("record_sig")
+        if sig is None:
+            if isinstance(lineage, dict) and lineage.get("signed") is True:
+                raise _Bad("record of a signed federation has no record_sig")
+            return
+        if not isinstance(sig, dict) or sig.get("signer") != cloud_party():
+            raise _Bad(f"record_sig is not the cloud's: {sig!r}"[:200])
+        try:
+            key = self.history.get(cloud_party()).public_key
+            key.verify(bytes.fromhex(sig["sig"]),
+                       RECORD_DOMAIN + bytes.fromhex(record["record_hash"]))
+        except (InvalidSignature, ValueError, KeyError, TypeError) as exc:
+            raise _Bad("record_sig does not verify with the cloud's key (record rewritten?)"
+                       ) from exc
 
     def _lineage(self, version: int, record: dict[str, Any]) -> VersionAudit:
         lineage = record.get("lineage")

@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,9 +71,14 @@ def canonical_json(obj: Any) -> bytes:
 
 
 def record_hash(record: dict[str, Any]) -> str:
-    """The sha256 hex of ``record``'s canonical JSON, its own ``record_hash`` left out."""
-    body = {k: v for k, v in record.items() if k != "record_hash"}
+    """The sha256 hex of ``record``'s canonical JSON, its own ``record_hash`` and
+    ``record_sig`` left out."""
+    body = {k: v for k, v in record.items() if k not in ("record_hash", "record_sig")}
     return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+#: Signs a record hash: ``(sha256 bytes) -> (signer party id, 64-byte Ed25519 signature)``.
+RecordSigner = Callable[[bytes], tuple[str, bytes]]
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -194,8 +200,14 @@ class ModelStore:
         weights: Float32Vector,
         layout: tuple[LayoutEntry, ...],
         meta: dict[str, Any],
+        *,
+        sign: RecordSigner | None = None,
     ) -> Checkpoint:
         """Write version ``version`` atomically, chained to ``version - 1``, and return it.
+
+        With ``sign`` (the cloud's key), the record also holds ``record_sig``: a signature of
+        ``record_hash``. A hash chain alone can be rewritten whole by whoever may write the
+        store; signed records cannot be rewritten without the cloud's key.
 
         The record is ``meta`` plus ``version``, ``sha256``, ``num_params``, ``layout``,
         ``weights_file``, ``parent_sha256``, ``parent_record`` and ``record_hash``. The
@@ -222,12 +234,16 @@ class ModelStore:
             parent_record=parent_rec,
         )
         full.pop("record_hash", None)
+        full.pop("record_sig", None)
         try:
             # Hash what a reader will parse (int keys become strings, tuples lists, ...).
             full = json.loads(json.dumps(full))
         except (TypeError, ValueError) as exc:
             raise StoreError(f"metadata of version {version} is not JSON: {exc}") from exc
         full["record_hash"] = record_hash(full)
+        if sign is not None:
+            signer, sig = sign(bytes.fromhex(full["record_hash"]))
+            full["record_sig"] = {"signer": signer, "sig": sig.hex()}
         try:
             fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".safetensors.tmp")
             os.close(fd)

@@ -52,6 +52,7 @@ from hierfl.wire.frames import (
 
 __all__ = [
     "DOMAIN",
+    "RECORD_DOMAIN",
     "ReplayGuard",
     "SigBlock",
     "Signer",
@@ -65,6 +66,8 @@ __all__ = [
 ]
 
 DOMAIN = b"hierfl-sig-v1\x00"
+#: Prefix of a signed model-store record hash (never valid as a frame signature).
+RECORD_DOMAIN = b"hierfl-record-v1\x00"
 _KINDS = ("update", "aggregate", "model", "model_delta")
 # Kinds whose repeats are harmless and expected (a retained model delivered again on every
 # subscribe): an equal counter passes, a lower one is a replay. Updates and aggregates must
@@ -188,6 +191,10 @@ class Signer:
         if self._state_path is not None:
             _atomic_write_text(self._state_path, str(ctr))
         return ctr
+
+    def sign_record(self, digest: bytes) -> tuple[str, bytes]:
+        """Sign a model-store record hash (:meth:`hierfl.model.store.ModelStore.save`)."""
+        return self.party_id, self._key.sign(RECORD_DOMAIN + digest)
 
     def sign(self, kind: str, fog: str, base: int, seq: int, payload_hash: bytes) -> SigBlock:
         """Sign explicit claims (see :func:`signed_message`)."""
@@ -385,14 +392,26 @@ def edge_proof(sb: SigBlock, edge_id: str) -> EdgeProof:
     return EdgeProof(edge_id, sb.base, sb.seq, sb.counter, sb.payload_hash, sb.signature)
 
 
-def verify_proof(trust: TrustStore, federation: str, fog: str, proof: EdgeProof) -> None:
+def verify_proof(trust: TrustStore, federation: str, fog: str, proof: EdgeProof, *,
+                 revoked_ok: bool = False) -> None:
     """Check an edge update's signature from what an aggregate carried about it.
+
+    Args:
+        revoked_ok: accept a party revoked since (the cloud: the fog applied the revocation
+            list when the update arrived; an aggregate already forwarded must not be refused
+            for an edge revoked afterwards, or its region would stall).
 
     Raises:
         SignatureError: (or a subclass) if it does not verify.
     """
     signer = f"edge/{fog}/{proof.edge_id}"
-    party = trust.get(signer)
+    if revoked_ok:
+        known = trust.parties().get(signer)
+        if known is None:
+            raise SignerError(f"signer {signer!r} is not in the trust bundle")
+        party = known
+    else:
+        party = trust.get(signer)
     msg = signed_message(federation, "update", signer, fog, proof.base_version,
                          proof.base_seq, proof.counter, proof.payload_hash)
     try:

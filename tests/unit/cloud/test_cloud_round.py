@@ -73,3 +73,17 @@ def test_replays_duplicates_and_strangers_are_refused():
     c.on_aggregate(agg("f2", 1.0), 0.0)
     with pytest.raises(StaleUpdateError):  # an aggregate against v0 after v1 exists
         c.on_aggregate(agg("f0", 1.0), 0.0)
+
+
+def test_a_fog_claiming_more_samples_than_its_edges_can_hold_is_refused() -> None:
+    from hierfl.errors import SampleCountError
+    from hierfl.wire.frames import AggregateFrame
+
+    cfg = CloudRoundConfig(federation="f", fogs=frozenset({"a"}), max_samples_per_edge=100)
+    r = CloudRound(cfg, lambda d, w: d[0], version=0, weights=np.zeros(3, np.float32),
+                   layout=())
+    big = AggregateFrame("f", "a", 0, 201, ("e0", "e1"), 1, np.ones(3, np.float32))
+    with pytest.raises(SampleCountError):
+        r.on_aggregate(big, 0.0)
+    ok = AggregateFrame("f", "a", 0, 200, ("e0", "e1"), 1, np.ones(3, np.float32))
+    assert r.on_aggregate(ok, 0.0) is not None

@@ -98,7 +98,7 @@ def build_store(
     fed = fed or Federation()
     store = ModelStore(root, **kw)
     for v in range(versions):
-        store.save(v, weights(v), LAYOUT, fed.meta(v))
+        store.save(v, weights(v), LAYOUT, fed.meta(v), sign=fed.signers["cloud"].sign_record)
     return fed
 
 

@@ -89,7 +89,12 @@ def test_edited_record_fails_its_record_hash(honest: tuple[Path, Federation]) ->
 def test_edited_and_rehashed_record_breaks_the_childs_link(honest: tuple[Path, Federation]) -> None:
     root, fed = honest
     rewrite(root, 1, lambda r: r.update(num_samples=10_000), rehash=True)
+    # with the bundle, the cloud's record signature catches the edited record itself
     version, reason = _first_bad(verify_store(root, fed.trust(), None))
+    assert version == 1
+    assert "record_sig" in reason
+    # the chain alone (no bundle) catches it at the child
+    version, reason = _first_bad(verify_store(root, None, None))
     assert version == 2
     assert "parent_record" in reason
 
@@ -123,6 +128,9 @@ def test_deleted_and_rewritten_version_breaks_the_chain(honest: tuple[Path, Fede
         (root / f"v00000002{suffix}").unlink()
     ModelStore(root).save(2, weights(2) * 2, LAYOUT, fed.meta(2))
     version, reason = _first_bad(verify_store(root, fed.trust(), None))
+    assert version == 2  # rewritten without the cloud's key: no record_sig
+    assert "record_sig" in reason
+    version, reason = _first_bad(verify_store(root, None, None))
     assert version == 3
     assert "chain broken" in reason
 
@@ -196,7 +204,7 @@ def test_unknown_signer_is_refused(tmp_path: Path) -> None:
     build_store(root, versions=3)
     others = Federation()  # same party ids, other keys
     version, reason = _first_bad(verify_store(root, others.trust(), None))
-    assert version == 1
+    assert version == 0  # v0's record is signed by a cloud key the other bundle lacks
     assert "does not verify" in reason or "bad signature" in reason
 
 
@@ -257,3 +265,29 @@ def test_report_keeps_walking_after_the_first_bad(honest: tuple[Path, Federation
     report = verify_store(root, fed.trust(), None)
     assert [v.ok for v in report.versions] == [True, False, True, True]
     assert json.loads((root / "v00000002.json").read_text())["version"] == 2
+
+
+def test_a_rewritten_and_rehashed_history_fails_without_the_clouds_key(tmp_path: Path) -> None:
+    """A hash chain alone can be rewritten whole from any version on; signed records cannot."""
+    fed = build_store(tmp_path, versions=4)
+
+    def edit(record: dict) -> None:
+        record["metrics"] = {"accuracy": 0.99}
+
+    rewrite(tmp_path, 1, edit, rehash=True)
+    for v in (2, 3):  # re-link the children, as an attacker with write access would
+        parent = json.loads((tmp_path / f"v{v - 1:08d}.json").read_text())
+        rewrite(tmp_path, v, lambda r, p=parent: r.update(parent_record=p["record_hash"]),
+                rehash=True)
+    report = verify_store(tmp_path, fed.trust(), None)
+    assert report.first_bad is not None and report.first_bad.version == 1
+    assert "record_sig" in (report.first_bad.reason or "")
+    # without a trust bundle only the chain is checked, and the rewrite goes unnoticed
+    assert verify_store(tmp_path, None, None).ok
+
+
+def test_a_signed_record_without_record_sig_fails(tmp_path: Path) -> None:
+    fed = build_store(tmp_path, versions=3)
+    rewrite(tmp_path, 2, lambda r: r.pop("record_sig"), rehash=False)
+    bad = verify_store(tmp_path, fed.trust(), None).first_bad
+    assert bad is not None and bad.version == 2

@@ -346,3 +346,13 @@ def test_trust_bundle_of_another_federation_is_refused(prov) -> None:
     prov.trust_bundle.write_text(json.dumps(doc))
     with pytest.raises(ConfigError, match="role"):
         TrustStore(prov.trust_bundle, FED)
+
+
+def test_an_edge_revoked_after_its_update_still_proves_it_at_the_cloud(keys, trust) -> None:
+    got = Verifier(trust, FED).decode(encode_frame(update(), signer=signer(keys, "edge/north/n0")))
+    assert got.sig is not None
+    proof = edge_proof(got.sig, "n0")
+    trust.revoke("edge/north/n0")
+    with pytest.raises(RevokedError):
+        verify_proof(trust, FED, "north", proof)
+    verify_proof(trust, FED, "north", proof, revoked_ok=True)  # what the cloud does
