@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
@@ -21,7 +22,9 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` atomically: write a temporary file beside it, then rename.
 
     A reader (a running fog re-reading ``revoked.json``) sees the old or the new file, never a
-    partial one.
+    partial one. A file replaced keeps its owner and group when this process may set them (an
+    operator who gave the broker's ACL to the ``mosquitto`` user keeps it readable by the
+    broker after ``add-edge`` or ``revoke``).
 
     Args:
         path: the file to write.
@@ -31,6 +34,13 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
         _write_new(tmp, data, mode)
+        try:
+            old = path.stat()
+        except FileNotFoundError:
+            old = None
+        if old is not None and (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
+            with contextlib.suppress(PermissionError):
+                os.chown(tmp, old.st_uid, old.st_gid)
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)

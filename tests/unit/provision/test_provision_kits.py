@@ -250,3 +250,21 @@ def test_cli(tmp_path: Path) -> None:
     result = runner.invoke(provision_app, ["init", "--project", str(tmp_path / "x.toml"),
                                            "--out", str(tmp_path / "o2")])
     assert result.exit_code == 2 and "cannot read project file" in result.output
+
+
+def test_replaced_files_keep_their_owner(tmp_path: Path) -> None:
+    """The broker's ACL given to the broker's user stays readable by it after a rewrite."""
+    import os
+
+    from hierfl.provision._files import write_atomic
+
+    if os.getuid() != 0:
+        pytest.skip("changing a file's owner needs root")  # CI runs as root
+    path = tmp_path / "acl"
+    write_atomic(path, b"one", mode=0o600)
+    os.chown(path, 12345, 12345)
+    write_atomic(path, b"two", mode=0o600)
+    assert path.read_bytes() == b"two"
+    st = path.stat()
+    assert (st.st_uid, st.st_gid) == (12345, 12345)
+    assert st.st_mode & 0o077 == 0
