@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "check_fraction",
+    "check_sparse_k",
     "check_values_codec",
     "decode_values",
     "encode_values",
@@ -50,6 +51,20 @@ def sparse_k(fraction: float, size: int) -> int:
     shortest repr) gives 7.
     """
     return min(size, math.ceil(Fraction(repr(float(fraction))) * size))
+
+
+def check_sparse_k(k: int, size: int) -> None:
+    """Refuse a count of kept coordinates no encoder writes: ``k = ceil(fraction * size)``
+    with ``fraction > 0`` is at least 1 for any ``size >= 1``.
+
+    A sparse frame costs the receiver ``4 * size`` bytes of output whatever ``k`` is; ``k = 0``
+    would let a frame of a few bytes claim a vector of any declared size.
+
+    Raises:
+        BadTensorError: if ``k`` is 0 while ``size`` is not.
+    """
+    if size and not k:
+        raise BadTensorError(f"field 'k': 0 kept of {size} values (an encoder keeps >= 1)")
 
 
 def check_values_codec(owner: str, values: object) -> None:

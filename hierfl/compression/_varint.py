@@ -12,7 +12,7 @@ import numpy.typing as npt
 
 from hierfl.errors import BadTensorError
 
-__all__ = ["MAX_VARINT_BYTES", "decode_uvarints", "encode_uvarints"]
+__all__ = ["MAX_VARINT_BYTES", "decode_uvarints", "encode_uvarints", "max_gaps_len"]
 
 #: Bytes of the longest uint32 varint.
 MAX_VARINT_BYTES: Final = 5
@@ -21,6 +21,16 @@ _U32 = npt.NDArray[np.uint32]
 _MORE: Final = 0x80  # continuation bit
 _TOP_BYTE_MAX: Final = 0x0F  # the fifth byte of a uint32 carries only its top 4 bits
 _LIMITS: Final = np.array([1 << (7 * j) for j in range(1, MAX_VARINT_BYTES)], dtype=np.uint64)
+
+
+def max_gaps_len(k: int, size: int) -> int:
+    """Return the most bytes ``k`` varint gaps of sorted distinct indices below ``size`` take.
+
+    The gaps sum to at most ``size - k``, and a gap takes a ``j + 1``-th byte only when it is
+    at least ``128 ** j``: at most ``(size - k) // 128 ** j`` of them can, and at most ``k``.
+    """
+    room = max(0, size - k)
+    return k + sum(min(k, room // 128**j) for j in range(1, MAX_VARINT_BYTES))
 
 
 def encode_uvarints(values: _U32) -> bytes:

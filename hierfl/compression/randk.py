@@ -33,6 +33,7 @@ from hierfl.compression._fields import (
 )
 from hierfl.compression._sparse import (
     check_fraction,
+    check_sparse_k,
     check_values_codec,
     decode_values,
     encode_values,
@@ -222,8 +223,8 @@ class RandKCodec:
         """Decode ``fields`` into a new float32 vector of length ``size``, zeros elsewhere.
 
         Raises:
-            BadTensorError: if ``k`` exceeds ``size``, ``seed`` is out of range, or the value
-                fields are malformed.
+            BadTensorError: if ``k`` exceeds ``size`` (or is 0 while ``size`` is not),
+                ``seed`` is out of range, or the value fields are malformed.
         """
         size = check_size(size)
         check_codec_name(fields, self.name)
@@ -231,6 +232,7 @@ class RandKCodec:
         # SAFETY: k <= size bounds the index regeneration below by the trusted size; the seed
         # only seeds PCG64 and is never used as a size or an index.
         k = get_int(fields, "k", lo=0, hi=size)
+        check_sparse_k(k, size)
         seed = get_int(fields, "seed", lo=0, hi=MAX_SEED)
         # Decode (and so validate) the values before spending O(k) regenerating indices.
         values = decode_values(self.values, fields, k)

@@ -26,13 +26,14 @@ from hierfl.compression._fields import (
 )
 from hierfl.compression._sparse import (
     check_fraction,
+    check_sparse_k,
     check_values_codec,
     decode_values,
     encode_values,
     name_of,
     sparse_k,
 )
-from hierfl.compression._varint import MAX_VARINT_BYTES, decode_uvarints, encode_uvarints
+from hierfl.compression._varint import decode_uvarints, encode_uvarints, max_gaps_len
 from hierfl.compression.raw import RawCodec
 from hierfl.errors import BadTensorError
 from hierfl.types import Float32Vector
@@ -126,15 +127,18 @@ class TopKCodec:
         """Decode ``fields`` into a new float32 vector of length ``size``, zeros elsewhere.
 
         Raises:
-            BadTensorError: if ``k`` exceeds ``size``, ``idx`` is malformed or points past
-                ``size``, or the value fields are malformed.
+            BadTensorError: if ``k`` exceeds ``size`` (or is 0 while ``size`` is not),
+                ``idx`` is malformed, longer than ``k`` gaps below ``size`` can take, or
+                points past ``size``, or the value fields are malformed.
         """
         size = check_size(size)
         check_codec_name(fields, self.name)
         check_keys(fields, _KEYS, prefix=VALUES_PREFIX)
         k = get_int(fields, "k", lo=0, hi=size)
-        # SAFETY: every varint takes 1..5 bytes, so this bounds the work by k <= size.
-        raw_idx = get_bytes(fields, "idx", lo=k, hi=MAX_VARINT_BYTES * k)
+        check_sparse_k(k, size)
+        # SAFETY: the stream's length is bounded by what k gaps of indices below size can
+        # take (1..5 bytes each, fewer for a small size) before a byte of it is decoded.
+        raw_idx = get_bytes(fields, "idx", lo=k, hi=max_gaps_len(k, size))
         gaps = decode_uvarints(raw_idx, k, field="idx")
         if k and int(gaps.max()) >= size:
             raise BadTensorError(f"field 'idx': index gap beyond size {size}")

@@ -14,9 +14,13 @@ Layout (all integers little-endian)::
 
 Decoding is strict and bounded: the frame length, then the declared body length, are
 checked against :class:`DecodeLimits` before anything is decompressed, and the
-decompressor never produces more than the declared length (a zstd bomb is refused).
+decompressor never produces more than the declared length (a zstd bomb is refused). A
+vector's declared length is checked against the receiver's model size
+(``DecodeLimits.expected_params``) or ``max_params`` before anything is allocated, so a tiny
+sparse frame cannot make the receiver allocate a huge vector of zeros.
 Every failure raises a :class:`~hierfl.errors.WireFormatError` subclass naming the
-problem; no other exception escapes :func:`decode_frame`.
+problem, or :class:`~hierfl.errors.ShapeMismatchError` for a vector of the wrong length;
+no other exception escapes :func:`decode_frame`.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from hierfl.errors import (
     UnsupportedVersionError,
     WireFormatError,
 )
+from hierfl.types import Float32Vector
 from hierfl.wire.frames import (
     AggregateFrame,
     EdgeProof,
@@ -86,11 +91,17 @@ class DecodeLimits:
         max_frame_bytes: largest encoded frame accepted (header included).
         max_body_bytes: largest body after decompression.
         max_params: largest vector length accepted.
+        expected_params: the vector length the receiver's model has, once it knows it
+            (a fog holding a global model, the cloud, an edge); a frame whose vector
+            declares another length is refused with
+            :class:`~hierfl.errors.ShapeMismatchError` before anything is allocated.
+            ``None``: only ``max_params`` bounds it.
     """
 
     max_frame_bytes: int = 64 * _MiB
     max_body_bytes: int = 256 * _MiB
     max_params: int = 50_000_000
+    expected_params: int | None = None
 
 
 DEFAULT_LIMITS = DecodeLimits()
@@ -181,6 +192,8 @@ def decode_frame(data: bytes | memoryview, *, limits: DecodeLimits = DEFAULT_LIM
     Raises:
         WireFormatError: (a subclass naming the problem) for anything that is not a valid
             v1 or v2 frame within ``limits``.
+        ShapeMismatchError: (reason ``validation.shape``) if ``limits.expected_params`` is
+            set and the frame's vector declares another length.
     """
     try:
         return _decode(data, limits)
@@ -325,6 +338,11 @@ _COMMON = ("kind", "federation", "created_at", "metrics")
 _OPTIONAL = {"aggregate": ("provenance",)}
 
 
+def _vector(fields: Any, limits: DecodeLimits, field: str) -> Float32Vector:
+    return decode_vector(fields, max_size=limits.max_params, field=field,
+                         expected_size=limits.expected_params)
+
+
 def _provenance(items: object) -> tuple[EdgeProof, ...]:
     if not isinstance(items, list):
         raise FrameFieldError("provenance", "expected a list")
@@ -356,7 +374,7 @@ def _from_map(m: dict[str, Any], limits: DecodeLimits, version: int = FORMAT_VER
             base_version=m["base_version"],
             base_seq=m["base_seq"],
             num_samples=m["num_samples"],
-            delta=decode_vector(m["delta"], max_size=limits.max_params, field="delta"),
+            delta=_vector(m["delta"], limits, "delta"),
             **common,
         )
     if kind == "aggregate":
@@ -370,7 +388,7 @@ def _from_map(m: dict[str, Any], limits: DecodeLimits, version: int = FORMAT_VER
             contributors=tuple(contributors),
             fog_rounds=m["fog_rounds"],
             provenance=_provenance(m.get("provenance", [])),
-            delta=decode_vector(m["delta"], max_size=limits.max_params, field="delta"),
+            delta=_vector(m["delta"], limits, "delta"),
             **common,
         )
     if kind == "model_delta":
@@ -381,7 +399,7 @@ def _from_map(m: dict[str, Any], limits: DecodeLimits, version: int = FORMAT_VER
             fog_round=m["fog_round"],
             base_version=m["base_version"],
             base_seq=m["base_seq"],
-            delta=decode_vector(m["delta"], max_size=limits.max_params, field="delta"),
+            delta=_vector(m["delta"], limits, "delta"),
             digest=m["digest"],
             **common,
         )
@@ -401,6 +419,6 @@ def _from_map(m: dict[str, Any], limits: DecodeLimits, version: int = FORMAT_VER
         seq=m["seq"],
         fog_round=m["fog_round"],
         layout=tuple(entries),
-        weights=decode_vector(m["weights"], max_size=limits.max_params, field="weights"),
+        weights=_vector(m["weights"], limits, "weights"),
         **common,
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from hierfl.errors import BadTensorError, NonFiniteTensorError
+from hierfl.errors import BadTensorError, NonFiniteTensorError, ShapeMismatchError
 from hierfl.types import Float32Vector
 
 __all__ = ["RAW", "decode_vector", "encode_vector"]
@@ -50,13 +50,17 @@ def encode_vector(vec: Float32Vector, codec: Any = None) -> dict[str, Any]:
     return fields
 
 
-def decode_vector(fields: Any, *, max_size: int, field: str = "vector") -> Float32Vector:
+def decode_vector(
+    fields: Any, *, max_size: int, field: str = "vector", expected_size: int | None = None
+) -> Float32Vector:
     """Decode wire fields into a new, writable float32 vector, strictly.
 
     Args:
         fields: the msgpack map as decoded (untrusted).
         max_size: largest ``size`` accepted; checked before anything is allocated.
         field: the frame field name, for error messages.
+        expected_size: the length the receiver's model has (trusted), when it knows it; a
+            vector declaring another size is refused before anything is allocated.
 
     Returns:
         The vector (native float32, finite).
@@ -64,6 +68,8 @@ def decode_vector(fields: Any, *, max_size: int, field: str = "vector") -> Float
     Raises:
         BadTensorError: on a missing/mistyped key, a size over ``max_size``, or a byte
             length that does not match ``size`` x 4.
+        ShapeMismatchError: (reason ``validation.shape``, as the receiver's own shape check
+            would say after decoding) if ``size`` differs from ``expected_size``.
         NonFiniteTensorError: if the vector holds NaN or Inf.
     """
     if not isinstance(fields, dict):
@@ -74,6 +80,12 @@ def decode_vector(fields: Any, *, max_size: int, field: str = "vector") -> Float
         raise BadTensorError(f"{field}.codec: expected a string")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise BadTensorError(f"{field}.size: expected a non-negative integer, got {size!r}")
+    # SAFETY: both size checks come before any allocation: a 200-byte sparse frame may
+    # declare 50 M values, and decoding it would allocate 200 MB of zeros.
+    if expected_size is not None and size != expected_size:
+        raise ShapeMismatchError(
+            f"{field}.size: {size} values, the receiver's model has {expected_size}"
+        )
     if size > max_size:
         raise BadTensorError(f"{field}.size: {size} exceeds the limit of {max_size} values")
     if codec == RAW:
