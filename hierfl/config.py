@@ -124,6 +124,10 @@ class MqttSettings(_Section):
     connect_timeout_s: float = Field(10.0, gt=0)
     reconnect_base_s: float = Field(0.5, gt=0, description="backoff base for reconnects")
     reconnect_max_s: float = Field(30.0, gt=0, description="backoff cap for reconnects")
+    connect_attempts: int | None = Field(
+        10, ge=1, description="consecutive failed connects (unknown host, refused port) before "
+        "the process exits with an error; None: retry forever",
+    )
     queue_size: int = Field(10_000, ge=1, description="bounded inbound message queue")
     max_packet_bytes: int | None = Field(
         None, ge=4096, le=268_435_460,
@@ -189,6 +193,10 @@ class KafkaSettings(_Section):
     )
     request_timeout_ms: int = Field(30_000, ge=1000)
     create_topics: bool = Field(True, description="create hierfl topics when missing")
+    connect_attempts: int | None = Field(
+        10, ge=1, description="consecutive failed connects (unknown host, refused port) before "
+        "the process exits with an error; None: retry forever",
+    )
     partitions: int = Field(1, ge=1, description="partitions of topics created by hierfl")
     replication_factor: int = Field(1, ge=1)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
@@ -417,12 +425,45 @@ def _feedback_codec_spec(v: str, *, alternative: str = "") -> str:
     return v
 
 
+def _rule_floor(aggregator: str, params: dict[str, Any], quorum_field: str, quorum: int) -> None:
+    """Refuse a quorum below the fewest updates the rule can aggregate.
+
+    A round that closes with fewer updates than its rule accepts is skipped, every deadline,
+    forever: refuse it at load instead, saying why.
+
+    Raises:
+        ValueError: an unknown rule or parameter, or ``quorum`` below the rule's floor.
+    """
+    from hierfl.aggregation.base import make_aggregator, min_updates  # noqa: PLC0415
+
+    try:
+        rule = make_aggregator(aggregator, params)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from exc
+    floor = min_updates(rule)
+    if quorum >= floor:
+        return
+    why = []
+    if params.get("nnm_f") is not None:
+        why.append("nearest-neighbour mixing needs n >= 2 nnm_f + 1")
+    if aggregator in ("krum", "multikrum"):
+        why.append(f"{aggregator} needs n >= 2f + 3")
+    if aggregator == "multikrum" and params.get("m") is not None:
+        why.append("multikrum needs n >= m + f")
+    because = f" ({'; '.join(why)})" if why else ""
+    raise ValueError(
+        f"aggregator {aggregator!r} with {params or 'its defaults'} cannot aggregate fewer than "
+        f"{floor} updates{because}, but {quorum_field} = {quorum} lets a round close with "
+        f"{quorum}: raise {quorum_field} to at least {floor} or change aggregator_params"
+    )
+
+
 def _explain(tier: str, exc: PydanticValidationError, path: Path | None) -> str:
     lines = [f"invalid {tier} settings" + (f" (file {path})" if path else "") + ":"]
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(root)"
         env = "HIERFL_" + "__".join(str(p) for p in err["loc"]).upper()
-        lines.append(f"  {loc}: {err['msg']} (env {env})")
+        lines.append(f"  {loc}: {err['msg']}" + (f" (env {env})" if err["loc"] else ""))
     return "\n".join(lines)
 
 
@@ -552,6 +593,8 @@ class FogSettings(_TierSettings):
     def _quorum(self) -> Self:
         if self.quorum > self.min_updates:
             raise ValueError(f"quorum ({self.quorum}) exceeds min_updates ({self.min_updates})")
+        # quorum <= min_updates: a rule that aggregates `quorum` updates closes every round
+        _rule_floor(self.aggregator, self.aggregator_params, "quorum", self.quorum)
         return self
 
 
@@ -598,4 +641,5 @@ class CloudSettings(_TierSettings):
     def _quorum(self) -> Self:
         if self.fogs and self.min_fogs > len(self.fogs):
             raise ValueError(f"min_fogs ({self.min_fogs}) exceeds the {len(self.fogs)} fogs")
+        _rule_floor(self.aggregator, self.aggregator_params, "min_fogs", self.min_fogs)
         return self

@@ -52,7 +52,7 @@ from hierfl.aggregation.trimmed_mean import TrimmedMean
 from hierfl.errors import ConfigError
 from hierfl.types import Float32Matrix, Float32Vector, Float64Vector
 
-__all__ = ["AGGREGATORS", "Aggregator", "check_inputs", "make_aggregator"]
+__all__ = ["AGGREGATORS", "Aggregator", "check_inputs", "make_aggregator", "min_updates"]
 
 
 @runtime_checkable
@@ -133,3 +133,18 @@ def make_aggregator(name: str, params: Mapping[str, Any] | None = None) -> Aggre
             f"aggregator {name!r}: unknown parameter(s) {', '.join(unknown)}; accepted: {allowed}"
         )
     return cls(**params)
+
+
+def min_updates(aggregator: object) -> int:
+    """The fewest updates ``aggregator`` can combine (its ``min_updates``; 1 when it has none).
+
+    Every registered rule states it next to its breakdown condition (Krum ``2f + 3``,
+    nearest-neighbour mixing ``2 nnm_f + 1``, ...). A round that closes with fewer updates
+    cannot be aggregated, so settings refuse a quorum below it (:mod:`hierfl.config`).
+
+    Example:
+        >>> min_updates(make_aggregator("krum", {"f": 1}))
+        5
+    """
+    value = getattr(aggregator, "min_updates", 1)
+    return value if isinstance(value, int) and value >= 1 else 1

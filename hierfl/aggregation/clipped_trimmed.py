@@ -106,6 +106,12 @@ class ClippedTrimmedMean:
         if not (isinstance(self.clip_multiplier, int | float) and self.clip_multiplier > 0):
             raise ConfigError(f"clip_multiplier must be > 0, got {self.clip_multiplier!r}")
 
+    @property
+    def min_updates(self) -> int:
+        """The fewest updates this rule aggregates: any ``n >= 1`` (below ``2 f + 1`` it averages
+        the clipped updates)."""
+        return 1
+
     def __call__(self, updates: Float32Matrix, weights: Float64Vector) -> Float32Vector:
         """Aggregate with :func:`clipped_trimmed_mean`."""
         return clipped_trimmed_mean(updates, weights, f=self.f, trim_ratio=self.trim_ratio,

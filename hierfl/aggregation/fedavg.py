@@ -168,6 +168,11 @@ class FedAvg:
     def __post_init__(self) -> None:
         check_weight_caps(self.max_samples, self.max_weight_fraction)
 
+    @property
+    def min_updates(self) -> int:
+        """The fewest updates this rule aggregates (any ``n >= 1``)."""
+        return 1
+
     def __call__(self, updates: Float32Matrix, weights: Float64Vector) -> Float32Vector:
         """Aggregate with :func:`fedavg` and this object's caps."""
         return fedavg(

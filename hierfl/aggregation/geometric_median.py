@@ -43,7 +43,7 @@ from hierfl.aggregation._common import (
     require_int,
     weighted_sum64,
 )
-from hierfl.aggregation.mixing import check_nnm_f, nnm_premix
+from hierfl.aggregation.mixing import check_nnm_f, nnm_min_updates, nnm_premix
 from hierfl.errors import AggregationError
 from hierfl.types import Float32Matrix, Float32Vector, Float64Vector
 
@@ -144,6 +144,11 @@ class GeometricMedian:
     def __post_init__(self) -> None:
         _check_params(self.max_iter, self.eps, self.tol)
         check_nnm_f(self.nnm_f)
+
+    @property
+    def min_updates(self) -> int:
+        """The fewest updates this rule aggregates (``2 nnm_f + 1`` with mixing)."""
+        return nnm_min_updates(self.nnm_f)
 
     def __call__(self, updates: Float32Matrix, weights: Float64Vector) -> Float32Vector:
         """Aggregate with :func:`geometric_median`, after mixing if ``nnm_f`` is set."""

@@ -38,7 +38,7 @@ from hierfl.aggregation._common import (
     weighted_sum64,
 )
 from hierfl.aggregation.fedavg import capped_weights, check_weight_caps
-from hierfl.aggregation.mixing import check_nnm_f, nnm_premix
+from hierfl.aggregation.mixing import check_nnm_f, nnm_min_updates, nnm_premix
 from hierfl.errors import AggregationError
 from hierfl.types import Float32Matrix, Float32Vector, Float64Vector
 
@@ -185,6 +185,11 @@ class Krum:
         _check_f(self.f)
         check_nnm_f(self.nnm_f)
 
+    @property
+    def min_updates(self) -> int:
+        """The fewest updates this rule aggregates: ``2f + 3`` (and ``2 nnm_f + 1`` with mixing)."""
+        return max(2 * self.f + 3, nnm_min_updates(self.nnm_f))
+
     def __call__(self, updates: Float32Matrix, weights: Float64Vector) -> Float32Vector:
         """Aggregate with :func:`krum`, after mixing if ``nnm_f`` is set."""
         return krum(nnm_premix(updates, weights, self.nnm_f), weights, f=self.f)
@@ -227,6 +232,12 @@ class MultiKrum:
         check_nnm_f(self.nnm_f)
         require_bool("weighted", self.weighted)
         check_weight_caps(self.max_samples, self.max_weight_fraction)
+
+    @property
+    def min_updates(self) -> int:
+        """The fewest updates this rule aggregates: ``2f + 3``, ``m + f`` with ``m`` set,
+        ``2 nnm_f + 1`` with mixing."""
+        return max(2 * self.f + 3, (self.m or 0) + self.f, nnm_min_updates(self.nnm_f))
 
     def __call__(self, updates: Float32Matrix, weights: Float64Vector) -> Float32Vector:
         """Aggregate with :func:`multikrum`, after mixing if ``nnm_f`` is set."""

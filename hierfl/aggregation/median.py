@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hierfl.aggregation._common import check_inputs, finalize, sorted_columns_reduce
-from hierfl.aggregation.mixing import check_nnm_f, nnm_premix
+from hierfl.aggregation.mixing import check_nnm_f, nnm_min_updates, nnm_premix
 from hierfl.types import Float32Matrix, Float32Vector, Float64Vector
 
 __all__ = ["Median", "median"]
@@ -78,6 +78,11 @@ class Median:
 
     def __post_init__(self) -> None:
         check_nnm_f(self.nnm_f)
+
+    @property
+    def min_updates(self) -> int:
+        """The fewest updates this rule aggregates (``2 nnm_f + 1`` with mixing)."""
+        return nnm_min_updates(self.nnm_f)
 
     def __call__(self, updates: Float32Matrix, weights: Float64Vector) -> Float32Vector:
         """Aggregate with :func:`median`, after mixing if ``nnm_f`` is set."""

@@ -68,7 +68,13 @@ from hierfl.aggregation._common import check_inputs, gram64, mix_rows, require_i
 from hierfl.errors import AggregationError
 from hierfl.types import Float32Matrix, Float64Vector
 
-__all__ = ["check_nnm_f", "nearest_neighbour_mixing", "nnm_coefficients", "nnm_premix"]
+__all__ = [
+    "check_nnm_f",
+    "nearest_neighbour_mixing",
+    "nnm_coefficients",
+    "nnm_min_updates",
+    "nnm_premix",
+]
 
 
 def check_nnm_f(nnm_f: int | None) -> None:
@@ -79,6 +85,12 @@ def check_nnm_f(nnm_f: int | None) -> None:
     """
     if nnm_f is not None:
         require_int("nnm_f", nnm_f, minimum=1)
+
+
+def nnm_min_updates(nnm_f: int | None) -> int:
+    """The fewest updates mixing against ``nnm_f`` Byzantine ones accepts: ``2 nnm_f + 1``
+    (1 without mixing)."""
+    return 1 if nnm_f is None else 2 * nnm_f + 1
 
 
 def nnm_coefficients(updates: Float32Matrix, f: int) -> npt.NDArray[np.float64]:

@@ -154,6 +154,11 @@ class NormBounded:
         require_bool("weighted", self.weighted)
         check_weight_caps(self.max_samples, self.max_weight_fraction)
 
+    @property
+    def min_updates(self) -> int:
+        """The fewest updates this rule aggregates (any ``n >= 1``)."""
+        return 1
+
     def __call__(self, updates: Float32Matrix, weights: Float64Vector) -> Float32Vector:
         """Aggregate with :func:`norm_bounded` and this object's parameters."""
         return norm_bounded(

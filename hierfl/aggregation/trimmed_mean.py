@@ -32,7 +32,7 @@ from hierfl.aggregation._common import (
     sorted_columns_reduce,
     weighted_sum64,
 )
-from hierfl.aggregation.mixing import check_nnm_f, nnm_premix
+from hierfl.aggregation.mixing import check_nnm_f, nnm_min_updates, nnm_premix
 from hierfl.errors import AggregationError
 from hierfl.types import Float32Matrix, Float32Vector, Float64Vector
 
@@ -127,6 +127,12 @@ class TrimmedMean:
     def __post_init__(self) -> None:
         _check_trim_ratio(self.trim_ratio)
         check_nnm_f(self.nnm_f)
+
+    @property
+    def min_updates(self) -> int:
+        """The fewest updates this rule aggregates (trim_ratio < 0.5 always keeps one;
+        ``2 nnm_f + 1`` with mixing)."""
+        return nnm_min_updates(self.nnm_f)
 
     def __call__(self, updates: Float32Matrix, weights: Float64Vector) -> Float32Vector:
         """Aggregate with :func:`trimmed_mean`, after mixing if ``nnm_f`` is set."""

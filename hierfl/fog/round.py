@@ -106,7 +106,9 @@ class RoundSkipped:
     """A fog round ended without a result.
 
     ``reason`` is ``"quorum"`` (its deadline passed with fewer than ``quorum`` updates) or
-    ``"aggregation"`` (the rule refused the updates it had, e.g. Krum with too few of them).
+    ``"aggregation"`` (at its deadline the rule refused the updates it had, e.g. Krum with too
+    few of them; before the deadline a refused round keeps collecting). Either way a round is
+    skipped at most once per ``round_timeout_s``.
     """
 
     version: int
@@ -377,6 +379,14 @@ class FogRound:
         try:
             delta = self._aggregate(stack, weights)
         except AggregationError as exc:
+            if not timed_out:
+                # Before the deadline, keep collecting: more updates may satisfy the rule, and
+                # skipping now would reopen at once, a tight loop of skipped rounds as fast
+                # as edges answer. The deadline decides: at most one skip per deadline.
+                log.warning("fog %s: round (v%s, seq %s) not aggregated yet with %d updates "
+                            "(%s); collecting until its deadline", self.config.fog_id,
+                            c.version, self.seq, len(edges), exc)
+                return []
             # The rule cannot combine these updates: skip the round (counted), never crash.
             skipped = RoundSkipped(c.version, self.seq, len(edges), reason="aggregation")
             log.warning("fog %s: round (v%s, seq %s) skipped: %s", self.config.fog_id,
