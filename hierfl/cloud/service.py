@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -28,6 +29,7 @@ from hierfl.errors import (
 )
 from hierfl.metrics import ServiceMetrics
 from hierfl.model.store import Checkpoint, ModelStore, load_weights_file
+from hierfl.ratelimit import REJECT_LOG_INTERVAL_S, LogThrottle, suppressed_note
 from hierfl.security.tier import tier_security
 from hierfl.security.trust import TrustStore, cloud_party
 from hierfl.transport.base import backoff_delays
@@ -208,9 +210,11 @@ class CloudService:
             return
         self.metrics.inc("bytes_in", len(inbound.payload))
         try:
-            verified = await asyncio.to_thread(
-                self.security.decode, inbound.payload, limits=self.settings.limits.decode_limits()
-            )
+            # an aggregate must fit the global model: checked before anything is allocated
+            limits = dataclasses.replace(self.settings.limits.decode_limits(),
+                                         expected_params=int(self.round.weights.size))
+            verified = await asyncio.to_thread(self.security.decode, inbound.payload,
+                                               limits=limits)
             frame = verified.frame
             if not isinstance(frame, AggregateFrame):
                 raise WireFormatError(f"a {type(frame).__name__} on the aggregates topic")
@@ -306,8 +310,14 @@ class CloudService:
         self.metrics.inc("bytes_down", len(data))
 
     def _reject(self, exc: HierflError, inbound: KafkaInbound) -> None:
-        self.metrics.reject(exc.reason)
-        log.info("cloud: rejected record at offset %d: %s: %s", inbound.offset, exc.reason, exc)
+        self.metrics.reject(exc.reason)  # exact; the log is at most one line per reason per 10 s
+        throttle: LogThrottle | None = getattr(self, "_reject_log", None)
+        if throttle is None:
+            throttle = self._reject_log = LogThrottle(REJECT_LOG_INTERVAL_S)
+        suppressed = throttle.admit(exc.reason)
+        if suppressed is not None:
+            log.info("cloud: rejected record at offset %d: %s: %s%s", inbound.offset,
+                     exc.reason, exc, suppressed_note(suppressed, exc.reason))
 
 
 def _check_provenance(trust: TrustStore, frame: AggregateFrame) -> None:

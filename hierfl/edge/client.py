@@ -33,6 +33,7 @@ from hierfl.edge.trainer import EdgeTask
 from hierfl.errors import ConfigError, HierflError, TransportError
 from hierfl.metrics import ServiceMetrics
 from hierfl.model.torch_adapter import model_to_vector, vector_to_model
+from hierfl.ratelimit import REJECT_LOG_INTERVAL_S, LogThrottle, suppressed_note
 from hierfl.security.tier import tier_security
 from hierfl.security.trust import edge_party
 from hierfl.transport.base import backoff_delays
@@ -145,7 +146,11 @@ class EdgeClient:
 
     async def _receive(self, mqtt: MqttTransport, feed: ModelFeed) -> None:
         s = self.settings
-        limits = s.limits.decode_limits()
+        # A model (or model delta) must fit this edge's model: its declared size is checked
+        # before anything is allocated (ShapeMismatchError, reason validation.shape).
+        limits = dataclasses.replace(s.limits.decode_limits(),
+                                     expected_params=int(model_to_vector(self.model).size))
+        throttle = LogThrottle(REJECT_LOG_INTERVAL_S)  # one line per reason per 10 s
         delta_topic = topics.model_delta(s.federation, s.fog_id)
         async for inbound in mqtt.messages():
             kind = DELTA if inbound.topic == delta_topic else FULL
@@ -157,9 +162,10 @@ class EdgeClient:
                                                  limits=limits)).frame
                 model = await asyncio.to_thread(feed.on_frame, kind, frame)
             except HierflError as exc:
-                self.metrics.reject(exc.reason)
-                log.warning("edge %s: cannot use the frame on %s: %s", s.edge_id, inbound.topic,
-                            exc)
+                self.metrics.reject(exc.reason)  # exact; the log is not
+                if (suppressed := throttle.admit(exc.reason)) is not None:
+                    log.warning("edge %s: cannot use the frame on %s: %s%s", s.edge_id,
+                                inbound.topic, exc, suppressed_note(suppressed, exc.reason))
                 model = None
             await self._sync_subscriptions(mqtt, feed)
             if model is not None:

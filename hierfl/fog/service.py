@@ -43,6 +43,7 @@ from hierfl.fog.round import (
 )
 from hierfl.fog.spool import Spool
 from hierfl.metrics import ServiceMetrics
+from hierfl.ratelimit import REJECT_LOG_INTERVAL_S, LogThrottle, suppressed_note
 from hierfl.security.tier import tier_security
 from hierfl.security.trust import fog_party
 from hierfl.transport.base import backoff_delays
@@ -220,7 +221,7 @@ class FogService:
     # --- ingest -------------------------------------------------------------------------
 
     async def _ingest_mqtt(self, mqtt: MqttTransport) -> None:
-        limits = self.settings.limits.decode_limits()
+        base_limits = self.settings.limits.decode_limits()
         async for inbound in mqtt.messages():
             self.metrics.inc("received")
             self.metrics.inc("bytes_in", len(inbound.payload))
@@ -228,6 +229,9 @@ class FogService:
                 parsed = topics.parse_mqtt(inbound.topic)
                 if parsed.kind != "update":
                     continue
+                # An update must fit the model held: its declared size is checked before
+                # anything is allocated (before the first model, max_params bounds it).
+                limits = dataclasses.replace(base_limits, expected_params=self.round.model_size)
                 # signed: the signature is verified before anything is decompressed
                 verified = await asyncio.to_thread(self.security.decode, inbound.payload,
                                                    limits=limits)
@@ -275,10 +279,18 @@ class FogService:
             del self._by_version[min(self._by_version)]
 
     def _reject(self, exc: HierflError, where: str) -> None:
-        self.metrics.reject(exc.reason)
+        self.metrics.reject(exc.reason)  # exact; the log below is not
         self._count_for_version("rejected", exc.reason)
-        log.info("fog %s: rejected input from %s: %s: %s", self.settings.fog_id, where,
-                 exc.reason, exc)
+        # At most one line per reason per interval: a flood of junk must not become a flood
+        # of log lines (10,000 junk frames once cost 22 s, logged one line each).
+        throttle: LogThrottle | None = getattr(self, "_reject_log", None)
+        if throttle is None:
+            throttle = self._reject_log = LogThrottle(REJECT_LOG_INTERVAL_S)
+        suppressed = throttle.admit(exc.reason)
+        if suppressed is None:
+            return
+        log.info("fog %s: rejected input from %s: %s: %s%s", self.settings.fog_id, where,
+                 exc.reason, exc, suppressed_note(suppressed, exc.reason))
 
     # --- core ---------------------------------------------------------------------------
 
@@ -345,7 +357,8 @@ class FogService:
     async def _replay_spool(self) -> None:
         """Feed the frames accepted before a crash back into the (resumed) round."""
         assert self._spool is not None
-        limits = self.settings.limits.decode_limits()
+        limits = dataclasses.replace(self.settings.limits.decode_limits(),
+                                     expected_params=self.round.model_size)
         for v, s, edge, path in self._spool.entries():
             try:
                 raw = path.read_bytes()
