@@ -1,6 +1,9 @@
 """The ``hierfl`` command: run a tier (cloud, fog, edge), a whole federation (sim), brokers.
 
-This is the only module that configures logging.
+This is the only module that configures logging. Exit codes of ``hierfl cloud|fog|edge``:
+0 done or stopped; 2 invalid configuration (:class:`~hierfl.errors.ConfigError`); 3 a broker
+refused us for good (:class:`~hierfl.errors.BrokerRefusedError`: credentials, certificate,
+missing topic, or unreachable for ``connect_attempts`` tries); 1 any other hierfl error.
 """
 
 from __future__ import annotations
@@ -17,7 +20,11 @@ from typing import Annotated, Any
 import typer
 
 from hierfl import __version__
-from hierfl.errors import HierflError
+from hierfl.errors import ConfigError, HierflError, TransportError
+
+EXIT_ERROR = 1
+EXIT_CONFIG = 2
+EXIT_BROKER_REFUSED = 3
 
 app = typer.Typer(
     name="hierfl",
@@ -47,8 +54,21 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
 
 
+def _exit_code(exc: HierflError) -> int:
+    """The process exit code for an error that ends a command (see the module docstring)."""
+    if isinstance(exc, ConfigError):
+        return EXIT_CONFIG
+    if isinstance(exc, TransportError) and not exc.retriable:
+        return EXIT_BROKER_REFUSED
+    return EXIT_ERROR
+
+
 def _run_service(service: Any) -> None:
-    """Run ``service.run()`` until it returns or SIGINT/SIGTERM asks it to stop."""
+    """Run ``service.run()`` until it returns or SIGINT/SIGTERM asks it to stop.
+
+    A fatal error (a refused broker, a configuration found invalid at start) is printed as
+    ``error: ...`` and exits non-zero (:func:`_exit_code`).
+    """
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -57,12 +77,15 @@ def _run_service(service: Any) -> None:
                 loop.add_signal_handler(sig, service.stop)
         await service.run()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except HierflError as exc:
+        _fail(exc)
 
 
 def _fail(exc: HierflError) -> None:
     typer.secho(f"error: {exc}", fg="red", err=True)
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=_exit_code(exc))
 
 
 def _serve_tier(tier: str, config: Path | None) -> None:
@@ -184,7 +207,7 @@ def main() -> None:
         app()
     except HierflError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
-        sys.exit(2)
+        sys.exit(_exit_code(exc))
 
 
 if __name__ == "__main__":

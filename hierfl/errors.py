@@ -38,6 +38,7 @@ Every class carries a ``reason`` label (used as the ``reason`` label of the
       x StateError                        reason="state"
       x TransportError                    reason="transport"        retriable=True
         + BrokerUnavailableError          reason="transport.unavailable"
+          + BrokerRefusedError            reason="transport.refused"        retriable=False
         + PublishTimeoutError             reason="transport.publish_timeout"
         + DisconnectedError               reason="transport.disconnected"
 """
@@ -49,6 +50,7 @@ from typing import Any, ClassVar
 __all__ = [
     "AggregationError",
     "BadTensorError",
+    "BrokerRefusedError",
     "BrokerUnavailableError",
     "ChunkError",
     "CompressionError",
@@ -301,6 +303,19 @@ class BrokerUnavailableError(TransportError):
     """The broker cannot be reached."""
 
     reason = "transport.unavailable"
+
+
+class BrokerRefusedError(BrokerUnavailableError):
+    """A broker failure that retrying cannot fix: fatal, the process exits.
+
+    Credentials or authorisation refused (MQTT CONNACK "Not authorized" / "Bad user name or
+    password", Kafka SASL), a TLS certificate that does not verify, a Kafka topic missing
+    with ``create_topics = false``, or a broker still unreachable after the configured
+    ``connect_attempts``. The message names the URL (or bootstrap) and the setting to check.
+    """
+
+    reason = "transport.refused"
+    retriable = False
 
 
 class PublishTimeoutError(TransportError):

@@ -10,7 +10,6 @@ aggregate is never applied twice, and one that was received is never lost.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -24,7 +23,6 @@ from hierfl.errors import (
     ConfigError,
     HierflError,
     SignatureError,
-    TransportError,
     WireFormatError,
 )
 from hierfl.metrics import ServiceMetrics
@@ -32,13 +30,13 @@ from hierfl.model.store import Checkpoint, ModelStore, load_weights_file
 from hierfl.ratelimit import REJECT_LOG_INTERVAL_S, LogThrottle, suppressed_note
 from hierfl.security.tier import tier_security
 from hierfl.security.trust import TrustStore, cloud_party
-from hierfl.transport.base import backoff_delays
 from hierfl.transport.kafka import (
     KafkaConsumerTransport,
     KafkaInbound,
     KafkaProducerTransport,
     ensure_topics,
 )
+from hierfl.transport.reconnect import Link, reconnect_loop
 from hierfl.wire.codec import encode_frame
 from hierfl.wire.frames import AggregateFrame, EdgeProof, ModelFrame
 from hierfl.wire.signing import SigBlock, verify_proof
@@ -124,24 +122,25 @@ class CloudService:
         return mv is not None and self.round.version >= mv
 
     async def run(self) -> None:
-        """Run until :meth:`stop`, cancellation, or ``max_versions``; reconnect on failures."""
+        """Run until :meth:`stop`, cancellation, or ``max_versions``; reconnect on failures.
+
+        Raises:
+            BrokerRefusedError: on a fatal broker error (credentials, certificate, missing
+                topic) or a cluster unreachable for ``kafka.connect_attempts`` tries.
+        """
         s = self.settings
-        delays = backoff_delays(0.5, 30.0)
-        while not self._stop.is_set():
-            try:
-                if s.kafka.create_topics:
-                    await ensure_topics(
-                        s.kafka, [topics.aggregates(s.federation), topics.models(s.federation)]
-                    )
-                await self._run_connected()
-                return
-            except* TransportError as eg:
-                delay = next(delays)
-                log.warning("cloud: broker trouble (%s); retrying in %.1fs", eg.exceptions[0],
-                            delay)
-                self.metrics.inc("reconnects")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
+
+        async def connected() -> None:
+            # With create_topics = false this checks the topics exist (a missing one is fatal).
+            await ensure_topics(
+                s.kafka, [topics.aggregates(s.federation), topics.models(s.federation)]
+            )
+            await self._run_connected()
+
+        await reconnect_loop(
+            "cloud", connected, links=[Link("kafka", s.kafka.bootstrap, s.kafka.connect_attempts)],
+            ready=self.ready, stop=self._stop, on_retry=lambda: self.metrics.inc("reconnects"),
+        )
 
     async def _run_connected(self) -> None:
         s = self.settings

@@ -36,8 +36,8 @@ from hierfl.model.torch_adapter import model_to_vector, vector_to_model
 from hierfl.ratelimit import REJECT_LOG_INTERVAL_S, LogThrottle, suppressed_note
 from hierfl.security.tier import tier_security
 from hierfl.security.trust import edge_party
-from hierfl.transport.base import backoff_delays
 from hierfl.transport.mqtt import MqttTransport
+from hierfl.transport.reconnect import Link, reconnect_loop
 from hierfl.types import Float32Vector
 from hierfl.wire.codec import encode_frame
 from hierfl.wire.frames import ModelFrame, UpdateFrame
@@ -104,19 +104,18 @@ class EdgeClient:
         self._stop.set()
 
     async def run(self) -> None:
-        """Run until :meth:`stop`, cancellation or ``max_rounds`` updates; reconnect on failure."""
+        """Run until :meth:`stop`, cancellation or ``max_rounds`` updates; reconnect on failure.
+
+        Raises:
+            BrokerRefusedError: on a fatal broker error (credentials, certificate) or a broker
+                unreachable for ``mqtt.connect_attempts`` tries.
+        """
         s = self.settings
-        delays = backoff_delays(s.mqtt.reconnect_base_s, s.mqtt.reconnect_max_s)
-        while not self._stop.is_set():
-            try:
-                await self._run_connected()
-                return
-            except* TransportError as eg:
-                delay = next(delays)
-                log.warning("edge %s: broker trouble (%s); retrying in %.1fs", s.edge_id,
-                            eg.exceptions[0], delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
+        await reconnect_loop(
+            f"edge {s.edge_id}", self._run_connected,
+            links=[Link("mqtt", s.mqtt.url, s.mqtt.connect_attempts)], ready=self.ready,
+            stop=self._stop, base_s=s.mqtt.reconnect_base_s, max_s=s.mqtt.reconnect_max_s,
+        )
 
     async def _run_connected(self) -> None:
         s = self.settings

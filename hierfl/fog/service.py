@@ -46,9 +46,9 @@ from hierfl.metrics import ServiceMetrics
 from hierfl.ratelimit import REJECT_LOG_INTERVAL_S, LogThrottle, suppressed_note
 from hierfl.security.tier import tier_security
 from hierfl.security.trust import fog_party
-from hierfl.transport.base import backoff_delays
 from hierfl.transport.kafka import KafkaConsumerTransport, KafkaProducerTransport, ensure_topics
 from hierfl.transport.mqtt import MqttTransport
+from hierfl.transport.reconnect import Link, reconnect_loop
 from hierfl.wire.codec import encode_frame
 from hierfl.wire.downlink import Downlink, DownlinkMessages
 from hierfl.wire.frames import AggregateFrame, EdgeProof, ModelFrame, UpdateFrame
@@ -134,23 +134,27 @@ class FogService:
     # --- lifecycle ----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run until :meth:`stop` or cancellation, reconnecting with jittered backoff."""
+        """Run until :meth:`stop` or cancellation, reconnecting with jittered backoff.
+
+        Raises:
+            BrokerRefusedError: on a fatal broker error (credentials, certificate, missing
+                topic) or a broker unreachable for ``connect_attempts`` tries.
+        """
         s = self.settings
-        delays = backoff_delays(s.mqtt.reconnect_base_s, s.mqtt.reconnect_max_s)
         fed = s.federation
-        while not self._stop.is_set():
-            try:
-                if s.kafka.create_topics:
-                    await ensure_topics(s.kafka, [topics.aggregates(fed), topics.models(fed)])
-                await self._run_connected()
-                return
-            except* TransportError as eg:
-                delay = next(delays)
-                log.warning("fog %s: broker trouble (%s); retrying in %.1fs", s.fog_id,
-                            eg.exceptions[0], delay)
-                self.metrics.inc("reconnects")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
+
+        async def connected() -> None:
+            # With create_topics = false this checks the topics exist (a missing one is fatal).
+            await ensure_topics(s.kafka, [topics.aggregates(fed), topics.models(fed)])
+            await self._run_connected()
+
+        await reconnect_loop(
+            f"fog {s.fog_id}", connected,
+            links=[Link("mqtt", s.mqtt.url, s.mqtt.connect_attempts),
+                   Link("kafka", s.kafka.bootstrap, s.kafka.connect_attempts)],
+            ready=self.ready, stop=self._stop, base_s=s.mqtt.reconnect_base_s,
+            max_s=s.mqtt.reconnect_max_s, on_retry=lambda: self.metrics.inc("reconnects"),
+        )
 
     async def _run_connected(self) -> None:
         s = self.settings

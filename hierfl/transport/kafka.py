@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -28,6 +29,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from hierfl.config import KafkaSettings
 from hierfl.errors import (
+    BrokerRefusedError,
     BrokerUnavailableError,
     DisconnectedError,
     HierflError,
@@ -49,15 +51,31 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+# Errors no retry can fix: the credentials, the SASL mechanism or the ACLs are wrong.
+_REFUSED = frozenset({
+    "AuthenticationFailedError",
+    "AuthenticationMethodNotSupported",
+    "ClusterAuthorizationFailedError",
+    "GroupAuthorizationFailedError",
+    "IllegalSaslStateError",
+    "SaslAuthenticationFailed",
+    "TopicAuthorizationFailedError",
+    "UnsupportedSaslMechanismError",
+})
+
+
 @contextlib.contextmanager
-def map_kafka_errors(action: str) -> Iterator[None]:
+def map_kafka_errors(action: str, *, bootstrap: str | None = None) -> Iterator[None]:
     """Map aiokafka and OS errors raised inside the block to TransportError subclasses.
 
     Args:
         action: what was being done, for the message.
+        bootstrap: the bootstrap servers, for the message.
 
     Raises:
         PublishTimeoutError: on a timeout.
+        BrokerRefusedError: (fatal) on SASL authentication or authorization failures and TLS
+            certificate failures; the message names the bootstrap and the settings to check.
         BrokerUnavailableError: when the cluster cannot be reached.
         DisconnectedError: for other (retriable or not) Kafka errors.
     """
@@ -66,26 +84,79 @@ def map_kafka_errors(action: str) -> Iterator[None]:
     except TransportError:
         raise
     except TimeoutError as exc:
-        raise PublishTimeoutError(f"Kafka {action} timed out") from exc
+        where = f" ({bootstrap})" if bootstrap else ""
+        raise PublishTimeoutError(f"Kafka {action}{where} timed out") from exc
     except (KafkaError, OSError) as exc:
-        raise _map_kafka_error(action, exc) from exc
+        raise _map_kafka_error(action, exc, bootstrap=bootstrap) from exc
 
 
-def _map_kafka_error(action: str, exc: KafkaError | OSError) -> TransportError:
+def _map_kafka_error(
+    action: str, exc: KafkaError | OSError, *, bootstrap: str | None = None
+) -> TransportError:
+    where = f" ({bootstrap})" if bootstrap else ""
+    name = type(exc).__name__
+    if name in _REFUSED:
+        return BrokerRefusedError(
+            f"Kafka {action}{where} refused: {name}: {exc} (check kafka.security_protocol, "
+            "kafka.sasl_mechanism, kafka.sasl_username and kafka.sasl_password, and the "
+            "cluster's ACLs for this principal)"
+        )
     tls = find_ssl_error(exc)
     if tls is not None:  # unknown CA, wrong host name, refused client certificate
-        return BrokerUnavailableError(
-            f"Kafka {action} failed: TLS: {tls} (check kafka.ca_file, cert_file, key_file and "
-            "that the broker's certificate names the host connected to)"
+        text = f"{getattr(tls, 'reason', None) or ''} {tls}".upper()
+        cert = isinstance(tls, ssl.SSLCertVerificationError) or "CERTIFICATE" in text
+        return (BrokerRefusedError if cert else BrokerUnavailableError)(
+            f"Kafka {action}{where} failed: TLS: {tls} (check kafka.ca_file, cert_file, "
+            "key_file and that the broker's certificate names the host connected to)"
         )
     if isinstance(exc, OSError):
-        return BrokerUnavailableError(f"Kafka {action} failed: {exc}")
-    name = type(exc).__name__
+        return BrokerUnavailableError(f"Kafka {action}{where} failed: {exc}")
     if name in ("KafkaConnectionError", "NodeNotReadyError", "KafkaUnavailableError"):
-        return BrokerUnavailableError(f"Kafka {action} failed: {name}: {exc}")
+        return BrokerUnavailableError(
+            f"Kafka {action}{where} failed: {name}: {exc} (check kafka.bootstrap and that the "
+            "brokers run)"
+        )
     if name in ("KafkaTimeoutError", "RequestTimedOutError"):
-        return PublishTimeoutError(f"Kafka {action} timed out: {exc}")
-    return DisconnectedError(f"Kafka {action} failed: {name}: {exc}")
+        return PublishTimeoutError(f"Kafka {action}{where} timed out: {exc}")
+    return DisconnectedError(f"Kafka {action}{where} failed: {name}: {exc}")
+
+
+class _BootstrapErrors(logging.Handler):
+    """Keeps the errors aiokafka logs, then swallows, while bootstrapping.
+
+    aiokafka's bootstrap logs each host's failure (a SASL refusal, a certificate error) and
+    raises a bare ``KafkaConnectionError("Unable to bootstrap ...")``: the cause is only in
+    the log record's arguments. Recovering it lets a refused login be fatal, not retried.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.errors: list[BaseException] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args if isinstance(record.args, tuple) else ()
+        self.errors.extend(a for a in args if isinstance(a, BaseException))
+
+
+@contextlib.asynccontextmanager
+async def _connecting(settings: KafkaSettings, what: str) -> AsyncIterator[None]:
+    """Map errors of a connect, recovering the cause aiokafka's bootstrap swallowed."""
+    handler = _BootstrapErrors()
+    logger = logging.getLogger("aiokafka.client")
+    logger.addHandler(handler)
+    try:
+        with map_kafka_errors(what, bootstrap=settings.bootstrap):
+            try:
+                yield
+            except KafkaError:
+                for cause in handler.errors:
+                    if isinstance(cause, KafkaError | OSError):
+                        mapped = _map_kafka_error(what, cause, bootstrap=settings.bootstrap)
+                        if isinstance(mapped, BrokerRefusedError):
+                            raise mapped from cause
+                raise
+    finally:
+        logger.removeHandler(handler)
 
 
 def kafka_client_kwargs(settings: KafkaSettings) -> dict[str, Any]:
@@ -124,9 +195,11 @@ def kafka_client_kwargs(settings: KafkaSettings) -> dict[str, Any]:
 
 
 async def ensure_topics(settings: KafkaSettings, names: Sequence[str]) -> None:
-    """Create the given topics when missing (no-op for existing ones).
+    """Create the given topics when missing; with ``create_topics = false`` check they exist.
 
     Raises:
+        BrokerRefusedError: (fatal) when a topic is missing and ``create_topics`` is false,
+            or the cluster refuses our credentials.
         TransportError: when the cluster cannot be reached.
     """
     admin = AIOKafkaAdminClient(
@@ -134,15 +207,28 @@ async def ensure_topics(settings: KafkaSettings, names: Sequence[str]) -> None:
         request_timeout_ms=settings.request_timeout_ms,
         **kafka_client_kwargs(settings),
     )
-    with map_kafka_errors("create topics"):
-        await admin.start()
-        try:
+    try:
+        async with _connecting(settings, "connect"):
+            await admin.start()
+        with map_kafka_errors("create topics", bootstrap=settings.bootstrap):
+            if not settings.create_topics:
+                existing = set(await admin.list_topics())
+                missing = [n for n in names if n not in existing]
+                if missing:
+                    raise BrokerRefusedError(
+                        f"Kafka topic(s) {', '.join(missing)} missing on {settings.bootstrap} "
+                        "and kafka.create_topics is false: create them (docs/operations.md) "
+                        "or set kafka.create_topics = true (HIERFL_KAFKA__CREATE_TOPICS=true)"
+                    )
+                return
             for name in names:
                 with contextlib.suppress(TopicAlreadyExistsError):
                     await admin.create_topics(
                         [NewTopic(name, settings.partitions, settings.replication_factor)]
                     )
-        finally:
+    finally:
+        # Closed on every path, a failed start included (else "Unclosed" client warnings).
+        with contextlib.suppress(KafkaError, OSError, asyncio.TimeoutError):
             await admin.close()
 
 
@@ -173,8 +259,14 @@ class KafkaProducerTransport:
         self.bytes_sent = 0
 
     async def __aenter__(self) -> Self:
-        with map_kafka_errors("connect"):
-            await self._producer.start()
+        try:
+            async with _connecting(self.settings, "connect"):
+                await self._producer.start()
+        except BaseException:
+            # A failed start leaves the producer open ("Unclosed AIOKafkaProducer"): close it.
+            with contextlib.suppress(KafkaError, OSError, asyncio.TimeoutError):
+                await self._producer.stop()
+            raise
         return self
 
     async def __aexit__(
@@ -266,13 +358,15 @@ class KafkaConsumerTransport:
         self._backlog: list[KafkaInbound] = []
 
     async def __aenter__(self) -> Self:
-        with map_kafka_errors("connect"):
-            await self._consumer.start()
-            try:
+        try:
+            async with _connecting(self.settings, "connect"):
+                await self._consumer.start()
                 await self._assign()
-            except BaseException:
+        except BaseException:
+            # Closed on every failure, a failed start included ("Unclosed AIOKafkaConsumer").
+            with contextlib.suppress(KafkaError, OSError, asyncio.TimeoutError):
                 await self._consumer.stop()
-                raise
+            raise
         return self
 
     async def __aexit__(
@@ -292,8 +386,15 @@ class KafkaConsumerTransport:
                 break
             await self._consumer._client.force_metadata_update()
             await asyncio.sleep(0.05)
+        if not parts and not self.settings.create_topics:
+            raise BrokerRefusedError(
+                f"Kafka topic {self.topic!r} missing on {self.settings.bootstrap} and "
+                "kafka.create_topics is false: create it or set kafka.create_topics = true"
+            )
         if not parts:
-            raise BrokerUnavailableError(f"Kafka topic {self.topic!r} has no partitions")
+            raise BrokerUnavailableError(
+                f"Kafka topic {self.topic!r} has no partitions on {self.settings.bootstrap}"
+            )
         self._tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
         self._consumer.assign(self._tps)
         if self.start == "earliest":

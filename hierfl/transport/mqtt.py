@@ -15,8 +15,9 @@ filter's ``/~chunk/+`` sub-topics too. See docs/wire-format.md, "Chunking on MQT
 
 TLS (``mqtts://``): the context comes from :func:`hierfl.transport.tls.client_ssl_context`
 (TLS >= 1.2, broker certificate and host name always verified, optional client certificate).
-A TLS failure while connecting (unknown CA, wrong host name, client certificate refused) is
-a :class:`~hierfl.errors.BrokerUnavailableError` whose message names the URL and says TLS.
+A certificate failure while connecting (unknown CA, wrong host name, client certificate
+refused) is a fatal :class:`~hierfl.errors.BrokerRefusedError` whose message names the URL and
+says TLS; so is a CONNACK refusing our credentials. Other connect failures are retriable.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -33,6 +35,7 @@ import aiomqtt
 
 from hierfl.config import MqttSettings
 from hierfl.errors import (
+    BrokerRefusedError,
     BrokerUnavailableError,
     ConfigError,
     DisconnectedError,
@@ -92,6 +95,27 @@ def _split_chunk_topic(topic: str) -> tuple[str, int | None]:
     return topic, None
 
 
+# CONNACK codes no retry can fix: MQTT 3.1.1 return codes 1 (protocol version), 2 (client id
+# refused), 4 (bad user name or password), 5 (not authorized), and their MQTT 5 reason codes
+# (paho 2 reports 3.1.1 codes as these): 132, 133, 134, 135, 138 (banned), 140 (bad auth method).
+_REFUSED_CONNACK = frozenset({1, 2, 4, 5, 132, 133, 134, 135, 138, 140})
+
+
+def _refused_connack(exc: BaseException) -> bool:
+    """Whether ``exc`` is a CONNACK refusal that retrying cannot fix (credentials, ACL)."""
+    if not isinstance(exc, aiomqtt.MqttCodeError):
+        return False
+    rc = exc.rc
+    value = rc if isinstance(rc, int) else getattr(rc, "value", None)
+    return isinstance(value, int) and value in _REFUSED_CONNACK
+
+
+def _certificate_failure(tls: ssl.SSLError) -> bool:
+    """A TLS failure that is about certificates (ours or the broker's), not a dropped link."""
+    text = f"{getattr(tls, 'reason', None) or ''} {tls}".upper()
+    return isinstance(tls, ssl.SSLCertVerificationError) or "CERTIFICATE" in text
+
+
 @contextlib.contextmanager
 def map_mqtt_errors(action: str, *, url: str | None = None) -> Iterator[None]:
     """Map aiomqtt, paho and OS errors raised inside the block to TransportError subclasses.
@@ -102,8 +126,11 @@ def map_mqtt_errors(action: str, *, url: str | None = None) -> Iterator[None]:
 
     Raises:
         PublishTimeoutError: on a timeout.
-        BrokerUnavailableError: when connecting fails, and on any TLS failure while
-            connecting (a misconfiguration: the message says TLS).
+        BrokerRefusedError: (fatal) when connecting is refused for good: CONNACK "Not
+            authorized", "Bad user name or password", client id or protocol refused, or a
+            TLS certificate that does not verify. The message names the URL and settings.
+        BrokerUnavailableError: when connecting fails otherwise (unknown host, refused port,
+            timeout, TLS link dropped).
         DisconnectedError: when an established connection fails.
     """
     where = f" ({url})" if url else ""
@@ -114,14 +141,23 @@ def map_mqtt_errors(action: str, *, url: str | None = None) -> Iterator[None]:
     except TimeoutError as exc:
         raise PublishTimeoutError(f"MQTT {action}{where} timed out") from exc
     except (aiomqtt.MqttError, OSError) as exc:
+        if action == "connect" and _refused_connack(exc):
+            raise BrokerRefusedError(
+                f"MQTT broker{where} refused the connection: {exc} (check mqtt.username and "
+                "mqtt.password, HIERFL_MQTT__USERNAME / HIERFL_MQTT__PASSWORD, and the broker's "
+                "ACL for this client)"
+            ) from exc
         tls = find_ssl_error(exc)
         if tls is not None and action == "connect":
-            raise BrokerUnavailableError(
-                f"MQTT {action}{where} failed: TLS: {tls} (check ca_file, cert_file, key_file "
-                "and that the broker's certificate names the host connected to)"
+            cls = BrokerRefusedError if _certificate_failure(tls) else BrokerUnavailableError
+            raise cls(
+                f"MQTT {action}{where} failed: TLS: {tls} (check mqtt.ca_file, cert_file, "
+                "key_file and that the broker's certificate names the host connected to)"
             ) from exc
         if isinstance(exc, OSError) or action == "connect":
-            raise BrokerUnavailableError(f"MQTT {action}{where} failed: {exc}") from exc
+            raise BrokerUnavailableError(
+                f"MQTT {action}{where} failed: {exc} (check mqtt.url and that the broker runs)"
+            ) from exc
         raise DisconnectedError(f"MQTT {action}{where} failed: {exc}") from exc
 
 
@@ -265,11 +301,22 @@ class MqttTransport:
         paho_client.on_disconnect = on_disconnect
 
     async def __aenter__(self) -> Self:
-        with map_mqtt_errors("connect", url=self.settings.url):
-            await self._client.__aenter__()
+        try:
+            with map_mqtt_errors("connect", url=self.settings.url):
+                await self._client.__aenter__()
+        except BaseException:
+            # A refused CONNACK or a connect timeout leaves paho's socket open: close it, so
+            # a failed connect leaks nothing (retried connects would pile sockets up).
+            self._close_socket()
+            raise
         self._open = True
         log.debug("MQTT %s connected to %s", self.client_id, self.settings.url)
         return self
+
+    def _close_socket(self) -> None:
+        paho_client = self._client._client
+        with contextlib.suppress(Exception):
+            paho_client._sock_close()
 
     async def __aexit__(
         self,

@@ -10,6 +10,7 @@ import pytest
 
 from hierfl import errors
 from hierfl.errors import (
+    BrokerRefusedError,
     FrameFieldError,
     HierflError,
     TransportError,
@@ -67,7 +68,9 @@ def test_reason_prefix_follows_the_family(cls: type[HierflError]) -> None:
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_only_transport_errors_are_retriable(cls: type[HierflError]) -> None:
-    assert cls.retriable is issubclass(cls, TransportError)
+    # A refused broker (bad credentials, certificate, missing topic) is fatal: no retry fixes it
+    fatal = issubclass(cls, BrokerRefusedError)
+    assert cls.retriable is (issubclass(cls, TransportError) and not fatal)
 
 
 def test_wire_errors_are_never_retriable() -> None:

@@ -14,6 +14,7 @@ from hierfl.errors import (
     PublishTimeoutError,
     TransportError,
 )
+from hierfl.transport.kafka import _REFUSED as _kafka_refused
 from hierfl.transport.kafka import map_kafka_errors
 from hierfl.transport.mqtt import map_mqtt_errors
 
@@ -36,7 +37,8 @@ def test_every_kafka_error_is_mapped(cls):
     with pytest.raises(TransportError) as info, map_kafka_errors("send"):
         raise _instantiate(cls)
     assert isinstance(info.value.__cause__, cls)
-    assert info.value.retriable
+    # Only credential / authorization refusals are fatal; every other Kafka error is retried
+    assert info.value.retriable is not (cls.__name__ in _kafka_refused)
 
 
 def test_kafka_connection_errors_are_unavailable():
