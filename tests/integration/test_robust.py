@@ -61,7 +61,9 @@ async def run_attacked_federation(
     cloud_s, fog_s, edge_s = settings_for(
         mqtt_broker.url, kafka_broker.bootstrap, fed, topo, tmp_path / "store",
         tmp_path / "init.npz", versions=2,
-        fog_overrides={"aggregator": aggregator, "aggregator_params": params},
+        # quorum = the 4 edges of each fog: nnm_f = 1 cannot aggregate fewer than 3 updates,
+        # and settings refuse a quorum a rule cannot aggregate
+        fog_overrides={"aggregator": aggregator, "aggregator_params": params, "quorum": 4},
         cloud_overrides={"aggregator": cloud_aggregator},
     )
     cloud = CloudService(cloud_s)
