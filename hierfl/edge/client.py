@@ -96,6 +96,8 @@ class EdgeClient:
         self._latest: ModelFrame | None = None
         self._new_model = asyncio.Event()
         self._trained: tuple[int, int] | None = None
+        # the last update published: ((version, seq) it was trained on, its frame bytes)
+        self._last_sent: tuple[tuple[int, int], bytes] | None = None
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
 
@@ -159,6 +161,7 @@ class EdgeClient:
             try:
                 frame = (await asyncio.to_thread(self.security.decode, inbound.payload,
                                                  limits=limits)).frame
+                await self._resend_in_flight(mqtt, frame)
                 model = await asyncio.to_thread(feed.on_frame, kind, frame)
             except HierflError as exc:
                 self.metrics.reject(exc.reason)  # exact; the log is not
@@ -206,11 +209,33 @@ class EdgeClient:
                     self.feedback.restore(sent)  # not delivered: its mass goes out later
                 raise
             self._trained = (frame.version, frame.seq)
+            self._last_sent = (self._trained, data)
             self.updates_sent += 1
             self.metrics.inc("updates_sent")
             self.metrics.inc("bytes_up", len(data))
             log.debug("edge %s: sent update for v%d seq %d (%d bytes)", s.edge_id,
                       frame.version, frame.seq, len(data))
+
+    async def _resend_in_flight(self, mqtt: MqttTransport, frame: Any) -> None:
+        """Publish the last update again when the fog announces, once more, the very model it
+        was trained on.
+
+        A fog publishes its model again whenever its MQTT session comes back (a broker that
+        restarted without persistence lost the retained copy, and what it had not delivered
+        yet: perhaps this update). The fog is subscribed by then, so the copy reaches it,
+        instead of the round waiting for its deadline. The same bytes are sent: a fog that
+        already holds the update refuses the copy (``wire.replay`` when signed, else
+        ``validation.duplicate``) and counts it.
+        """
+        last = self._last_sent
+        if last is None or (getattr(frame, "version", None), getattr(frame, "seq", None)) != (
+                last[0]):
+            return
+        s = self.settings
+        await mqtt.publish(topics.update(s.federation, s.fog_id, s.edge_id), last[1])
+        self.metrics.inc("updates_resent")
+        log.info("edge %s: the fog announced v%d seq %d again; re-sent its update", s.edge_id,
+                 *last[0])
 
     def _encode(self, update: UpdateFrame) -> tuple[bytes, Float32Vector | None]:
         """Encode ``update`` for the wire; with error feedback, also return the vector sent.

@@ -182,6 +182,10 @@ class FogService:
             await mqtt.publish(topics.status(fed, fog, fog), b"online", retain=True)
             self._resume = resume
             self.ready.set()
+            if self._to_publish is None and self._downlink.held is not None:
+                # A broker restarted without persistence has lost the retained model: publish
+                # it again on every (re)connection (edges ignore a model they hold).
+                self._to_publish = self._downlink.held
             try:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._ingest_mqtt(mqtt), name=f"fog[{fog}].mqtt")
