@@ -243,13 +243,19 @@ def _tier_settings(
         store_dir=cfg.out / "store", initial_model=cfg.out / "initial.npz",
         max_versions=cfg.rounds, aggregator="fedavg", security=security_section(prov, "cloud"),
     )
+    # the fewest updates the fog's rule can combine (nnm_f, krum's f): the default quorum of
+    # 1 is raised to it, so that a deadline never closes a round the rule must refuse
+    from hierfl.aggregation import make_aggregator  # noqa: PLC0415
+    from hierfl.aggregation.base import min_updates  # noqa: PLC0415
+
+    floor = min_updates(make_aggregator(cfg.aggregator, cfg.aggregator_params))
     fogs = []
     for fog, idx in topo.items():
         fogs.append(FogSettings.load(
             federation=cfg.federation, fog_id=fog, mqtt=mqtt_section(mqtt_url, prov, f"fog/{fog}"),
             security=security_section(prov, f"fog/{fog}"),
             kafka={"bootstrap": bootstrap}, min_updates=cfg.min_updates or len(idx),
-            quorum=min(cfg.quorum or 1, cfg.min_updates or len(idx)), k2=cfg.k2,
+            quorum=min(max(cfg.quorum or 1, floor), cfg.min_updates or len(idx)), k2=cfg.k2,
             round_timeout_s=cfg.round_timeout_s, aggregator=cfg.aggregator,
             aggregator_params=cfg.aggregator_params, resume_wait_s=0.2,
             model_codec=cfg.model_codec,
