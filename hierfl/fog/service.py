@@ -87,7 +87,8 @@ class FogService:
         s = settings
         self.metrics = ServiceMetrics("fog", s.fog_id)
         self.security = tier_security(s.security, federation=s.federation,
-                                      party_id=fog_party(s.fog_id), tier=f"fog {s.fog_id}")
+                                      party_id=fog_party(s.fog_id), tier=f"fog {s.fog_id}",
+                                      autosave=False)  # saved after each accepted update
         self.round = FogRound(
             FogRoundConfig(
                 federation=s.federation,
@@ -110,7 +111,16 @@ class FogService:
         self._proofs: dict[int, dict[tuple[str, int], EdgeProof]] = {}
         # accepted / rejected per base version, for monitors that attribute counts to rounds
         self._by_version: dict[int, dict[str, Any]] = {}
-        self._spool = Spool(s.spool_dir) if s.spool_dir is not None else None
+        # A provisioned fog (security.state_dir) spools by default: accepted updates survive
+        # kill -9 (docs/configuration.md, spool_dir).
+        spool_dir = s.spool_dir
+        if spool_dir is None and s.security.enabled and s.security.state_dir is not None:
+            spool_dir = s.security.state_dir / "spool"
+        self._spool = Spool(spool_dir) if spool_dir is not None else None
+        if self._spool is None:
+            log.warning("fog %s: no spool_dir: updates accepted but not yet forwarded are lost "
+                        "if this process is killed (edges re-send theirs when the fog comes "
+                        "back at the same round; set spool_dir to keep them)", s.fog_id)
         self._replayed = False
         self._outbox: list[AggregateFrame] = []
         self._to_publish: ModelFrame | None = None
@@ -414,6 +424,11 @@ class FogService:
         if self._spool is not None and raw and not replay:
             # Durable before anything depends on it; removed once folded into durable state.
             await asyncio.to_thread(self._spool.put, key[0], key[1], frame.edge_id, raw)
+        if self.security.verifier is not None and not replay:
+            # Replay counters become durable after the update they cover (spooled above): a
+            # crash in between lets the edge's re-sent copy in (the round refuses a second
+            # copy), instead of refusing, as a replay, an update the fog never kept.
+            await asyncio.to_thread(self.security.verifier.replay.save)
         await self._apply(actions)
 
     async def _apply(self, actions: list[Any]) -> None:

@@ -289,6 +289,11 @@ class ReplayGuard:
         if snapshot is not None and self.path is not None:
             _atomic_write_text(self.path, json.dumps(snapshot, sort_keys=True))
 
+    def save(self) -> None:
+        """Write the counters to :attr:`path` now (a no-op without one)."""
+        if self.path is not None:
+            _atomic_write_text(self.path, json.dumps(self.snapshot(), sort_keys=True))
+
     def snapshot(self) -> dict[str, int]:
         """The counters, to persist with durable state."""
         with self._lock:

@@ -197,8 +197,9 @@ def _kill(p: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
     p.wait(timeout=10)
 
 
+@pytest.mark.parametrize("spool", ["spool_dir", "kit_default"])
 async def test_fog_killed_mid_round_gets_updates_sent_while_down(
-    mqtt_broker, kafka_broker, unique_id, tmp_path
+    mqtt_broker, kafka_broker, unique_id, tmp_path, spool
 ):
     """SIGKILL a torch-less fog mid-round: it loses nothing it accepted (spool) and gets
     what edges published while it was down (persistent MQTT session)."""
@@ -214,12 +215,15 @@ async def test_fog_killed_mid_round_gets_updates_sent_while_down(
     env = {
         "HIERFL_SECURITY__KEY_FILE": str(kit / "signing.key"),
         "HIERFL_SECURITY__TRUST_BUNDLE": str(pki.trust_bundle),
-        "HIERFL_SECURITY__STATE_DIR": str(kit / "state"),
         "HIERFL_FEDERATION": fed, "HIERFL_FOG_ID": "north",
         "HIERFL_MQTT__URL": mqtt_broker.url, "HIERFL_KAFKA__BOOTSTRAP": kafka_broker.bootstrap,
         "HIERFL_MIN_UPDATES": "3", "HIERFL_ROUND_TIMEOUT_S": "60", "HIERFL_LOG_LEVEL": "DEBUG",
-        "HIERFL_SPOOL_DIR": str(tmp_path / "spool"),
     }
+    # a provisioned fog spools under its state_dir unless spool_dir says otherwise
+    spool_path = tmp_path / "spool" if spool == "spool_dir" else kit / "state" / "spool"
+    env["HIERFL_SECURITY__STATE_DIR"] = str(kit / "state")
+    if spool == "spool_dir":
+        env["HIERFL_SPOOL_DIR"] = str(spool_path)
     cloud = CloudService(cloud_s)
     s = FogSettings.load(fog_id="x", mqtt={"url": mqtt_broker.url}).mqtt
     models: list[ModelFrame] = []
@@ -248,7 +252,7 @@ async def test_fog_killed_mid_round_gets_updates_sent_while_down(
                     await wait_for(lambda: any(
                         x["counters"].get("accepted", 0) >= 1 for x in stats), 60)
                 _kill(fog)                                  # crash: no clean disconnect
-                assert len(list((tmp_path / "spool").glob("*.hfl"))) == 1
+                assert len(list(spool_path.glob("*.hfl"))) == 1
                 async with running(*rest):
                     await wait_for(lambda: len(spy.updates) == 3, 60)  # 2 sent while fog is down
                     assert cloud.version == 0
@@ -258,7 +262,7 @@ async def test_fog_killed_mid_round_gets_updates_sent_while_down(
         # Forwarded: the fog drops the v0 round's frames from its spool (checked while it still
         # runs: the cloud can finish between the fog's Kafka ack and its spool clean-up). Frames
         # of v1 may be there: n1 and n2 can already have trained on v1 (the open round's).
-        await wait_for(lambda: not list((tmp_path / "spool").glob("v0-*.hfl")), 20,
+        await wait_for(lambda: not list(spool_path.glob("v0-*.hfl")), 20,
                        "the v0 frames to leave the spool")
         assert fog.poll() is None, log.read_text()
     finally:
@@ -360,3 +364,56 @@ async def test_an_aggregate_lost_on_the_way_is_sent_again(
     assert set(meta["fogs"]) == {"north", "south"}
     refused = cloud.metrics.rejected
     assert refused.get("validation.duplicate", 0) + refused.get("validation.stale", 0) <= resent - 1
+
+
+async def test_fog_killed_without_a_spool_gets_accepted_updates_again(
+    mqtt_broker, kafka_broker, unique_id, tmp_path
+):
+    """No spool, no state_dir: what the killed fog had accepted is gone from it, and the edges
+    re-send their updates when the restarted fog announces the same model again."""
+    topo = Topology({"north": ["n0", "n1", "n2"]})
+    write_initial(tmp_path / "init.npz")
+    pki = provision_topo(tmp_path / "pki", unique_id, topo)
+    cloud_s, _, edge_s = settings_for(
+        mqtt_broker.url, kafka_broker.bootstrap, unique_id, topo, tmp_path / "store",
+        tmp_path / "init.npz", versions=1, pki=pki,
+    )
+    kit = pki.fog_kit("north")
+    env = {
+        "HIERFL_SECURITY__KEY_FILE": str(kit / "signing.key"),
+        "HIERFL_SECURITY__TRUST_BUNDLE": str(pki.trust_bundle),
+        "HIERFL_FEDERATION": unique_id, "HIERFL_FOG_ID": "north",
+        "HIERFL_MQTT__URL": mqtt_broker.url, "HIERFL_KAFKA__BOOTSTRAP": kafka_broker.bootstrap,
+        "HIERFL_MIN_UPDATES": "3", "HIERFL_ROUND_TIMEOUT_S": "300",
+    }
+    cloud = CloudService(cloud_s)
+    s = FogSettings.load(fog_id="x", mqtt={"url": mqtt_broker.url}).mqtt
+    stats: list[dict] = []
+
+    async def watch(mqtt: MqttTransport) -> None:
+        async for m in mqtt.messages():
+            stats.append(json.loads(m.payload))  # noqa: PERF401
+
+    log = tmp_path / "fog.log"
+    fog = _no_torch_cli("fog", env=env, log=log)
+    try:
+        async with running(cloud), MqttTransport(s, client_id=f"watch-{unique_id}") as mqtt:
+            await mqtt.subscribe(topics.stats(unique_id, "north"))
+            watcher = asyncio.create_task(watch(mqtt))
+            two, late = make_edges(edge_s[:2]), make_edges(edge_s[2:])
+            async with running(*two):
+                await wait_for(lambda: any(x["counters"].get("accepted", 0) >= 2 for x in stats),
+                               60, "n0 and n1 accepted")
+                _kill(fog)                        # both accepted updates die with it
+                fog = _no_torch_cli("fog", env=env, log=log)
+                await wait_for(lambda: all(e.metrics.counters.get("updates_resent", 0) >= 1
+                                           for e in two), 60, "n0 and n1 to re-send")
+                async with running(*late):
+                    await wait_for(cloud.finished.is_set, 60, "v1 with all three edges")
+            watcher.cancel()
+        assert fog.poll() is None, log.read_text()
+    finally:
+        _kill(fog, signal.SIGTERM)
+    meta = ModelStore(tmp_path / "store").load(1).meta
+    assert meta["fogs"]["north"]["contributors"] == ["n0", "n1", "n2"]
+    assert "resumed v0" in log.read_text()
