@@ -499,6 +499,11 @@ class EdgeSettings(_TierSettings):
     def _ids(cls, v: str) -> str:
         return _id("fog/edge", v)
 
+    @field_validator("error_feedback_path", mode="before")
+    @classmethod
+    def _ef_path(cls, v: Path | str | None) -> Path | None:
+        return resolve_path(v)
+
     @field_validator("codec")
     @classmethod
     def _update_codec(cls, v: str) -> str:
@@ -565,6 +570,11 @@ class FogSettings(_TierSettings):
     def _fog(cls, v: str) -> str:
         return _id("fog", v)
 
+    @field_validator("spool_dir", mode="before")
+    @classmethod
+    def _spool(cls, v: Path | str | None) -> Path | None:
+        return resolve_path(v)
+
     @field_validator("allowed_edges")
     @classmethod
     def _edges(cls, v: list[str]) -> list[str]:
@@ -627,6 +637,11 @@ class CloudSettings(_TierSettings):
     @classmethod
     def _model_codec(cls, v: str) -> str:
         return _codec_spec(v, full_model=True)  # fogs receive full global models
+
+    @field_validator("store_dir", "initial_model", mode="before")
+    @classmethod
+    def _cloud_paths(cls, v: Path | str | None) -> Path | None:
+        return resolve_path(v)
 
     @field_validator("fogs")
     @classmethod
