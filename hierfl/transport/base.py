@@ -1,12 +1,38 @@
-"""What every transport hands to the tier runtimes, and the reconnect backoff they share."""
+"""What every transport hands to the tier runtimes, and the reconnect backoff they share.
+
+The protocols below are the transport seam: what the tiers use of
+:class:`~hierfl.transport.mqtt.MqttTransport` (:class:`MqttLink`),
+:class:`~hierfl.transport.kafka.KafkaProducerTransport` (:class:`FrameProducer`) and
+:class:`~hierfl.transport.kafka.KafkaConsumerTransport` (:class:`FrameConsumer`). The real
+classes and the in-memory twins of :mod:`hierfl.transport.memory` satisfy them (pinned by
+tests/contract/test_protocols.py); ``tests/contract`` checks that they also behave alike.
+"""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Literal, Protocol, Self, runtime_checkable
 
-__all__ = ["Inbound", "backoff_delays"]
+if TYPE_CHECKING:
+    from hierfl.transport.kafka import KafkaInbound
+
+__all__ = [
+    "ConsumerStart",
+    "FrameConsumer",
+    "FrameProducer",
+    "Inbound",
+    "MqttLink",
+    "MqttPublisher",
+    "MqttSubscriber",
+    "backoff_delays",
+]
+
+ConsumerStart = Literal["committed", "earliest", "latest_frame"]
+"""Where a :class:`FrameConsumer` starts: the group's committed offset (else the earliest),
+the earliest offset, or the newest complete frame (then it follows the log)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,3 +59,102 @@ def backoff_delays(base: float, cap: float) -> Iterator[float]:
     while True:
         yield random.uniform(0, min(cap, base * 2**attempt))
         attempt = min(attempt + 1, 30)
+
+
+@runtime_checkable
+class _AsyncConnection(Protocol):
+    """A connection as an async context manager: entering connects, leaving disconnects."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+@runtime_checkable
+class MqttPublisher(Protocol):
+    """The publishing half of an MQTT connection (QoS 1 waits for the broker's PUBACK)."""
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        timeout: float | None = 30.0,
+    ) -> None:
+        """Publish ``payload`` on ``topic``; a retained empty payload clears the topic.
+
+        Raises:
+            PublishTimeoutError: when the broker does not acknowledge in ``timeout`` s.
+            DisconnectedError: when the connection is lost.
+        """
+        ...
+
+
+@runtime_checkable
+class MqttSubscriber(Protocol):
+    """The receiving half of an MQTT connection."""
+
+    async def subscribe(self, topic_filter: str, *, qos: int = 1) -> None:
+        """Subscribe to a filter (``+`` one level, ``#`` the rest); matching retained
+        messages come first, with ``Inbound.retain`` set."""
+        ...
+
+    async def unsubscribe(self, topic_filter: str) -> None:
+        """Undo :meth:`subscribe` (messages already in flight may still come)."""
+        ...
+
+    def messages(self) -> AsyncIterator[Inbound]:
+        """Yield inbound messages (chunked payloads reassembled) until the connection drops.
+
+        Raises:
+            DisconnectedError: when the connection is lost (never hangs silently).
+        """
+        ...
+
+
+@runtime_checkable
+class MqttLink(_AsyncConnection, MqttPublisher, MqttSubscriber, Protocol):
+    """What the edge and the fog use of an MQTT connection (:class:`MqttTransport`)."""
+
+
+@runtime_checkable
+class FrameProducer(_AsyncConnection, Protocol):
+    """What the fog and the cloud use of a Kafka producer (:class:`KafkaProducerTransport`)."""
+
+    async def send_frame(self, topic: str, *, key: bytes, frame: bytes) -> int:
+        """Send one frame as ordered chunk records sharing ``key``; return the chunk count.
+
+        Raises:
+            TransportError: when a chunk cannot be delivered.
+        """
+        ...
+
+
+@runtime_checkable
+class FrameConsumer(_AsyncConnection, Protocol):
+    """What the fog and the cloud use of a Kafka consumer (:class:`KafkaConsumerTransport`):
+    reassembled frames of one topic in log order, committed only when the caller says so."""
+
+    def messages(self) -> AsyncIterator[KafkaInbound]:
+        """Yield reassembled frames (or the typed error of a bad record) in log order.
+
+        Raises:
+            TransportError: when the consumer fails.
+        """
+        ...
+
+    async def commit(self, inbound: KafkaInbound) -> None:
+        """Commit the group's offset up to and including ``inbound`` (never past a
+        partial chunked frame); a no-op without a group."""
+        ...
+
+    async def committed(self) -> dict[int, int | None]:
+        """The group's committed offsets, by partition (None: nothing committed)."""
+        ...

@@ -1,0 +1,1 @@
+"""One contract suite for every transport: real brokers and the in-memory twin."""
