@@ -239,10 +239,33 @@ class FogService:
     # --- ingest -------------------------------------------------------------------------
 
     async def _ingest_mqtt(self, mqtt: MqttTransport) -> None:
+        """Take messages off the client as fast as they come, into one bounded lane per known
+        edge (and one shared lane for every other sender), and judge them round-robin across
+        lanes: a sender that floods fills, and loses, only its own lane, so the MQTT client's
+        queue never overflows onto honest updates (it discarded them before)."""
+        lanes = _Lanes(self._known_edges)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._judge_lanes(lanes), name=f"fog[{self.settings.fog_id}].judge")
+            async for inbound in mqtt.messages():
+                self.metrics.inc("received")
+                self.metrics.inc("bytes_in", len(inbound.payload))
+                if not lanes.put(inbound):
+                    self.metrics.reject("flood.lane_full")
+
+    def _known_edges(self) -> frozenset[str] | None:
+        """Edges that get a lane of their own: this fog's edges in the trust bundle (or the
+        allow-list); None when any sender id may be an edge (signatures off, no allow-list)."""
+        trust = self.security.trust
+        if trust is not None:
+            return trust.edges_of(self.settings.fog_id)
+        if self.settings.allowed_edges:
+            return frozenset(self.settings.allowed_edges)
+        return None
+
+    async def _judge_lanes(self, lanes: _Lanes) -> None:
         base_limits = self.settings.limits.decode_limits()
-        async for inbound in mqtt.messages():
-            self.metrics.inc("received")
-            self.metrics.inc("bytes_in", len(inbound.payload))
+        while True:
+            inbound = await lanes.get()
             try:
                 parsed = topics.parse_mqtt(inbound.topic)
                 if parsed.kind != "update":
@@ -518,6 +541,66 @@ class FogService:
             if self.round.state is FogState.COLLECTING and self.round.version is not None:
                 open_round = (self.round.version, self.round.seq)
             await asyncio.to_thread(self._spool.drop_except, open_round)
+
+
+class _Lanes:
+    """Bounded per-sender lanes of inbound MQTT messages, served round-robin.
+
+    A known edge has a lane of ``_LANE`` messages; every other sender shares one lane of
+    ``_SHARED_LANE``. When a lane is full its oldest message is dropped (the newest update of a
+    sender is the one that matters). Known edges are re-read at most once a second.
+    """
+
+    def __init__(self, known: Any) -> None:
+        self._known_fn = known
+        self._known: frozenset[str] | None = known()
+        self._known_at = time.monotonic()
+        self._lanes: dict[str, deque[Any]] = {}
+        self._order: deque[str] = deque()  # lanes with messages, in serving order
+        self._ready = asyncio.Event()
+
+    def _lane_of(self, topic: str) -> str:
+        now = time.monotonic()
+        if now - self._known_at > 1.0:
+            self._known, self._known_at = self._known_fn(), now
+        client = topic.rsplit("/", 1)[-1]
+        if self._known is None:
+            return client if len(self._lanes) < _MAX_OPEN_LANES or client in self._lanes else "?"
+        return client if client in self._known else "?"
+
+    def put(self, inbound: Any) -> bool:
+        """Queue ``inbound``; False when it pushed out an older message of its lane."""
+        key = self._lane_of(inbound.topic)
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = deque()
+        dropped = len(lane) >= (_SHARED_LANE if key == "?" else _LANE)
+        if dropped:
+            lane.popleft()
+        if not lane:
+            self._order.append(key)
+        lane.append(inbound)
+        self._ready.set()
+        return not dropped
+
+    async def get(self) -> Any:
+        """The next message, taking lanes in turn."""
+        while not self._order:
+            self._ready.clear()
+            await self._ready.wait()
+        key = self._order.popleft()
+        lane = self._lanes[key]
+        item = lane.popleft()
+        if lane:
+            self._order.append(key)
+        else:
+            del self._lanes[key]
+        return item
+
+
+_LANE = 8
+_SHARED_LANE = 256
+_MAX_OPEN_LANES = 4096
 
 
 def _codec(spec: str) -> str | None:
