@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from hierfl.config import KafkaSettings, MqttSettings
 from hierfl.transport.base import FrameConsumer, FrameProducer, Inbound, MqttLink
@@ -21,6 +22,24 @@ from hierfl.transport.memory import (
 from hierfl.transport.mqtt import MqttTransport
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class _Receiver(Protocol[T_co]):
+    def messages(self) -> AsyncIterator[T_co]: ...
+
+
+@contextlib.asynccontextmanager
+async def messages_of(link: _Receiver[T]) -> AsyncIterator[AsyncIterator[T]]:
+    """``link.messages()``, closed on exit (the protocols promise an AsyncIterator, which has
+    no ``aclose``; every implementation returns an async generator, which does)."""
+    it = link.messages()
+    try:
+        yield it
+    finally:
+        aclose = getattr(it, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 # Kafka's smallest chunk size setting: frames of a few KB already cross as several chunks.
 KAFKA_CHUNK_BYTES = 4096
