@@ -98,6 +98,7 @@ class EdgeClient:
         self._trained: tuple[int, int] | None = None
         # the last update published: ((version, seq) it was trained on, its frame bytes)
         self._last_sent: tuple[tuple[int, int], bytes] | None = None
+        self._announced: dict[str, tuple[Any, Any]] = {}  # topic kind -> last (version, seq)
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
 
@@ -161,7 +162,7 @@ class EdgeClient:
             try:
                 frame = (await asyncio.to_thread(self.security.decode, inbound.payload,
                                                  limits=limits)).frame
-                await self._resend_in_flight(mqtt, frame)
+                await self._resend_in_flight(mqtt, kind, frame)
                 model = await asyncio.to_thread(feed.on_frame, kind, frame)
             except HierflError as exc:
                 self.metrics.reject(exc.reason)  # exact; the log is not
@@ -216,7 +217,7 @@ class EdgeClient:
             log.debug("edge %s: sent update for v%d seq %d (%d bytes)", s.edge_id,
                       frame.version, frame.seq, len(data))
 
-    async def _resend_in_flight(self, mqtt: MqttTransport, frame: Any) -> None:
+    async def _resend_in_flight(self, mqtt: MqttTransport, kind: str, frame: Any) -> None:
         """Publish the last update again when the fog announces, once more, the very model it
         was trained on.
 
@@ -227,9 +228,13 @@ class EdgeClient:
         already holds the update refuses the copy (``wire.replay`` when signed, else
         ``validation.duplicate``) and counts it.
         """
+        key = (getattr(frame, "version", None), getattr(frame, "seq", None))
+        # "again" means on the same topic: every model comes once in full and once on the
+        # delta stream, and those two may straddle the update sent meanwhile
+        again = self._announced.get(kind) == key
+        self._announced[kind] = key
         last = self._last_sent
-        if last is None or (getattr(frame, "version", None), getattr(frame, "seq", None)) != (
-                last[0]):
+        if last is None or not again or key != last[0]:
             return
         s = self.settings
         await mqtt.publish(topics.update(s.federation, s.fog_id, s.edge_id), last[1])
