@@ -311,9 +311,10 @@ async def test_forged_aggregates_and_global_models_on_kafka_are_refused(
 async def test_forged_fog_models_are_refused_by_edges(
     mqtt_broker, kafka_broker, unique_id, tmp_path
 ):
-    """Fog models planted on a fog's topics (by an edge's key, by fog A's key for fog B, by a
-    stranger's key) are refused by the edges: live on the delta stream, and retained on the
-    full-model topic for an edge that joins; both train on the fog's genuine models."""
+    """Fog models planted on a fog's topics (by fog A's key for fog B, by an edge's key, by a
+    stranger's key) are refused: retained on the model topic, by an edge that joins and by the
+    fog itself when it starts (it resumes from its retained model); live on the delta stream,
+    by every edge. The edges train on the fog's genuine models."""
     fed = unique_id
     topo = Topology({"north": ["n0", "n1"], "south": ["s0"]})
     write_initial(tmp_path / "init.npz")
@@ -324,40 +325,45 @@ async def test_forged_fog_models_are_refused_by_edges(
         fog_overrides={"min_updates": 1, "quorum": 1},
         cloud_overrides={"fogs": ["north"], "min_fogs": 1},
     )
-    cloud = CloudService(cloud_s)
-    (north,) = make_fogs(fog_s[:1])
     s = FogSettings.load(fog_id="x", mqtt={"url": mqtt_broker.url}).mqtt
-    (n0,) = make_edges(edge_s[:1])
-    async with running(cloud, north) as tiers:
-        await wait_for(lambda: north.round.version == 0, 30, "north on v0")
-        size = north.round.model_size
-        planted = ModelFrame(fed, 10**9, np.zeros(size, np.float32), scope="fog",
-                             fog_id="north", seq=10**9)
-        async with running(n0) as edge_tasks:
-            await wait_for(lambda: n0.updates_sent >= 1, 60, "n0 trains on the fog's model")
-            async with MqttTransport(s, client_id=f"attacker-{fed}") as mqtt:
-                for signer in (signer_of(prov, "edge/north/n1", fed),
-                               signer_of(prov, "fog/south", fed), stranger("fog/north", fed)):
-                    await mqtt.publish(topics.model_delta(fed, "north"),
-                                       encode_frame(planted, signer=signer))
-                await mqtt.publish(topics.model(fed, "north"),
-                                   encode_frame(planted, signer=signer_of(prov, "fog/south", fed)),
-                                   retain=True)
-            await wait_for(lambda: sum(n0.metrics.rejected.values()) >= 3, 30,
-                           "the planted models to be refused")
-            # a new edge subscribes: the broker hands it the planted retained model
-            (late,) = make_edges(edge_s[1:2])
-            async with running(late) as late_tasks:
-                await wait_for(lambda: late.metrics.rejected.get("wire.signer", 0) >= 1, 30,
-                               "the planted retained model to be refused")
-                # the fog's next genuine model replaces it; the late edge trains on it
-                await wait_for(lambda: late.updates_sent >= 1, 60, "the late edge trains")
+    planted = ModelFrame(fed, 10**9, np.zeros(51, np.float32), scope="fog", fog_id="north",
+                         seq=10**9)  # tiny_model has 51 parameters
+    # 1. before the fog ever ran: a model planted retained, and an edge that joins
+    async with MqttTransport(s, client_id=f"attacker-{fed}") as mqtt:
+        await mqtt.publish(topics.model(fed, "north"),
+                           encode_frame(planted, signer=signer_of(prov, "fog/south", fed)),
+                           retain=True)
+    (n1,) = make_edges(edge_s[1:2])
+    async with running(n1) as n1_task:
+        await wait_for(lambda: n1.metrics.rejected.get("wire.signer", 0) >= 1, 30,
+                       "the planted retained model to be refused by a joining edge")
+        # 2. the fog starts: its resume probe refuses the planted model too, and it publishes
+        # its genuine model (which replaces the planted one)
+        cloud = CloudService(cloud_s)
+        (north,) = make_fogs(fog_s[:1])
+        async with running(cloud, north) as tiers:
+            await wait_for(lambda: north.round.version == 0, 30, "north on v0")
+            assert north.metrics.rejected.get("wire.signer", 0) == 1
+            (n0,) = make_edges(edge_s[:1])
+            async with running(n0) as n0_task:
+                await wait_for(lambda: n0.updates_sent >= 1 and n1.updates_sent >= 1, 60,
+                               "both edges train on the fog's genuine model")
+                # 3. live on the delta stream, with three wrong keys
+                async with MqttTransport(s, client_id=f"attacker2-{fed}") as mqtt:
+                    for signer in (signer_of(prov, "edge/north/n1", fed),
+                                   signer_of(prov, "fog/south", fed),
+                                   stranger("fog/north", fed)):
+                        await mqtt.publish(topics.model_delta(fed, "north"),
+                                           encode_frame(planted, signer=signer))
+                await wait_for(lambda: sum(n0.metrics.rejected.values()) >= 3
+                               and sum(n1.metrics.rejected.values()) >= 4, 30,
+                               "the planted deltas to be refused")
                 await wait_for(cloud.finished.is_set, 60, "v3 from honest updates")
                 alive(tiers)
-                alive(edge_tasks)
-                alive(late_tasks)
+                alive(n0_task)
+                alive(n1_task)
     assert n0.metrics.rejected == {"wire.signer": 2, "wire.signature": 1}
-    assert late.metrics.rejected == {"wire.signer": 1}
-    for edge in (n0, late):
+    assert n1.metrics.rejected == {"wire.signer": 3, "wire.signature": 1}
+    for edge in (n0, n1):
         assert edge._latest is not None and edge._latest.version < 10**9
     assert ModelStore(tmp_path / "store").versions() == [0, 1, 2, 3]
