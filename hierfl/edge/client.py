@@ -99,6 +99,8 @@ class EdgeClient:
         # the last update published: ((version, seq) it was trained on, its frame bytes)
         self._last_sent: tuple[tuple[int, int], bytes] | None = None
         self._announced: dict[str, tuple[Any, Any]] = {}  # topic kind -> last (version, seq)
+        self._connection = 0  # counts (re)connections
+        self._sent_on = 0  # the connection the last update was sent on, or re-sent on
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
 
@@ -122,6 +124,7 @@ class EdgeClient:
 
     async def _run_connected(self) -> None:
         s = self.settings
+        self._connection += 1
         fed, fog, edge = s.federation, s.fog_id, s.edge_id
         status = topics.status(fed, fog, edge)
         async with MqttTransport(
@@ -211,6 +214,7 @@ class EdgeClient:
                 raise
             self._trained = (frame.version, frame.seq)
             self._last_sent = (self._trained, data)
+            self._sent_on = self._connection
             self.updates_sent += 1
             self.metrics.inc("updates_sent")
             self.metrics.inc("bytes_up", len(data))
@@ -233,9 +237,13 @@ class EdgeClient:
         # delta stream, and those two may straddle the update sent meanwhile
         again = self._announced.get(kind) == key
         self._announced[kind] = key
+        # ... or for the first time on a connection newer than the one the update went out on
+        # (this edge lost its connection too: the fog's re-announcement may have come first)
+        reconnected = self._sent_on != self._connection
         last = self._last_sent
-        if last is None or not again or key != last[0]:
+        if last is None or key != last[0] or not (again or reconnected):
             return
+        self._sent_on = self._connection
         s = self.settings
         await mqtt.publish(topics.update(s.federation, s.fog_id, s.edge_id), last[1])
         self.metrics.inc("updates_resent")
