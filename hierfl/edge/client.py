@@ -30,7 +30,7 @@ from hierfl.config import EdgeSettings
 from hierfl.edge.feedback import UplinkFeedback
 from hierfl.edge.model_feed import DELTA, FULL, ModelFeed
 from hierfl.edge.trainer import EdgeTask
-from hierfl.errors import ConfigError, HierflError, TransportError
+from hierfl.errors import ConfigError, HierflError, ShapeMismatchError, TransportError
 from hierfl.metrics import ServiceMetrics
 from hierfl.model.torch_adapter import model_to_vector, vector_to_model
 from hierfl.ratelimit import REJECT_LOG_INTERVAL_S, LogThrottle, suppressed_note
@@ -114,13 +114,18 @@ class EdgeClient:
         Raises:
             BrokerRefusedError: on a fatal broker error (credentials, certificate) or a broker
                 unreachable for ``mqtt.connect_attempts`` tries.
+            ConfigError: when the fog's (signed) model does not fit this edge's model.
         """
         s = self.settings
-        await reconnect_loop(
-            f"edge {s.edge_id}", self._run_connected,
-            links=[Link("mqtt", s.mqtt.url, s.mqtt.connect_attempts)], ready=self.ready,
-            stop=self._stop, base_s=s.mqtt.reconnect_base_s, max_s=s.mqtt.reconnect_max_s,
-        )
+        try:
+            await reconnect_loop(
+                f"edge {s.edge_id}", self._run_connected,
+                links=[Link("mqtt", s.mqtt.url, s.mqtt.connect_attempts)], ready=self.ready,
+                stop=self._stop, base_s=s.mqtt.reconnect_base_s, max_s=s.mqtt.reconnect_max_s,
+            )
+        except* ConfigError as eg:
+            log.error("%s", eg.exceptions[0])
+            raise eg.exceptions[0] from None
 
     async def _run_connected(self) -> None:
         s = self.settings
@@ -168,6 +173,13 @@ class EdgeClient:
                 await self._resend_in_flight(mqtt, kind, frame)
                 model = await asyncio.to_thread(feed.on_frame, kind, frame)
             except HierflError as exc:
+                if isinstance(exc, ShapeMismatchError) and self.security.enabled:
+                    # a model its own fog signed, of another size: this device was given the
+                    # wrong task; waiting would never help
+                    raise ConfigError(
+                        f"edge {s.edge_id}: the model fog {s.fog_id} signed does not fit this "
+                        f"edge's model ({exc}): check task and task_options ({s.task})"
+                    ) from exc
                 self.metrics.reject(exc.reason)  # exact; the log is not
                 if (suppressed := throttle.admit(exc.reason)) is not None:
                     log.warning("edge %s: cannot use the frame on %s: %s%s", s.edge_id,
