@@ -2,7 +2,7 @@
 
 For every codec and scenario it runs a real hierfl federation (``hierfl.sim``: MQTT and
 Kafka brokers, cloud, 4 fogs, 20 edges, k2 = 1; the shared scenarios of
-../shared/peers/scenario.md) with that codec on the edge -> fog uplink, and times the codec
+docs/benchmarks.md) with that codec on the edge -> fog uplink, and times the codec
 on a 1,000,000-parameter update on one core. One JSON line per codec and scenario::
 
     {"codec": "topk+int8:fraction=0.01+ef", "scenario": "digits-20", "bytes_per_update": ...,
@@ -52,7 +52,7 @@ import numpy as np  # noqa: E402
 from hierfl.compression import ErrorFeedback, decode_vector, make_codec  # noqa: E402
 from hierfl.sim.runner import SimConfig, run_sim_async  # noqa: E402
 
-#: scenario -> (wide model, rounds), from scenario.md
+#: scenario -> (wide model, rounds), from docs/benchmarks.md
 SCENARIOS = {"digits-20": (False, 30), "digits-20-wide": (True, 10)}
 QUICK_ROUNDS = {"digits-20": 5, "digits-20-wide": 2}
 EF_SUFFIX = "+ef"

@@ -1,4 +1,4 @@
-"""Run the shared digits scenarios (../shared/peers/scenario.md) through hierfl; print JSON.
+"""Run the shared digits scenarios (docs/benchmarks.md) through hierfl; print JSON.
 
 One line per scenario::
 

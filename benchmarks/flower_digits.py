@@ -1,4 +1,4 @@
-"""The shared digits benchmark (../shared/peers/scenario.md) run through Flower, as a baseline.
+"""The shared digits benchmark (docs/benchmarks.md) run through Flower, as a baseline.
 
 Flower's deployment runtime on loopback: one ``flower-superlink --insecure`` and one
 ``flower-supernode --insecure`` per client, all bound to 127.0.0.1 on free ports, and the app

@@ -581,7 +581,7 @@ allow_anonymous true
 # retained messages are kept in memory for as long as this broker runs.
 persistence false
 
-# Nagle's algorithm costs ~40 ms per QoS 1 round trip on loopback (PERF-NOTES.md).
+# Nagle's algorithm costs ~40 ms per QoS 1 round trip on loopback (measured: 88 ms vs 44 ms).
 set_tcp_nodelay true
 
 # The default of 1000 silently drops QoS 1/2 messages for a slow or offline subscriber.

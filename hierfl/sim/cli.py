@@ -31,7 +31,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def sim(
-        scenario: Annotated[str, typer.Argument(help="digits (scenario.md) or sensors")] = "digits",
+        scenario: Annotated[
+            str, typer.Argument(help="digits (see docs/benchmarks.md) or sensors")
+        ] = "digits",
         fogs: Annotated[int, typer.Option(help="number of fog nodes")] = 4,
         edges: Annotated[int, typer.Option(help="number of edge devices")] = 20,
         rounds: Annotated[int, typer.Option(help="cloud rounds (global versions)")] = 30,

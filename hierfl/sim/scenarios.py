@@ -1,6 +1,6 @@
 """Built-in tasks: the shared ``digits`` benchmark scenario and the ``sensors`` smart-city task.
 
-``digits`` follows ../shared/peers/scenario.md exactly: scikit-learn's bundled digits
+``digits`` is the shared digits scenario (docs/benchmarks.md): scikit-learn's bundled digits
 (offline), a stratified 75/25 split, a per-class Dirichlet(0.5) partition over the edges,
 an MLP 64-64-10 (``wide``: 64-1024-1024-10), 2 local epochs of SGD lr 0.05, batch 16.
 
@@ -77,7 +77,7 @@ def dirichlet_partition(
 
 @lru_cache(maxsize=4)
 def digits_data(n_clients: int = 20, seed: int = 0) -> Dataset:
-    """The digits-20 data and partition (scenario.md), for ``n_clients`` edges."""
+    """The digits-20 data and partition (docs/benchmarks.md), for ``n_clients`` edges."""
     from sklearn.datasets import load_digits  # noqa: PLC0415
     from sklearn.model_selection import train_test_split  # noqa: PLC0415
 
