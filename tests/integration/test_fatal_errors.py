@@ -30,10 +30,10 @@ from hierfl.fog.service import FogService
 from hierfl.sim.brokers import KafkaBroker, MqttBroker
 from hierfl.transport.kafka import KafkaConsumerTransport, KafkaProducerTransport, ensure_topics
 from hierfl.transport.mqtt import MqttTransport
+from tests.integration.own_mosquitto import MOSQUITTO, own_mosquitto
 
 pytestmark = pytest.mark.integration
 
-_MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 _PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 
 
@@ -46,7 +46,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def password_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """mqtt:// URL of a mosquitto that admits only user ``hierfl`` with password ``right``."""
-    if not (os.access(_MOSQUITTO, os.X_OK) and os.access(_PASSWD, os.X_OK)):
+    if not (os.access(MOSQUITTO, os.X_OK) and os.access(_PASSWD, os.X_OK)):
         pytest.skip("mosquitto / mosquitto_passwd are not installed")
     folder = tmp_path_factory.mktemp("auth-broker")
     passwd = folder / "passwd"
@@ -54,34 +54,12 @@ def password_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                    capture_output=True)
     passwd.chmod(0o600)
     port = _free_port()
-    conf = folder / "mosquitto.conf"
-    conf.write_text(
+    conf = (
         f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n"
         "persistence false\n" + ("user root\n" if os.geteuid() == 0 else "")
     )
-    log = (folder / "mosquitto.log").open("wb")
-    proc = subprocess.Popen([_MOSQUITTO, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mosquitto exited: {(folder / 'mosquitto.log').read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
+    with own_mosquitto(folder, conf, port):
         yield f"mqtt://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
 
 
 def _fog(fed: str, *, mqtt: dict[str, Any], kafka: dict[str, Any], **kw: Any) -> FogSettings:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,11 +20,11 @@ import pytest
 from hierfl.config import MqttSettings
 from hierfl.errors import BrokerUnavailableError
 from hierfl.transport.mqtt import MqttTransport
+from tests.integration.own_mosquitto import MOSQUITTO, own_mosquitto
 from tests.unit.transport.test_tls_settings import Pki, make_pki
 
 pytestmark = pytest.mark.integration
 
-_MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
 @dataclass(frozen=True)
@@ -53,14 +51,13 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsBroker]:
-    if not os.access(_MOSQUITTO, os.X_OK):
+    if not os.access(MOSQUITTO, os.X_OK):
         pytest.skip("mosquitto is not installed")
     folder = tmp_path_factory.mktemp("tls-broker")
     pki = make_pki(folder / "pki")
     other = make_pki(folder / "other", ca_name="someone else's CA")
     port = _free_port()
-    conf = folder / "mosquitto.conf"
-    conf.write_text(
+    conf = (
         f"per_listener_settings false\n"
         f"listener {port} 127.0.0.1\n"
         f"cafile {pki.ca}\ncertfile {pki.server_cert}\nkeyfile {pki.server_key}\n"
@@ -70,29 +67,8 @@ def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsBroker]:
         # As root mosquitto would switch to user 'mosquitto', which cannot read tmp_path.
         + ("user root\n" if os.geteuid() == 0 else "")
     )
-    log = (folder / "mosquitto.log").open("wb")
-    proc = subprocess.Popen([_MOSQUITTO, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mosquitto exited: {(folder / 'mosquitto.log').read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
+    with own_mosquitto(folder, conf, port):
         yield TlsBroker(port, pki, other)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
 
 
 async def _round_trip(broker: TlsBroker, topic: str, payload: bytes, **kw: object) -> bytes:
