@@ -154,7 +154,7 @@ def init_model(
     out: Annotated[Path, typer.Option(help="where to write the version-0 weights (.npz)")],
     options: Annotated[str, typer.Option(help="JSON object passed to the task factory")] = "{}",
 ) -> None:
-    """Write a task's freshly built model as the cloud's ``initial_model`` (needs torch)."""
+    """Write a task's freshly built model as the cloud's ``initial_model``."""
     import numpy as np  # noqa: PLC0415
 
     from hierfl.model.flatten import unflatten  # noqa: PLC0415
@@ -162,15 +162,20 @@ def init_model(
     try:
         from hierfl.config import EdgeSettings  # noqa: PLC0415
         from hierfl.edge.client import load_task  # noqa: PLC0415
-        from hierfl.model.torch_adapter import model_layout, model_to_vector  # noqa: PLC0415
-
         settings = EdgeSettings.load(fog_id="init", edge_id="init", task=task)
         t = load_task(task, json.loads(options), settings)
     except HierflError as exc:
         _fail(exc)
         return
     model = t.build_model()
-    named = unflatten(model_to_vector(model), model_layout(model))
+    from hierfl.edge.vector import VectorModel  # noqa: PLC0415
+
+    if isinstance(model, VectorModel):
+        named = {"weights": model.to_vector()}
+    else:
+        from hierfl.model.torch_adapter import model_layout, model_to_vector  # noqa: PLC0415
+
+        named = unflatten(model_to_vector(model), model_layout(model))
     np.savez(out, **named)  # type: ignore[arg-type]
     typer.echo(f"wrote {out} ({sum(a.size for a in named.values())} parameters)")
 

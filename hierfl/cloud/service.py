@@ -27,15 +27,13 @@ from hierfl.errors import (
 )
 from hierfl.metrics import ServiceMetrics
 from hierfl.model.store import Checkpoint, ModelStore, load_weights_file
+from hierfl.offload import offload
 from hierfl.ratelimit import REJECT_LOG_INTERVAL_S, LogThrottle, suppressed_note
 from hierfl.security.tier import tier_security
 from hierfl.security.trust import TrustStore, cloud_party
-from hierfl.transport.kafka import (
-    KafkaConsumerTransport,
-    KafkaInbound,
-    KafkaProducerTransport,
-    ensure_topics,
-)
+from hierfl.transport.base import FrameConsumer, FrameProducer
+from hierfl.transport.factory import BrokerTransports, Transports
+from hierfl.transport.kafka import KafkaInbound
 from hierfl.transport.reconnect import Link, reconnect_loop
 from hierfl.wire.codec import encode_frame
 from hierfl.wire.frames import AggregateFrame, EdgeProof, ModelFrame
@@ -52,6 +50,7 @@ class CloudService:
     Args:
         settings: the cloud's settings.
         clock: time source (seconds), injectable for tests.
+        transports: opens the broker links (default: the real brokers of ``settings``).
 
     Usage::
 
@@ -59,9 +58,11 @@ class CloudService:
         await service.run()      # until cancelled, stop(), or max_versions is reached
     """
 
-    def __init__(self, settings: CloudSettings, *, clock: Any = time.monotonic) -> None:
+    def __init__(self, settings: CloudSettings, *, clock: Any = time.monotonic,
+                 transports: Transports | None = None) -> None:
         self.settings = settings
         self.clock = clock
+        self.transports: Transports = transports or BrokerTransports()
         self.metrics = ServiceMetrics("cloud", settings.federation)
         # Replay counters are durable with the checkpoints, not on every record: after a
         # restart the aggregates consumed but not yet applied are read again and must pass.
@@ -132,7 +133,7 @@ class CloudService:
 
         async def connected() -> None:
             # With create_topics = false this checks the topics exist (a missing one is fatal).
-            await ensure_topics(
+            await self.transports.ensure_topics(
                 s.kafka, [topics.aggregates(s.federation), topics.models(s.federation)]
             )
             await self._run_connected()
@@ -146,8 +147,8 @@ class CloudService:
         s = self.settings
         fed = s.federation
         async with (
-            KafkaProducerTransport(s.kafka, client_id=f"hierfl-cloud-{fed}") as producer,
-            KafkaConsumerTransport(
+            self.transports.producer(s.kafka, client_id=f"hierfl-cloud-{fed}") as producer,
+            self.transports.consumer(
                 s.kafka, topics.aggregates(fed), client_id=f"hierfl-cloud-{fed}",
                 group_id=f"hierfl-cloud-{fed}", start="committed",
                 max_frame_bytes=s.limits.max_frame_bytes,
@@ -197,8 +198,8 @@ class CloudService:
     async def _handle(
         self,
         inbound: KafkaInbound,
-        producer: KafkaProducerTransport,
-        consumer: KafkaConsumerTransport,
+        producer: FrameProducer,
+        consumer: FrameConsumer,
     ) -> None:
         self.metrics.inc("received")
         held = bool(self.round.reported)
@@ -212,14 +213,14 @@ class CloudService:
             # an aggregate must fit the global model: checked before anything is allocated
             limits = dataclasses.replace(self.settings.limits.decode_limits(),
                                          expected_params=int(self.round.weights.size))
-            verified = await asyncio.to_thread(self.security.decode, inbound.payload,
+            verified = await offload(self.security.decode, inbound.payload,
                                                limits=limits)
             frame = verified.frame
             if not isinstance(frame, AggregateFrame):
                 raise WireFormatError(f"a {type(frame).__name__} on the aggregates topic")
             if self.security.trust is not None:
-                await asyncio.to_thread(_check_provenance, self.security.trust, frame)
-            new = await asyncio.to_thread(self.round.on_aggregate, frame, self.clock())
+                await offload(_check_provenance, self.security.trust, frame)
+            new = await offload(self.round.on_aggregate, frame, self.clock())
         except HierflError as exc:
             self._reject(exc, inbound)
             if not held:
@@ -238,8 +239,8 @@ class CloudService:
     async def _commit_new(
         self,
         new: NewGlobal,
-        producer: KafkaProducerTransport,
-        consumer: KafkaConsumerTransport,
+        producer: FrameProducer,
+        consumer: FrameConsumer,
         inbound: KafkaInbound | None,
     ) -> None:
         meta = {
@@ -258,7 +259,7 @@ class CloudService:
                        else self.security.verifier.replay.snapshot()),
         }
         signer = self.security.signer
-        ckpt = await asyncio.to_thread(
+        ckpt = await offload(
             self.store.save, new.version, new.weights, self.round.layout, meta,
             sign=None if signer is None else signer.sign_record,
         )
@@ -290,7 +291,7 @@ class CloudService:
         self._provenance.clear()
         return {"aggregates": aggs, "signed": self.security.enabled}
 
-    async def _publish(self, producer: KafkaProducerTransport, ckpt: Checkpoint) -> None:
+    async def _publish(self, producer: FrameProducer, ckpt: Checkpoint) -> None:
         s = self.settings
         frame = ModelFrame(
             federation=s.federation,
@@ -301,7 +302,7 @@ class CloudService:
             metrics={k: float(v) for k, v in ckpt.meta.get("metrics", {}).items()},
         )
         codec = None if s.model_codec == "raw" else s.model_codec
-        data = await asyncio.to_thread(encode_frame, frame, codec=codec,
+        data = await offload(encode_frame, frame, codec=codec,
                                        signer=self.security.signer)
         await producer.send_frame(topics.models(s.federation), key=s.federation.encode(),
                                   frame=data)

@@ -19,28 +19,31 @@ import importlib
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from hierfl import topics
 from hierfl.compression import PreEncoded, make_codec
 from hierfl.config import EdgeSettings
 from hierfl.edge.feedback import UplinkFeedback
 from hierfl.edge.model_feed import DELTA, FULL, ModelFeed
-from hierfl.edge.trainer import EdgeTask
+from hierfl.edge.vector import VectorModel
 from hierfl.errors import ConfigError, HierflError, ShapeMismatchError, TransportError
 from hierfl.metrics import ServiceMetrics
-from hierfl.model.torch_adapter import model_to_vector, vector_to_model
+from hierfl.offload import offload
 from hierfl.ratelimit import REJECT_LOG_INTERVAL_S, LogThrottle, suppressed_note
 from hierfl.security.tier import tier_security
 from hierfl.security.trust import edge_party
-from hierfl.transport.mqtt import MqttTransport
+from hierfl.transport.base import MqttLink
+from hierfl.transport.factory import BrokerTransports, Transports
 from hierfl.transport.reconnect import Link, reconnect_loop
 from hierfl.types import Float32Vector
 from hierfl.wire.codec import encode_frame
 from hierfl.wire.frames import ModelFrame, UpdateFrame
+
+if TYPE_CHECKING:
+    from hierfl.edge.trainer import EdgeTask
 
 __all__ = ["EdgeClient", "load_task"]
 
@@ -73,6 +76,7 @@ class EdgeClient:
         settings: the edge's settings (fog, id, broker, local epochs, codec).
         task: what to train: a model factory plus a training function or data
             (see :class:`~hierfl.edge.trainer.SupervisedTask`).
+        transports: opens the MQTT link (default: the broker of ``settings.mqtt``).
 
     Usage::
 
@@ -81,8 +85,10 @@ class EdgeClient:
         asyncio.run(client.run())
     """
 
-    def __init__(self, settings: EdgeSettings, task: EdgeTask) -> None:
+    def __init__(self, settings: EdgeSettings, task: EdgeTask, *,
+                 transports: Transports | None = None) -> None:
         self.settings = settings
+        self.transports: Transports = transports or BrokerTransports()
         self.task = task
         self.model = task.build_model()
         self.metrics = ServiceMetrics("edge", settings.edge_id)
@@ -132,7 +138,7 @@ class EdgeClient:
         self._connection += 1
         fed, fog, edge = s.federation, s.fog_id, s.edge_id
         status = topics.status(fed, fog, edge)
-        async with MqttTransport(
+        async with self.transports.mqtt(
             s.mqtt, client_id=f"hierfl-edge-{fed}-{fog}-{edge}", will=(status, b"offline"),
             max_frame_bytes=s.limits.max_frame_bytes,
             on_reject=lambda exc, _topic: self.metrics.reject(exc.reason),
@@ -154,12 +160,12 @@ class EdgeClient:
             with contextlib.suppress(TransportError):
                 await asyncio.wait_for(mqtt.publish(status, b"offline", retain=True), 2)
 
-    async def _receive(self, mqtt: MqttTransport, feed: ModelFeed) -> None:
+    async def _receive(self, mqtt: MqttLink, feed: ModelFeed) -> None:
         s = self.settings
         # A model (or model delta) must fit this edge's model: its declared size is checked
         # before anything is allocated (ShapeMismatchError, reason validation.shape).
         limits = dataclasses.replace(s.limits.decode_limits(),
-                                     expected_params=int(model_to_vector(self.model).size))
+                                     expected_params=int(_to_vector(self.model).size))
         throttle = LogThrottle(REJECT_LOG_INTERVAL_S)  # one line per reason per 10 s
         delta_topic = topics.model_delta(s.federation, s.fog_id)
         async for inbound in mqtt.messages():
@@ -168,10 +174,10 @@ class EdgeClient:
             self.metrics.inc(f"bytes_down_{kind}", len(inbound.payload))
             self.metrics.inc(f"frames_down_{kind}")
             try:
-                frame = (await asyncio.to_thread(self.security.decode, inbound.payload,
+                frame = (await offload(self.security.decode, inbound.payload,
                                                  limits=limits)).frame
                 await self._resend_in_flight(mqtt, kind, frame)
-                model = await asyncio.to_thread(feed.on_frame, kind, frame)
+                model = await offload(feed.on_frame, kind, frame)
             except HierflError as exc:
                 if isinstance(exc, ShapeMismatchError) and self.security.enabled:
                     # a model its own fog signed, of another size: this device was given the
@@ -192,7 +198,7 @@ class EdgeClient:
                 self._latest = model
                 self._new_model.set()
 
-    async def _sync_subscriptions(self, mqtt: MqttTransport, feed: ModelFeed) -> None:
+    async def _sync_subscriptions(self, mqtt: MqttLink, feed: ModelFeed) -> None:
         """Follow the full model topic exactly while the feed needs it."""
         topic = topics.model(self.settings.federation, self.settings.fog_id)
         if feed.follow_full and not feed.full_subscribed:
@@ -203,7 +209,7 @@ class EdgeClient:
             await mqtt.unsubscribe(topic)
             feed.full_subscribed = False
 
-    async def _train_loop(self, mqtt: MqttTransport) -> None:
+    async def _train_loop(self, mqtt: MqttLink) -> None:
         s = self.settings
         while s.max_rounds is None or self.updates_sent < s.max_rounds:
             await self._new_model.wait()
@@ -212,8 +218,8 @@ class EdgeClient:
             if frame is None or (frame.version, frame.seq) == self._trained:
                 continue
             try:
-                update = await asyncio.to_thread(self._train_on, frame)
-                data, sent = await asyncio.to_thread(self._encode, update)
+                update = await offload(self._train_on, frame)
+                data, sent = await offload(self._encode, update)
             except HierflError as exc:
                 self.metrics.reject(exc.reason)
                 log.warning("edge %s: cannot train on v%d: %s", s.edge_id, frame.version, exc)
@@ -233,7 +239,7 @@ class EdgeClient:
             log.debug("edge %s: sent update for v%d seq %d (%d bytes)", s.edge_id,
                       frame.version, frame.seq, len(data))
 
-    async def _resend_in_flight(self, mqtt: MqttTransport, kind: str, frame: Any) -> None:
+    async def _resend_in_flight(self, mqtt: MqttLink, kind: str, frame: Any) -> None:
         """Publish the last update again when the fog announces, once more, the very model it
         was trained on.
 
@@ -278,11 +284,10 @@ class EdgeClient:
                             signer=self.security.signer), sent
 
     def _train_on(self, frame: ModelFrame) -> UpdateFrame:
-        torch.set_num_threads(self.settings.threads)
         base = frame.weights
-        vector_to_model(self.model, base)
+        _load(self.model, base, self.settings.threads)
         result = self.task.train(self.model, self.settings.local_epochs)
-        delta = (model_to_vector(self.model) - base).astype(np.float32)
+        delta = (_to_vector(self.model) - base).astype(np.float32)
         return UpdateFrame(
             federation=self.settings.federation,
             fog_id=self.settings.fog_id,
@@ -294,6 +299,28 @@ class EdgeClient:
             metrics={k: float(v) for k, v in result.metrics.items()},
             created_at=time.time(),
         )
+
+
+def _to_vector(model: Any) -> Float32Vector:
+    """The model's parameters as one float32 vector (torch only for a torch module)."""
+    if isinstance(model, VectorModel):
+        return model.to_vector()
+    from hierfl.model.torch_adapter import model_to_vector  # noqa: PLC0415
+
+    return model_to_vector(model)
+
+
+def _load(model: Any, vec: Float32Vector, threads: int) -> None:
+    """Write ``vec`` into the model (a torch module also gets its thread count)."""
+    if isinstance(model, VectorModel):
+        model.load(vec)
+        return
+    import torch  # noqa: PLC0415
+
+    from hierfl.model.torch_adapter import vector_to_model  # noqa: PLC0415
+
+    torch.set_num_threads(threads)
+    vector_to_model(model, vec)
 
 
 def _codec(spec: str) -> str | None:

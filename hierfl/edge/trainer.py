@@ -3,30 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
+
+from hierfl.edge.result import TrainResult
 
 __all__ = ["EdgeTask", "SupervisedTask", "TrainResult"]
 
 
-@dataclass(frozen=True, slots=True)
-class TrainResult:
-    """What one local training pass reports: its sample count and metrics."""
-
-    num_samples: int
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
 class EdgeTask(Protocol):
-    """The device-side part a factory integrator provides."""
+    """The device-side part a factory integrator provides.
 
-    def build_model(self) -> torch.nn.Module:
+    The model is a ``torch.nn.Module`` (its float state is the flat vector on the wire) or a
+    :class:`~hierfl.edge.vector.VectorModel` (numpy only: no torch on that edge).
+    """
+
+    def build_model(self) -> Any:
         """Return a fresh model (its weights are overwritten by the fog's model)."""
         ...
 
-    def train(self, model: torch.nn.Module, epochs: int) -> TrainResult:
+    def train(self, model: Any, epochs: int) -> TrainResult:
         """Train ``model`` in place for ``epochs`` local epochs on this device's data."""
         ...
 

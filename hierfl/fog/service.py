@@ -43,11 +43,12 @@ from hierfl.fog.round import (
 )
 from hierfl.fog.spool import Spool
 from hierfl.metrics import ServiceMetrics
+from hierfl.offload import offload
 from hierfl.ratelimit import REJECT_LOG_INTERVAL_S, LogThrottle, suppressed_note
 from hierfl.security.tier import tier_security
 from hierfl.security.trust import fog_party
-from hierfl.transport.kafka import KafkaConsumerTransport, KafkaProducerTransport, ensure_topics
-from hierfl.transport.mqtt import MqttTransport
+from hierfl.transport.base import FrameConsumer, FrameProducer, MqttLink
+from hierfl.transport.factory import BrokerTransports, Transports
 from hierfl.transport.reconnect import Link, reconnect_loop
 from hierfl.wire.codec import encode_frame
 from hierfl.wire.downlink import Downlink, DownlinkMessages
@@ -74,6 +75,8 @@ class FogService:
     Args:
         settings: the fog's settings.
         clock: time source (seconds), injectable for tests.
+        transports: opens the broker links (default: the real brokers of ``settings``;
+            :class:`~hierfl.transport.factory.MemoryTransports` for the simulator).
 
     Usage::
 
@@ -81,9 +84,11 @@ class FogService:
         await service.run()          # until cancelled or service.stop()
     """
 
-    def __init__(self, settings: FogSettings, *, clock: Any = time.monotonic) -> None:
+    def __init__(self, settings: FogSettings, *, clock: Any = time.monotonic,
+                 transports: Transports | None = None) -> None:
         self.settings = settings
         self.clock = clock
+        self.transports: Transports = transports or BrokerTransports()
         s = settings
         self.metrics = ServiceMetrics("fog", s.fog_id)
         self.security = tier_security(s.security, federation=s.federation,
@@ -129,8 +134,8 @@ class FogService:
         self._prepared: DownlinkMessages | None = None
         self._resume: ModelFrame | None = None
         self._stats_at = float("-inf")
-        self._mqtt: MqttTransport | None = None
-        self._producer: KafkaProducerTransport | None = None
+        self._mqtt: MqttLink | None = None
+        self._producer: FrameProducer | None = None
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
         # the last aggregates forwarded (bounded: each holds a model-sized delta)
@@ -155,7 +160,8 @@ class FogService:
 
         async def connected() -> None:
             # With create_topics = false this checks the topics exist (a missing one is fatal).
-            await ensure_topics(s.kafka, [topics.aggregates(fed), topics.models(fed)])
+            await self.transports.ensure_topics(s.kafka,
+                                                [topics.aggregates(fed), topics.models(fed)])
             await self._run_connected()
 
         await reconnect_loop(
@@ -178,11 +184,12 @@ class FogService:
             resume = None
         will = (topics.status(fed, fog, fog), b"offline")
         async with (
-            MqttTransport(s.mqtt, client_id=f"hierfl-fog-{fed}-{fog}", clean_session=False,
-                          will=will, max_frame_bytes=s.limits.max_frame_bytes,
-                          on_reject=self._reject) as mqtt,
-            KafkaProducerTransport(s.kafka, client_id=f"hierfl-fog-{fog}") as producer,
-            KafkaConsumerTransport(
+            self.transports.mqtt(s.mqtt, client_id=f"hierfl-fog-{fed}-{fog}",
+                                 clean_session=False, will=will,
+                                 max_frame_bytes=s.limits.max_frame_bytes,
+                                 on_reject=self._reject) as mqtt,
+            self.transports.producer(s.kafka, client_id=f"hierfl-fog-{fog}") as producer,
+            self.transports.consumer(
                 s.kafka, topics.models(fed), client_id=f"hierfl-fog-{fog}-models",
                 start="latest_frame", max_frame_bytes=s.limits.max_frame_bytes,
             ) as models,
@@ -217,14 +224,14 @@ class FogService:
         """Read this fog's last published (retained) model, to resume after a restart."""
         s = self.settings
         fed, fog = s.federation, s.fog_id
-        async with MqttTransport(s.mqtt, client_id=f"hierfl-fog-{fed}-{fog}-probe",
-                                 max_frame_bytes=s.limits.max_frame_bytes) as probe:
+        async with self.transports.mqtt(s.mqtt, client_id=f"hierfl-fog-{fed}-{fog}-probe",
+                                        max_frame_bytes=s.limits.max_frame_bytes) as probe:
             await probe.subscribe(topics.model(fed, fog))
             try:
                 async with asyncio.timeout(s.resume_wait_s):
                     async for inbound in probe.messages():
                         try:
-                            frame = (await asyncio.to_thread(
+                            frame = (await offload(
                                 self.security.decode, inbound.payload,
                                 limits=s.limits.decode_limits(), replay=False,
                             )).frame
@@ -238,7 +245,7 @@ class FogService:
 
     # --- ingest -------------------------------------------------------------------------
 
-    async def _ingest_mqtt(self, mqtt: MqttTransport) -> None:
+    async def _ingest_mqtt(self, mqtt: MqttLink) -> None:
         """Take messages off the client as fast as they come, into one bounded lane per known
         edge (and one shared lane for every other sender), and judge them round-robin across
         lanes: a sender that floods fills, and loses, only its own lane, so the MQTT client's
@@ -274,7 +281,7 @@ class FogService:
                 # anything is allocated (before the first model, max_params bounds it).
                 limits = dataclasses.replace(base_limits, expected_params=self.round.model_size)
                 # signed: the signature is verified before anything is decompressed
-                verified = await asyncio.to_thread(self.security.decode, inbound.payload,
+                verified = await offload(self.security.decode, inbound.payload,
                                                    limits=limits)
                 frame = verified.frame
                 if not isinstance(frame, UpdateFrame):
@@ -290,14 +297,14 @@ class FogService:
             await self._events.put(_Event("update", frame, len(inbound.payload), inbound.payload,
                                           verified.sig))
 
-    async def _ingest_models(self, models: KafkaConsumerTransport) -> None:
+    async def _ingest_models(self, models: FrameConsumer) -> None:
         limits = self.settings.limits.decode_limits()
         async for inbound in models.messages():
             if inbound.error is not None or inbound.payload is None:
                 self._reject(inbound.error or HierflError("empty"), "kafka:models")
                 continue
             try:
-                frame = (await asyncio.to_thread(self.security.decode, inbound.payload,
+                frame = (await offload(self.security.decode, inbound.payload,
                                                  limits=limits)).frame
             except HierflError as exc:
                 self._reject(exc, "kafka:models")
@@ -351,7 +358,7 @@ class FogService:
                     await self._resend_last_aggregate()
                     continue
                 # a deadline may close the round, and aggregation runs off the event loop
-                await self._apply(await asyncio.to_thread(self.round.on_tick, self.clock()))
+                await self._apply(await offload(self.round.on_tick, self.clock()))
                 continue
             if event.kind == "model":
                 await self._on_model(event.frame)
@@ -430,7 +437,7 @@ class FogService:
         key = (self.round.version, self.round.seq)
         try:
             # Aggregation may run here (when this update closes the round): off the loop.
-            actions = await asyncio.to_thread(self.round.on_update, frame, self.clock())
+            actions = await offload(self.round.on_update, frame, self.clock())
         except HierflError as exc:
             if replay and self._spool is not None:
                 self._spool.drop_except((self.round.version or 0, self.round.seq))
@@ -446,12 +453,12 @@ class FogService:
                 del self._proofs[min(self._proofs)]
         if self._spool is not None and raw and not replay:
             # Durable before anything depends on it; removed once folded into durable state.
-            await asyncio.to_thread(self._spool.put, key[0], key[1], frame.edge_id, raw)
+            await offload(self._spool.put, key[0], key[1], frame.edge_id, raw)
         if self.security.verifier is not None and not replay:
             # Replay counters become durable after the update they cover (spooled above): a
             # crash in between lets the edge's re-sent copy in (the round refuses a second
             # copy), instead of refusing, as a replay, an update the fog never kept.
-            await asyncio.to_thread(self.security.verifier.replay.save)
+            await offload(self.security.verifier.replay.save)
         await self._apply(actions)
 
     async def _apply(self, actions: list[Any]) -> None:
@@ -510,7 +517,7 @@ class FogService:
             out = self._prepared
             if out is None or out.target is not frame:
                 # Encoded once per model: a retry after a reconnect sends the same bytes.
-                out = self._prepared = await asyncio.to_thread(self._downlink.prepare, frame)
+                out = self._prepared = await offload(self._downlink.prepare, frame)
             # Full model first: a fog that dies in between resumes from it and resends it.
             await self._mqtt.publish(topics.model(s.federation, s.fog_id), out.full, retain=True)
             self.metrics.inc("bytes_down_edges", len(out.full))
@@ -522,7 +529,7 @@ class FogService:
                 self._to_publish = None
         while self._outbox and self._producer is not None:
             agg = self._outbox[0]
-            data = await asyncio.to_thread(encode_frame, agg, codec=_codec(s.cloud_codec),
+            data = await offload(encode_frame, agg, codec=_codec(s.cloud_codec),
                                            signer=self.security.signer)
             await self._producer.send_frame(
                 topics.aggregates(s.federation), key=s.fog_id.encode(), frame=data
@@ -540,7 +547,7 @@ class FogService:
             open_round = None
             if self.round.state is FogState.COLLECTING and self.round.version is not None:
                 open_round = (self.round.version, self.round.seq)
-            await asyncio.to_thread(self._spool.drop_except, open_round)
+            await offload(self._spool.drop_except, open_round)
 
 
 class _Lanes:
