@@ -564,6 +564,27 @@ class FogSettings(_TierSettings):
         300.0, gt=0, description="re-send the last aggregate when no newer global model came "
         "this long after it (the cloud refuses a copy it holds); None: never"
     )
+    flood_refusals: int = Field(
+        20, ge=1, description="a sender with more than this many hard refusals (malformed, "
+        "badly signed or misshapen frames, or an overflowing lane) within flood_window_s is "
+        "quarantined: its update topic is unsubscribed (docs/security.md#floods)"
+    )
+    flood_window_s: float = Field(
+        10.0, gt=0, description="the window in which flood_refusals are counted, seconds"
+    )
+    flood_quarantine_s: float = Field(
+        5.0, gt=0, description="a sender's first quarantine, seconds; doubled on each repeat "
+        "that follows within flood_quarantine_max_s of the previous one"
+    )
+    flood_quarantine_max_s: float = Field(
+        300.0, gt=0, description="the longest quarantine, seconds"
+    )
+    ingest_connections: int = Field(
+        1, ge=1, le=16, description="MQTT connections the fog's edges' update topics are "
+        "spread over (by a stable hash of the edge id), when the fog knows its edges (trust "
+        "bundle or allowed_edges): one flooding edge then delays only the edges of its own "
+        "connection"
+    )
 
     @field_validator("fog_id")
     @classmethod
@@ -597,6 +618,13 @@ class FogSettings(_TierSettings):
         except ValueError as exc:
             when = " with downlink_delta = false" if not self.downlink_delta else ""
             raise ValueError(f"model_codec{when}: {exc}") from exc
+        return self
+
+    @model_validator(mode="after")
+    def _flood(self) -> Self:
+        if self.flood_quarantine_max_s < self.flood_quarantine_s:
+            raise ValueError(f"flood_quarantine_max_s ({self.flood_quarantine_max_s}) is below "
+                             f"flood_quarantine_s ({self.flood_quarantine_s})")
         return self
 
     @model_validator(mode="after")

@@ -21,10 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import time
+import zlib
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,9 +196,10 @@ class FogService:
                 s.kafka, topics.models(fed), client_id=f"hierfl-fog-{fog}-models",
                 start="latest_frame", max_frame_bytes=s.limits.max_frame_bytes,
             ) as models,
+            contextlib.AsyncExitStack() as update_links,
         ):
             self._mqtt, self._producer = mqtt, producer
-            await mqtt.subscribe(topics.update_filter(fed, fog))
+            await self._subscribe_updates(mqtt, update_links)
             await mqtt.publish(topics.status(fed, fog, fog), b"online", retain=True)
             self._resume = resume
             self.ready.set()
@@ -245,23 +249,146 @@ class FogService:
 
     # --- ingest -------------------------------------------------------------------------
 
+    async def _subscribe_updates(self, mqtt: MqttLink,
+                                 links: contextlib.AsyncExitStack) -> None:
+        """Subscribe to the edges' update topics, before the fog says it is ready.
+
+        A fog that knows its edges (trust bundle, or ``allowed_edges``) subscribes to each
+        one's own update topic, spread over ``ingest_connections`` connections (bucket 0 is
+        ``mqtt``; bucket ``i`` has the stable client id ``...-in<i>``), so the broker never
+        delivers what anyone else publishes and a flooding edge fills only its bucket's
+        socket. Without an edge list, the wildcard filter (any sender may be an edge).
+        """
+        s = self.settings
+        fed, fog = s.federation, s.fog_id
+        known = self._known_edges()
+        if known is None:
+            await mqtt.subscribe(topics.update_filter(fed, fog))
+            self._updates = _UpdateLinks([mqtt], None)
+            return
+        buckets = [mqtt]
+        buckets += [await links.enter_async_context(self.transports.mqtt(
+            s.mqtt, client_id=f"hierfl-fog-{fed}-{fog}-in{i}", clean_session=False,
+            max_frame_bytes=s.limits.max_frame_bytes, on_reject=self._reject))
+            for i in range(1, s.ingest_connections)]
+        updates = self._updates = _UpdateLinks(buckets, set())
+        # A persistent session keeps the subscriptions of an earlier run: the wildcard (an
+        # older version, or no edge list then), and edges that now hash to another bucket.
+        wildcard = topics.update_filter(fed, fog)
+        drop = [(link, wildcard) for link in buckets]
+        drop += [(link, topics.update(fed, fog, e)) for e in sorted(known)
+                 for i, link in enumerate(buckets) if i != updates.bucket(e)]
+        await _in_batches([functools.partial(link.unsubscribe, f) for link, f in drop])
+        await self._sync_updates(updates, known)
+
+    async def _sync_updates(self, updates: _UpdateLinks, known: frozenset[str]) -> None:
+        """Subscribe the known edges not quarantined; unsubscribe the others."""
+        subscribed = updates.subscribed
+        if subscribed is None:
+            return
+        s = self.settings
+        breaker = self._flood_breaker()
+        now = _now()
+        want = {e for e in known if not breaker.quarantined(e, now)}
+
+        def topic(edge: str) -> str:
+            return topics.update(s.federation, s.fog_id, edge)
+
+        add, remove = sorted(want - subscribed), sorted(subscribed - want)
+        await _in_batches([functools.partial(updates.link(e).subscribe, topic(e)) for e in add])
+        subscribed.update(add)
+        await _in_batches([functools.partial(updates.link(e).unsubscribe, topic(e))
+                           for e in remove])
+        subscribed.difference_update(remove)
+
+    def _flood_breaker(self) -> _Breaker:
+        breaker: _Breaker | None = getattr(self, "_breaker", None)
+        if breaker is None:
+            s = self.settings
+            breaker = self._breaker = _Breaker(s.flood_refusals, s.flood_window_s,
+                                               s.flood_quarantine_s, s.flood_quarantine_max_s)
+        return breaker
+
     async def _ingest_mqtt(self, mqtt: MqttLink) -> None:
-        """Take messages off the client as fast as they come, into one bounded lane per known
+        """Take messages off the clients as fast as they come, into one bounded lane per known
         edge (and one shared lane for every other sender), and judge them round-robin across
         lanes: a sender that floods fills, and loses, only its own lane, so the MQTT client's
-        queue never overflows onto honest updates (it discarded them before)."""
+        queue never overflows onto honest updates (it discarded them before). A sender with
+        too many hard refusals is quarantined (:class:`_Breaker`): its topic is unsubscribed
+        and what still arrives from it is dropped unread, until its quarantine ends."""
+        updates: _UpdateLinks = getattr(self, "_updates", None) or _UpdateLinks([mqtt], None)
         lanes = _Lanes(self._known_edges)
+        wake = asyncio.Event()
+        fog = self.settings.fog_id
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._judge_lanes(lanes), name=f"fog[{self.settings.fog_id}].judge")
-            async for inbound in mqtt.messages():
-                self.metrics.inc("received")
-                self.metrics.inc("bytes_in", len(inbound.payload))
-                if not lanes.put(inbound):
-                    self.metrics.reject("flood.lane_full")
+            tg.create_task(self._judge_lanes(lanes, wake), name=f"fog[{fog}].judge")
+            tg.create_task(self._watch_updates(updates, wake), name=f"fog[{fog}].subscriptions")
+            for i, link in enumerate(updates.links):
+                tg.create_task(self._read_updates(link, lanes, wake), name=f"fog[{fog}].in{i}")
+
+    async def _read_updates(self, link: MqttLink, lanes: _Lanes, wake: asyncio.Event) -> None:
+        breaker = self._flood_breaker()
+        async for inbound in link.messages():
+            self.metrics.inc("received")
+            self.metrics.inc("bytes_in", len(inbound.payload))
+            sender = inbound.topic.rsplit("/", 1)[-1]
+            if breaker.quarantined(sender, _now()):
+                self.metrics.reject("flood.quarantined")  # in flight before the unsubscribe
+                continue
+            if not lanes.put(inbound):
+                self.metrics.reject("flood.lane_full")
+                if lanes.has_own_lane(sender):  # it outpaces the judge: a hard refusal
+                    self._strike(sender, "flood.lane_full", wake)
+
+    def _strike(self, sender: str, reason: str, wake: asyncio.Event) -> None:
+        """Count a hard refusal of ``sender``; quarantine it when over its budget."""
+        s = self.settings
+        backoff = self._flood_breaker().strike(sender, _now())
+        if backoff is None:
+            return
+        self.metrics.inc("quarantines")
+        wake.set()  # the subscriptions task unsubscribes it
+        throttle: LogThrottle | None = getattr(self, "_quarantine_log", None)
+        if throttle is None:
+            throttle = self._quarantine_log = LogThrottle(REJECT_LOG_INTERVAL_S)
+        suppressed = throttle.admit("quarantine")
+        if suppressed is None:
+            return
+        how = ("its update topic is unsubscribed" if self._updates_known()
+               else "what it sends is dropped unread (wildcard subscription: no edge list)")
+        log.warning("fog %s: quarantined sender %r for %.0f s: more than %d hard refusals "
+                    "within %.0f s (last: %s); %s%s", s.fog_id, sender, backoff,
+                    s.flood_refusals, s.flood_window_s, reason, how,
+                    suppressed_note(suppressed, "quarantines"))
+
+    def _updates_known(self) -> bool:
+        updates: _UpdateLinks | None = getattr(self, "_updates", None)
+        return updates is not None and updates.subscribed is not None
+
+    async def _watch_updates(self, updates: _UpdateLinks, wake: asyncio.Event) -> None:
+        """Keep the per-edge subscriptions in step with the trust bundle (re-read at most once
+        a second) and with quarantines (unsubscribe at once; subscribe again at the end)."""
+        breaker = self._flood_breaker()
+        while True:
+            # the trust bundle is re-read once a second; without an edge list, no polling
+            timeout = 1.0 if updates.subscribed is not None else None
+            release = breaker.next_release()
+            if release is not None:
+                wait = max(0.0, release - _now())
+                timeout = wait if timeout is None else min(timeout, wait)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await wake.wait()
+            wake.clear()
+            for sender in breaker.released(_now()):
+                log.info("fog %s: quarantine of sender %r ended", self.settings.fog_id, sender)
+            if updates.subscribed is not None:
+                await self._sync_updates(updates, self._known_edges() or frozenset())
 
     def _known_edges(self) -> frozenset[str] | None:
-        """Edges that get a lane of their own: this fog's edges in the trust bundle (or the
-        allow-list); None when any sender id may be an edge (signatures off, no allow-list)."""
+        """Edges that get a lane (and a subscription) of their own: this fog's edges in the
+        trust bundle (or the allow-list); None when any sender id may be an edge (signatures
+        off, no allow-list)."""
         trust = self.security.trust
         if trust is not None:
             return trust.edges_of(self.settings.fog_id)
@@ -269,10 +396,14 @@ class FogService:
             return frozenset(self.settings.allowed_edges)
         return None
 
-    async def _judge_lanes(self, lanes: _Lanes) -> None:
+    async def _judge_lanes(self, lanes: _Lanes, wake: asyncio.Event) -> None:
         base_limits = self.settings.limits.decode_limits()
         while True:
             inbound = await lanes.get()
+            sender = inbound.topic.rsplit("/", 1)[-1]
+            if self._flood_breaker().quarantined(sender, _now()):
+                self.metrics.reject("flood.quarantined")  # queued before its quarantine
+                continue
             try:
                 parsed = topics.parse_mqtt(inbound.topic)
                 if parsed.kind != "update":
@@ -293,6 +424,8 @@ class FogService:
                     )
             except HierflError as exc:
                 self._reject(exc, inbound.topic)
+                if _hard_refusal(exc.reason):
+                    self._strike(sender, exc.reason, wake)
                 continue
             await self._events.put(_Event("update", frame, len(inbound.payload), inbound.payload,
                                           verified.sig))
@@ -590,6 +723,10 @@ class _Lanes:
         self._ready.set()
         return not dropped
 
+    def has_own_lane(self, client: str) -> bool:
+        """Whether ``client``'s messages go to a lane of their own (not the shared one)."""
+        return self._lane_of(f"/{client}") != "?"
+
     async def get(self) -> Any:
         """The next message, taking lanes in turn."""
         while not self._order:
@@ -608,6 +745,94 @@ class _Lanes:
 _LANE = 8
 _SHARED_LANE = 256
 _MAX_OPEN_LANES = 4096
+# Refusals no honest edge causes: malformed, badly signed, misshapen or misaddressed frames, and
+# a lane overflowing. Not counted: replays, stale and duplicate updates, and partial chunked
+# frames, which honest edges cause after restarts and broken connections.
+_SOFT_WIRE = frozenset({"wire.replay", "wire.chunk_incomplete"})
+_HARD_VALIDATION = frozenset({"validation.shape", "validation.sender", "validation.recipient",
+                              "flood.lane_full"})
+_MAX_TRACKED = 4096  # senders whose refusals the breaker remembers (ids may be untrusted)
+_SUBSCRIBE_BATCH = 64  # SUBSCRIBE / UNSUBSCRIBE requests in flight at once
+
+
+def _now() -> float:
+    """The event loop's clock: real monotonic time, or the simulator's virtual time."""
+    return asyncio.get_running_loop().time()
+
+
+def _hard_refusal(reason: str) -> bool:
+    return (reason.startswith("wire.") and reason not in _SOFT_WIRE) or reason in _HARD_VALIDATION
+
+
+class _Breaker:
+    """Per-sender circuit breaker: more than ``budget`` hard refusals within ``window_s``
+    quarantine a sender for ``base_s``, doubled (up to ``max_s``) when it trips again within
+    ``max_s`` of its last quarantine's end."""
+
+    def __init__(self, budget: int, window_s: float, base_s: float, max_s: float) -> None:
+        self.budget, self.window_s, self.base_s, self.max_s = budget, window_s, base_s, max_s
+        self._hits: dict[str, deque[float]] = {}
+        self._until: dict[str, float] = {}
+        self._last: dict[str, tuple[float, float]] = {}  # sender -> (backoff, its end)
+
+    def quarantined(self, sender: str, now: float) -> bool:
+        until = self._until.get(sender)
+        return until is not None and now < until
+
+    def strike(self, sender: str, now: float) -> float | None:
+        """Count one hard refusal; the quarantine's length when this one trips it."""
+        if self.quarantined(sender, now):
+            return None
+        hits = self._hits.get(sender)
+        if hits is None:
+            if len(self._hits) >= _MAX_TRACKED:
+                del self._hits[next(iter(self._hits))]
+            hits = self._hits[sender] = deque()
+        hits.append(now)
+        while hits[0] <= now - self.window_s:
+            hits.popleft()
+        if len(hits) <= self.budget:
+            return None
+        del self._hits[sender]
+        backoff = self.base_s
+        last = self._last.pop(sender, None)
+        if last is not None and now - last[1] <= self.max_s:
+            backoff = min(self.max_s, last[0] * 2)
+        self._until[sender] = now + backoff
+        self._last[sender] = (backoff, now + backoff)
+        while len(self._last) > _MAX_TRACKED:
+            del self._last[next(iter(self._last))]
+        return backoff
+
+    def next_release(self) -> float | None:
+        return min(self._until.values(), default=None)
+
+    def released(self, now: float) -> list[str]:
+        """Senders whose quarantine has ended (each reported once)."""
+        done = [k for k, until in self._until.items() if until <= now]
+        for k in done:
+            del self._until[k]
+        return done
+
+
+@dataclass(slots=True)
+class _UpdateLinks:
+    """The connections update topics come in on; ``subscribed`` is None for the wildcard."""
+
+    links: list[MqttLink]
+    subscribed: set[str] | None
+
+    def bucket(self, edge: str) -> int:
+        return zlib.crc32(edge.encode()) % len(self.links)  # stable across restarts
+
+    def link(self, edge: str) -> MqttLink:
+        return self.links[self.bucket(edge)]
+
+
+async def _in_batches(calls: list[Callable[[], Awaitable[None]]]) -> None:
+    """Run ``calls``, at most ``_SUBSCRIBE_BATCH`` at once (each waits for the broker)."""
+    for i in range(0, len(calls), _SUBSCRIBE_BATCH):
+        await asyncio.gather(*(call() for call in calls[i : i + _SUBSCRIBE_BATCH]))
 
 
 def _codec(spec: str) -> str | None:

@@ -272,7 +272,8 @@ async def test_federation_over_a_128kb_broker(small_broker, kafka_broker, unique
             bad = bytearray(split_frame(b"z" * 5000, chunk_bytes=2000)[1])
             bad[-1] ^= 1
             async with MqttTransport(s, client_id=f"{fed}-evil") as evil:
-                await evil.publish(topics.update(fed, "north", "evil"), bytes(bad))
+                # on a member's topic: the fog subscribes only its edges' update topics
+                await evil.publish(topics.update(fed, "north", "n0"), bytes(bad))
                 # an up-to-date edge listens to its fog's model stream (the delta topic);
                 # it left the full-model topic once it held a model
                 await evil.publish(topics.model_delta(fed, "north"), bytes(bad))
