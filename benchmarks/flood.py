@@ -1,20 +1,32 @@
 """What a flood of junk costs a fog: honest-round rate idle and under a flood; print JSON.
 
-A digits federation (MLP 64-64-10, digits-20's data split; ``--edges`` edges under one fog,
-signed, real mosquitto and Tansu brokers started here) runs in this process. A separate
-publisher process floods the fog's update topics at ``--rate-mbps`` (QoS 0, paced) with one of:
+A digits federation (MLP 64-64-10, digits-20's data split; ``--edges`` honest edges under one
+fog, signed, real mosquitto and Tansu brokers started here) runs in this process. One more
+edge, ``e<edges>``, is provisioned (in the trust bundle, so the fog subscribes its topic) but
+runs no honest client: it is the compromised device. A separate publisher process floods at
+``--rate-mbps`` (QoS 0, paced) with one of:
 
-- ``garbage``: 64-byte random messages;
-- ``signed``: bogus top-k frames (k = 1, declared size 50 M parameters, about 330 bytes) signed
-  by a real edge's key from its provisioned kit (an insider);
-- ``unsigned``: the same frames without a signature;
-- ``mixed``: a third of the bytes each.
+- ``garbage``: 64-byte random messages on the update topics of 16 non-members (``junk<i>``):
+  anyone on an unprovisioned broker (no ACL). A provisioned broker's ACL refuses these
+  publishes (hierfl/provision/mosquitto.py); a fog that knows its edges never subscribes them.
+- ``signed``: bogus top-k frames (k = 1, declared size 50 M parameters, about 390 bytes) signed
+  with the compromised edge's key from its kit, on its own topic (an insider, as the ACL
+  allows);
+- ``unsigned``: the same frames without a signature, on the same topic (an insider, or anyone
+  on an unprovisioned broker);
+- ``insider-garbage``: the 64-byte random messages on the compromised edge's topic;
+- ``mixed``: a third of the bytes each of ``garbage``, ``signed`` and ``unsigned``.
+
+The honest edges' rounds need all ``--edges`` of them (``min_updates``): the compromised edge
+contributes nothing, as a quarantined one would not.
 
 Each phase runs ``--phase-s`` seconds after a short warm-up; the honest-round rate is fog rounds
-closed per second in that window. One JSON line per phase, then a summary line with the ratio of
-each flood phase's rate to the idle rate (issue 9 target: at least 0.5 at 10 MB/s) and the flood
-rate the publisher achieved and the fog received (on a 2-core machine the publisher, broker,
-fog and edges share the cores: the achieved rate is printed, not assumed).
+closed per second in that window, and ``ratio_to_idle`` divides it by the first idle phase's.
+One JSON line per phase, then a summary line with each flood phase's ratio (issue 9 target: at
+least 0.5 at 10 MB/s) and the flood rate the publisher achieved and the fog received (on a
+2-core machine the publisher, broker, fog and edges share the cores: the achieved rate is
+printed, not assumed; the machine's load average is printed with each phase). ``quarantines``
+and ``dropped_quarantined`` count the fog's circuit breaker at work (docs/security.md#floods).
 
 ``per_frame`` lines: what one flood frame costs the fog's decode path (verify, then decode with
 the model size held), in microseconds and in peak bytes allocated per byte received
@@ -23,7 +35,8 @@ the model size held), in microseconds and in peak bytes allocated per byte recei
 Usage::
 
     python benchmarks/flood.py [--edges 4] [--phase-s 20] [--rate-mbps 10]
-        [--phases idle,garbage,signed,unsigned,mixed] [--out results.jsonl]
+        [--phases idle,garbage,signed,unsigned,insider-garbage,mixed,idle]
+        [--ingest-connections 1] [--out results.jsonl]
 """
 
 from __future__ import annotations
@@ -64,6 +77,13 @@ DECLARED = 50_000_000
 FED = "flood"
 FOG = "north"
 POOL = 512  # distinct payloads per kind (the fog verifies each copy in full)
+THREATS = {
+    "garbage": "outsider on non-member topics (unprovisioned broker: no ACL)",
+    "signed": "insider: a compromised member edge on its own topic (allowed by the ACL)",
+    "unsigned": "insider on its own topic, or anyone on an unprovisioned broker",
+    "insider-garbage": "insider on its own topic, or anyone on an unprovisioned broker",
+    "mixed": "outsider garbage + insider signed + insider unsigned, a third of the bytes each",
+}
 
 
 # --- flood payloads ----------------------------------------------------------------------------
@@ -89,14 +109,13 @@ def bogus_update(edge: str, seq: int, signer: Signer | None) -> bytes:
     return header + payload + block + len(block).to_bytes(2, "little")
 
 
-def payload_pools(signer: Signer) -> dict[str, list[tuple[str, bytes]]]:
-    """(topic, payload) pools per flood kind; bogus frames go on the edge's own topic."""
+def payload_pools(signer: Signer, insider: str) -> dict[str, list[tuple[str, bytes]]]:
+    """(topic, payload) pools per flood kind; the insider's go on its own topic."""
     rng = np.random.default_rng(0)
+    own = topics.update(FED, FOG, insider)
     garbage = [(topics.update(FED, FOG, f"junk{i % 16}"), rng.bytes(64)) for i in range(POOL)]
-    signed = [(topics.update(FED, FOG, "e0"), bogus_update("e0", i, signer))
-              for i in range(POOL)]
-    unsigned = [(topics.update(FED, FOG, "e1"), bogus_update("e1", i, None))
-                for i in range(POOL)]
+    signed = [(own, bogus_update(insider, i, signer)) for i in range(POOL)]
+    unsigned = [(own, bogus_update(insider, i, None)) for i in range(POOL)]
     return {"garbage": garbage, "signed": signed, "unsigned": unsigned}
 
 
@@ -145,7 +164,7 @@ def publish(host: str, port: int, pool_file: Path, rate_bps: float, duration_s: 
     client.loop_stop()
     client.disconnect()
     print(json.dumps({"sent_msgs": sent, "sent_bytes": sent_bytes, "not_queued": dropped,
-                      "elapsed_s": elapsed,
+                      "elapsed_s": elapsed, "publisher_cpu_s": time.process_time(),
                       "sent_mbps": sent_bytes / elapsed / 1e6}))
 
 
@@ -162,10 +181,11 @@ def write_initial(path: Path) -> None:
     np.savez(path, **named)
 
 
-def build(work: Path, mqtt_url: str, bootstrap: str, n_edges: int
+def build(work: Path, mqtt_url: str, bootstrap: str, n_edges: int, ingest_connections: int
           ) -> tuple[CloudService, FogService, list[EdgeClient], Signer]:
     edges = [f"e{i}" for i in range(n_edges)]
-    prov = provision(ProjectSpec(federation=FED, fogs={FOG: tuple(edges)}), work / "pki",
+    insider = f"e{n_edges}"  # provisioned, compromised: runs no honest client
+    prov = provision(ProjectSpec(federation=FED, fogs={FOG: (*edges, insider)}), work / "pki",
                      tls=False)
 
     def sec(party: str) -> dict[str, Any]:
@@ -186,7 +206,7 @@ def build(work: Path, mqtt_url: str, bootstrap: str, n_edges: int
     fog = FogService(FogSettings.load(
         federation=FED, fog_id=FOG, mqtt={"url": mqtt_url}, kafka={"bootstrap": bootstrap},
         security=sec(f"fog/{FOG}"), min_updates=n_edges, round_timeout_s=60, k2=1,
-        resume_wait_s=0.3, aggregator="fedavg",
+        resume_wait_s=0.3, aggregator="fedavg", ingest_connections=ingest_connections,
     ))
     clients = [
         EdgeClient(
@@ -196,8 +216,8 @@ def build(work: Path, mqtt_url: str, bootstrap: str, n_edges: int
         )
         for i, e in enumerate(edges)
     ]
-    key = load_signing_key(prov.kit(f"edge/{FOG}/e0") / "signing.key")
-    return cloud, fog, clients, Signer(f"edge/{FOG}/e0", key, FED)
+    key = load_signing_key(prov.kit(f"edge/{FOG}/{insider}") / "signing.key")
+    return cloud, fog, clients, Signer(f"edge/{FOG}/{insider}", key, FED)
 
 
 def per_frame_cost(fog: FogService, pools: dict[str, list[tuple[str, bytes]]]
@@ -226,14 +246,21 @@ def per_frame_cost(fog: FogService, pools: dict[str, list[tuple[str, bytes]]]
 
 
 async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
-    lines: list[dict[str, Any]] = []
+    lines: list[dict[str, Any]] = [{
+        "bench": "config", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(),
+        "loadavg_1m_at_start": round(os.getloadavg()[0], 2), "edges": args.edges,
+        "phase_s": args.phase_s, "warmup_s": args.warmup_s, "rate_mbps": args.rate_mbps,
+        "ingest_connections": args.ingest_connections, "publisher_nice": args.publisher_nice,
+        "carry_quarantine": args.carry_quarantine,
+    }]
     with tempfile.TemporaryDirectory(prefix="hierfl-flood-") as tmp, \
             MqttBroker() as mqtt_broker, KafkaBroker() as kafka_broker:
         work = Path(tmp)
         cloud, fog, edges, insider = build(work, mqtt_broker.url, kafka_broker.bootstrap,
-                                           args.edges)
-        pools = payload_pools(insider)
-        pools_all = {**pools, "mixed": mixed(pools)}
+                                           args.edges, args.ingest_connections)
+        pools = payload_pools(insider, f"e{args.edges}")
+        pools_all = {**pools, "mixed": mixed(pools),
+                     "insider-garbage": [(pools["signed"][0][0], p) for _, p in pools["garbage"]]}
         services = [cloud, fog, *edges]
         tasks = [asyncio.create_task(s.run()) for s in services]
         try:
@@ -241,10 +268,15 @@ async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                 while fog.metrics.counters["fog_rounds"] < 2:  # noqa: ASYNC110 - a counter
                     await asyncio.sleep(0.1)
             lines.extend(per_frame_cost(fog, pools))
+            idle_rate: float | None = None
             for phase in args.phases:
-                lines.append(await run_phase(phase, fog, cloud, pools_all, mqtt_broker, work,
-                                             args))
-                print(json.dumps(lines[-1]), file=sys.stderr, flush=True)
+                line = await run_phase(phase, fog, cloud, pools_all, mqtt_broker, work, args)
+                if phase == "idle" and idle_rate is None:
+                    idle_rate = line["rounds_per_s"]
+                line["ratio_to_idle"] = (round(line["rounds_per_s"] / idle_rate, 3)
+                                         if idle_rate else None)
+                lines.append(line)
+                print(json.dumps(line), file=sys.stderr, flush=True)
         finally:
             for s in services:
                 s.stop()
@@ -257,12 +289,13 @@ async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     idle = next((x for x in lines if x.get("phase") == "idle"), None)
     if idle is not None and idle["rounds_per_s"]:
         summary: dict[str, Any] = {"bench": "summary", "edges": args.edges,
+                                   "ingest_connections": args.ingest_connections,
+                                   "publisher_nice": args.publisher_nice,
                                    "target_rate_mbps": args.rate_mbps,
                                    "idle_rounds_per_s": idle["rounds_per_s"]}
         for x in lines:
             if x.get("bench") == "phase" and x["phase"] != "idle":
-                summary[f"{x['phase']}_ratio"] = round(x["rounds_per_s"] / idle["rounds_per_s"],
-                                                       3)
+                summary[f"{x['phase']}_ratio"] = x["ratio_to_idle"]
                 summary[f"{x['phase']}_sent_mbps"] = x["flood"]["sent_mbps"]
                 summary[f"{x['phase']}_fog_received_mbps"] = x["fog_received_mbps"]
         ratios = [v for k, v in summary.items() if k.endswith("_ratio")]
@@ -271,9 +304,30 @@ async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     return lines
 
 
+def cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` (0 where unknown)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def fresh_breaker(fog: FogService) -> None:
+    """Forget the fog's quarantines, so each phase measures a flood from its first message
+    (by default a repeat offender's quarantine doubles across phases: --carry-quarantine)."""
+    breaker = fog._flood_breaker()
+    breaker._until.clear()
+    breaker._last.clear()
+    breaker._hits.clear()
+    await asyncio.sleep(1.5)  # the fog re-syncs its subscriptions at least once a second
+
+
 async def run_phase(phase: str, fog: FogService, cloud: CloudService,
                     pools: dict[str, list[tuple[str, bytes]]], broker: MqttBroker, work: Path,
                     args: argparse.Namespace) -> dict[str, Any]:
+    if not args.carry_quarantine:
+        await fresh_breaker(fog)
     proc = None
     if phase != "idle":
         pool_file = work / f"{phase}.msgpack"
@@ -282,29 +336,38 @@ async def run_phase(phase: str, fog: FogService, cloud: CloudService,
             sys.executable, __file__, "--publish", str(pool_file), "--host", broker.host,
             "--port", str(broker.port), "--rate-mbps", str(args.rate_mbps),
             "--duration-s", str(args.warmup_s + args.phase_s),
+            "--nice", str(args.publisher_nice),
             stdout=subprocess.PIPE,
         )
     await asyncio.sleep(args.warmup_s)
-    c = fog.metrics.counters
+    c, rej = fog.metrics.counters, fog.metrics.rejected
     r0, v0, b0, m0 = c["fog_rounds"], cloud.version, c["bytes_in"], c["received"]
-    rej0 = sum(fog.metrics.rejected.values())
-    cpu0, t0 = time.process_time(), time.perf_counter()
+    rej0 = sum(rej.values())
+    q0, d0 = c["quarantines"], rej["flood.quarantined"]
+    cpu0, t0, bcpu0 = time.process_time(), time.perf_counter(), cpu_s(broker.pid)
     await asyncio.sleep(args.phase_s)
     elapsed = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
+    broker_cpu = cpu_s(broker.pid) - bcpu0
     r1, v1, b1, m1 = c["fog_rounds"], cloud.version, c["bytes_in"], c["received"]
-    rej1 = sum(fog.metrics.rejected.values())
+    rej1 = sum(rej.values())
+    q1, d1 = c["quarantines"], rej["flood.quarantined"]
+    load1 = os.getloadavg()[0]
     flood: dict[str, Any] = {}
     if proc is not None:
         out, _ = await proc.communicate()
         flood = json.loads(out.decode().strip().splitlines()[-1])
     return {
-        "bench": "phase", "phase": phase, "window_s": round(elapsed, 2),
+        "bench": "phase", "phase": phase, "threat": THREATS.get(phase, "none"),
+        "window_s": round(elapsed, 2),
         "fog_rounds": r1 - r0, "rounds_per_s": round((r1 - r0) / elapsed, 3),
         "global_versions": v1 - v0,
         "fog_received_msgs": m1 - m0, "fog_received_mbps": round((b1 - b0) / elapsed / 1e6, 3),
         "fog_rejected": rej1 - rej0,
+        "quarantines": q1 - q0, "dropped_quarantined": d1 - d0,
+        "loadavg_1m_at_end": round(load1, 2),
         "process_cpu_s": round(cpu, 2),  # cloud + fog + edges, all in this process
+        "broker_cpu_s": round(broker_cpu, 2),  # mosquitto
         "flood": {k: round(v, 3) if isinstance(v, float) else v for k, v in flood.items()},
     }
 
@@ -315,15 +378,24 @@ def main() -> None:
     p.add_argument("--phase-s", type=float, default=20.0)
     p.add_argument("--warmup-s", type=float, default=3.0)
     p.add_argument("--rate-mbps", type=float, default=10.0, help="flood rate, MB/s (1e6 B)")
-    p.add_argument("--phases", default="idle,garbage,signed,unsigned,mixed,idle")
+    p.add_argument("--phases", default="idle,garbage,signed,unsigned,insider-garbage,mixed,idle")
+    p.add_argument("--publisher-nice", type=int, default=0,
+                   help="niceness of the flood publisher: a real attacker runs on another "
+                   "machine; here it shares the cores with the fog (0: an equal share)")
+    p.add_argument("--carry-quarantine", action="store_true",
+                   help="keep the fog's quarantines from one phase to the next")
+    p.add_argument("--ingest-connections", type=int, default=1,
+                   help="the fog's ingest_connections (MQTT connections for update topics)")
     p.add_argument("--out", type=Path, help="also append the JSON lines to this file")
     # the publisher child
     p.add_argument("--publish", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--host", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--duration-s", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--nice", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.publish is not None:
+        os.nice(args.nice)
         publish(args.host, args.port, args.publish, args.rate_mbps * 1e6, args.duration_s)
         return
     args.phases = [x.strip() for x in args.phases.split(",") if x.strip()]
