@@ -27,7 +27,7 @@ from hierfl.errors import (
 )
 from hierfl.metrics import ServiceMetrics
 from hierfl.model.store import Checkpoint, ModelStore, load_weights_file
-from hierfl.offload import offload
+from hierfl.offload import Steps, offload
 from hierfl.ratelimit import REJECT_LOG_INTERVAL_S, LogThrottle, suppressed_note
 from hierfl.security.tier import tier_security
 from hierfl.security.trust import TrustStore, cloud_party
@@ -103,6 +103,7 @@ class CloudService:
             layout=ckpt.layout,
         )
         self._latest: Checkpoint = ckpt
+        self._steps = Steps()  # round steps a reconnect cannot cut in half
         self._published_version = -1
         self._last_inbound: KafkaInbound | None = None
         self._stop = asyncio.Event()
@@ -154,6 +155,12 @@ class CloudService:
                 max_frame_bytes=s.limits.max_frame_bytes,
             ) as consumer,
         ):
+            # A version saved by a step the last connection's failure interrupted is
+            # published below like any other (self._latest).
+            await self._steps.settle()
+            # A record of an earlier connection is not this one's to commit: the log may have
+            # been lost since (a broker restarted without persistence; found by the simulator).
+            self._last_inbound = None
             # (Re)publish the current version: fogs that restarted pick it up.
             await self._publish(producer, self._latest)
             self.ready.set()
@@ -176,7 +183,8 @@ class CloudService:
                     except TimeoutError:
                         new = self.round.on_tick(self.clock())
                         if new is not None:
-                            await self._commit_new(new, producer, consumer, None)
+                            ckpt = await self._steps.run(self._save_new(new))
+                            await self._announce(ckpt, producer, consumer, None)
                         continue
                     await self._handle(inbound, producer, consumer)
                 self.finished.set()
@@ -220,29 +228,36 @@ class CloudService:
                 raise WireFormatError(f"a {type(frame).__name__} on the aggregates topic")
             if self.security.trust is not None:
                 await offload(_check_provenance, self.security.trust, frame)
-            new = await offload(self.round.on_aggregate, frame, self.clock())
+            ckpt = await self._steps.run(self._accept(frame, verified.sig, inbound))
         except HierflError as exc:
             self._reject(exc, inbound)
             if not held:
                 await consumer.commit(inbound)  # nothing held: skip the bad record for good
             return
+        if ckpt is not None:
+            await self._announce(ckpt, producer, consumer, inbound)
+
+    async def _accept(self, frame: AggregateFrame, sig: Any,
+                      inbound: KafkaInbound) -> Checkpoint | None:
+        """Fold an aggregate into the round and, when it closes the round, save the new
+        version: one step (:class:`~hierfl.offload.Steps`), so a connection failure in the
+        middle cannot leave the round moved on and its version unsaved.
+
+        Raises:
+            HierflError: the round refused the aggregate.
+        """
+        new = await offload(self.round.on_aggregate, frame, self.clock())
         self.metrics.inc("accepted")
         self._last_inbound = inbound
-        if verified.sig is not None:
-            self._sigs[frame.fog_id] = verified.sig
+        if sig is not None:
+            self._sigs[frame.fog_id] = sig
         self._provenance[frame.fog_id] = frame.provenance
         log.info("cloud: aggregate %s accepted (%d samples)", frame.aggregate_id,
                  frame.num_samples)
-        if new is not None:
-            await self._commit_new(new, producer, consumer, inbound)
+        return None if new is None else await self._save_new(new)
 
-    async def _commit_new(
-        self,
-        new: NewGlobal,
-        producer: FrameProducer,
-        consumer: FrameConsumer,
-        inbound: KafkaInbound | None,
-    ) -> None:
+    async def _save_new(self, new: NewGlobal) -> Checkpoint:
+        """Save a version the round produced (the durable point); it becomes the latest."""
         meta = {
             "parent": new.parent,
             "round": new.version,
@@ -267,6 +282,11 @@ class CloudService:
         self.metrics.inc("versions")
         log.info("cloud: v%d from %d fogs / %d edges%s", new.version, meta["num_fogs"],
                  meta["num_edges"], " (deadline)" if new.timed_out else "")
+        return ckpt
+
+    async def _announce(self, ckpt: Checkpoint, producer: FrameProducer,
+                        consumer: FrameConsumer, inbound: KafkaInbound | None) -> None:
+        """Publish a saved version, then commit the records folded into it."""
         await self._publish(producer, ckpt)
         inbound = inbound or self._last_inbound
         if inbound is not None:

@@ -18,12 +18,15 @@ a round (each refusal raises a :class:`~hierfl.errors.ValidationError` subclass 
 4. version    -> StaleUpdateError      (``base_version`` is not the global version worked on)
 5. the validator: duplicate, sender, staleness, samples, shape, finite, norm.
 
-Staleness is counted in fog model sequence numbers *within one global version*: with
-``max_staleness = s`` an update trained from fog model ``base_seq`` is accepted while the
-fog collects seq ``q`` iff ``q - s <= base_seq <= q`` and its ``base_version`` is the current
-one. An update trained from an older global version is always stale (the fog's cumulative
-delta is against the current global model). A sender contributes at most once per fog round,
-whatever seq it trained from. The norm bound is the tighter of ``max_norm`` and
+Staleness is counted in fog *models* within one global version: with ``max_staleness = s``
+an update trained from fog model ``base_seq`` is accepted while the fog collects seq ``q``
+iff at most ``s`` changed models were published after ``base_seq`` (a skipped round
+re-publishes the same weights under a new seq, which does not count: an edge slower than the
+round deadline is not made stale by skips) and its ``base_version`` is the current one. An
+update trained from an older global version is always stale (the fog's cumulative delta is
+against the current global model). A sender contributes at most once per fog round, whatever
+seq it trained from, and an update (edge, base seq) at most once per global version (a copy
+redelivered later is refused as a duplicate). The norm bound is the tighter of ``max_norm`` and
 ``adaptive_norm_multiplier`` x the median of the last ``norm_window`` accepted norms (applied
 from ``adaptive_min_norms`` accepted norms on); the window survives rounds and versions.
 
@@ -47,7 +50,13 @@ import numpy as np
 
 from hierfl.aggregation import validation as checks
 from hierfl.aggregation.validation import UpdateValidator, ValidationPolicy
-from hierfl.errors import AggregationError, StaleUpdateError, StateError, WrongRecipientError
+from hierfl.errors import (
+    AggregationError,
+    DuplicateUpdateError,
+    StaleUpdateError,
+    StateError,
+    WrongRecipientError,
+)
 from hierfl.types import Float32Matrix, Float32Vector, Float64Vector
 from hierfl.wire.frames import AggregateFrame, LayoutEntry, ModelFrame, UpdateFrame
 
@@ -163,6 +172,7 @@ class _Accepted:
     num_samples: int
     delta: Float32Vector
     metrics: dict[str, float]
+    base_seq: int = 0
 
 
 @dataclass(slots=True)
@@ -177,6 +187,13 @@ class _Cycle:
     fog_round: int = 0
     samples: dict[str, int] = field(default_factory=dict)
     metrics: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    # (edge, base seq) of every update folded in this cycle: a copy delivered again (QoS 1
+    # redelivery, a re-send after a reconnect) must not be folded into a later fog round
+    folded: set[tuple[str, int]] = field(default_factory=set)
+    # the seqs at which a changed fog model was published (ascending, the last 64): a skipped
+    # round re-publishes the same weights under a new seq, and an update trained from any seq
+    # of one model is as fresh as that model (a slow edge is not made stale by skips)
+    model_starts: list[int] = field(default_factory=list)
 
 
 class FogRound:
@@ -248,7 +265,8 @@ class FogRound:
         self._ensure_validator(w.size)
         return self._open_round(now)
 
-    def resume(self, global_frame: ModelFrame, fog_frame: ModelFrame, now: float) -> list[Action]:
+    def resume(self, global_frame: ModelFrame, fog_frame: ModelFrame, now: float, *,
+               forwarded: AggregateFrame | None = None) -> list[Action]:
         """Resume after a restart from the fog model this fog last published (retained).
 
         Args:
@@ -256,9 +274,15 @@ class FogRound:
             fog_frame: this fog's last published model; used when it derives from
                 ``global_frame``'s version, else a fresh cycle starts.
             now: current time.
+            forwarded: the aggregate this fog had forwarded (kept on disk by the service)
+                before it stopped. When it is for ``global_frame``'s version the cloud round
+                is over here: the fog resumes waiting for the next global model, instead
+                of collecting a finished round again (its second aggregate would be refused
+                by the cloud, and the updates in it lost).
 
         Returns:
-            Actions (a re-publish of the fog model with its original ``seq``).
+            Actions (a re-publish of the fog model with its original ``seq``; none when
+            resumed as forwarded).
         """
         if fog_frame.version != global_frame.version or fog_frame.fog_id != self.config.fog_id:
             self.seq = max(self.seq, fog_frame.seq)
@@ -269,17 +293,54 @@ class FogRound:
                              fog_round=fog_frame.fog_round)
         self._ensure_validator(w.size)
         self.seq = fog_frame.seq
+        self._cycle.model_starts.append(self.seq)
+        if (forwarded is not None and forwarded.base_version == global_frame.version
+                and forwarded.fog_id == self.config.fog_id
+                and forwarded.delta.size == g.size):
+            c = self._cycle
+            c.cum_delta = forwarded.delta.astype(np.float32, copy=True)
+            c.weights = (g + c.cum_delta).astype(np.float32)
+            c.fog_round = forwarded.fog_rounds
+            self._updates = {}
+            self.state = FogState.FORWARDED
+            self.deadline = None
+            return []
         self._updates = {}
         self.state = FogState.COLLECTING
         self.deadline = now + self.config.round_timeout_s
         return [PublishModel(self._fog_model())]
 
-    def on_update(self, frame: UpdateFrame, now: float) -> list[Action]:
+    def on_update(self, frame: UpdateFrame, now: float, *,
+                  readmit: bool = False) -> list[Action]:
         """An edge's update arrived; validate it and maybe close the round.
+
+        Args:
+            frame: the update.
+            now: current time.
+            readmit: the update was accepted by this same round (version and seq) before a
+                restart, and comes back from the spool: its staleness was judged then
+                (a resumed round cannot tell which earlier seqs shared its model).
 
         Raises:
             ValidationError: (a subclass naming the reason, in the order of the module
                 docstring) when the update is refused; the state is unchanged then.
+        """
+        norm = self.check_update(frame, readmit=readmit)
+        validator = self._validator
+        assert validator is not None
+        validator.accept_norm(norm)
+        self._updates[frame.edge_id] = _Accepted(frame.num_samples, frame.delta, frame.metrics,
+                                                 frame.base_seq)
+        if len(self._updates) >= self.config.min_updates:
+            return self._close(now, timed_out=False)
+        return []
+
+    def check_update(self, frame: UpdateFrame, *, readmit: bool = False) -> float:
+        """Run every check of :meth:`on_update` without changing anything (the service
+        spools an update before the round takes it); return the update's L2 norm.
+
+        Raises:
+            ValidationError: as :meth:`on_update`.
         """
         cfg = self.config
         if frame.federation != cfg.federation or frame.fog_id != cfg.fog_id:
@@ -298,18 +359,25 @@ class FogRound:
                 f"edge {frame.edge_id} trained from ({frame.base_version}, seq "
                 f"{frame.base_seq}); current is ({c.version}, seq {self.seq})"
             )
-        try:  # within one global version, staleness is counted in fog seqs
+        if (frame.edge_id, frame.base_seq) in c.folded:
+            raise DuplicateUpdateError(
+                f"edge {frame.edge_id}: its update from ({c.version}, seq {frame.base_seq}) "
+                f"is already in an earlier fog round of v{c.version}"
+            )
+        base = self.seq if readmit else frame.base_seq
+        if base <= self.seq and c.model_starts:
+            # staleness counts model changes, not seqs: seqs of skipped rounds share a model
+            newer = sum(1 for start in c.model_starts if base < start <= self.seq)
+            if base >= c.model_starts[0] or newer > self.config.max_staleness:
+                base = self.seq - newer
+        try:  # within one global version, staleness is counted in fog models
             norm = validator.validate(
-                frame.edge_id, frame.base_seq, self.seq, frame.num_samples, frame.delta,
+                frame.edge_id, base, self.seq, frame.num_samples, frame.delta,
                 already_seen=self._updates,
             )
         except StaleUpdateError as exc:
             raise StaleUpdateError(f"{exc} [fog model seqs of global v{c.version}]") from None
-        validator.accept_norm(norm)
-        self._updates[frame.edge_id] = _Accepted(frame.num_samples, frame.delta, frame.metrics)
-        if len(self._updates) >= cfg.min_updates:
-            return self._close(now, timed_out=False)
-        return []
+        return norm
 
     def on_tick(self, now: float) -> list[Action]:
         """Time passed; close or skip the round if its deadline is reached."""
@@ -322,7 +390,7 @@ class FogRound:
             "fog %s: round (v%s, seq %s) skipped at its deadline with %d of %d updates",
             self.config.fog_id, skipped.version, skipped.seq, skipped.received, self.config.quorum,
         )
-        return [skipped, *self._open_round(now)]
+        return [skipped, *self._open_round(now, changed=False)]
 
     # --- transitions --------------------------------------------------------------------
 
@@ -331,8 +399,12 @@ class FogRound:
         if self._validator is None or self._validator.policy.expected_size != size:
             self._validator = UpdateValidator(self.config.policy(size))
 
-    def _open_round(self, now: float) -> list[Action]:
+    def _open_round(self, now: float, *, changed: bool = True) -> list[Action]:
         self.seq += 1
+        c = self._cycle
+        if c is not None and (changed or not c.model_starts):
+            c.model_starts.append(self.seq)
+            del c.model_starts[:-64]
         self._updates = {}
         self.state = FogState.COLLECTING
         self.deadline = now + self.config.round_timeout_s
@@ -391,7 +463,7 @@ class FogRound:
             skipped = RoundSkipped(c.version, self.seq, len(edges), reason="aggregation")
             log.warning("fog %s: round (v%s, seq %s) skipped: %s", self.config.fog_id,
                         c.version, self.seq, exc)
-            return [skipped, *self._open_round(now)]
+            return [skipped, *self._open_round(now, changed=False)]
         # Accumulate the cloud-round delta separately: forwarding (g + D) - g would lose
         # float32 precision that the cloud's weighted average then could not recover.
         c.cum_delta = (c.cum_delta + delta).astype(np.float32)
@@ -399,6 +471,7 @@ class FogRound:
         c.fog_round += 1
         for e in edges:
             u = self._updates[e]
+            c.folded.add((e, u.base_seq))
             c.samples[e] = max(c.samples.get(e, 0), u.num_samples)
             c.metrics.append((u.num_samples, u.metrics))
         total = int(weights.sum())

@@ -46,14 +46,14 @@ from hierfl.fog.round import (
 )
 from hierfl.fog.spool import Spool
 from hierfl.metrics import ServiceMetrics
-from hierfl.offload import offload
+from hierfl.offload import Steps, offload
 from hierfl.ratelimit import REJECT_LOG_INTERVAL_S, LogThrottle, suppressed_note
 from hierfl.security.tier import tier_security
 from hierfl.security.trust import fog_party
 from hierfl.transport.base import FrameConsumer, FrameProducer, MqttLink
 from hierfl.transport.factory import BrokerTransports, Transports
 from hierfl.transport.reconnect import Link, reconnect_loop
-from hierfl.wire.codec import encode_frame
+from hierfl.wire.codec import decode_frame, encode_frame
 from hierfl.wire.downlink import Downlink, DownlinkMessages
 from hierfl.wire.frames import AggregateFrame, EdgeProof, ModelFrame, UpdateFrame
 from hierfl.wire.signing import SigBlock, edge_proof
@@ -143,6 +143,10 @@ class FogService:
         self.ready = asyncio.Event()
         # the last aggregates forwarded (bounded: each holds a model-sized delta)
         self.forwarded: deque[AggregateFrame] = deque(maxlen=8)
+        self._encoded: tuple[AggregateFrame, bytes] | None = None  # the last one, as sent
+        self._stored: AggregateFrame | None = None  # the aggregate in the spool
+        self._model_stored: Any = None  # the downlink messages whose model is in the spool
+        self._steps = Steps()  # round steps a reconnect cannot cut in half
         self._forwarded_at: float | None = None
 
     def stop(self) -> None:
@@ -179,7 +183,7 @@ class FogService:
         s = self.settings
         fed, fog = s.federation, s.fog_id
         if self.round.version is None:
-            resume = await self._probe_retained_model()
+            resume = self._newer(self._stored_model(), await self._probe_retained_model())
             if (resume is not None and resume.scope == "fog" and resume.fog_id == fog
                     and self._downlink.held is None):
                 self._downlink.seed(resume)  # exactly what the up-to-date edges hold
@@ -223,6 +227,26 @@ class FogService:
                     await asyncio.wait_for(
                         mqtt.publish(topics.status(fed, fog, fog), b"offline", retain=True), 2
                     )
+
+    def _stored_model(self) -> ModelFrame | None:
+        """The fog model this fog wrote to its spool before it last published one."""
+        data = self._spool.model() if self._spool is not None else None
+        if data is None:
+            return None
+        try:
+            frame = decode_frame(data, limits=self.settings.limits.decode_limits())
+        except HierflError as exc:
+            log.warning("fog %s: ignoring an unreadable stored fog model: %s",
+                        self.settings.fog_id, exc)
+            return None
+        return frame if isinstance(frame, ModelFrame) else None
+
+    @staticmethod
+    def _newer(a: ModelFrame | None, b: ModelFrame | None) -> ModelFrame | None:
+        """Of two fog models, the later one (the stored one on a tie: it is written first)."""
+        if a is None or b is None:
+            return a or b
+        return a if (a.version, a.seq) >= (b.version, b.seq) else b
 
     async def _probe_retained_model(self) -> ModelFrame | None:
         """Read this fog's last published (retained) model, to resume after a restart."""
@@ -476,6 +500,9 @@ class FogService:
     # --- core ---------------------------------------------------------------------------
 
     async def _core(self) -> None:
+        # a step of the last connection that completed after it failed: carry out its actions
+        for actions in await self._steps.settle():
+            await self._apply(actions)
         await self._flush()
         while True:
             deadline = self.round.deadline
@@ -491,7 +518,8 @@ class FogService:
                     await self._resend_last_aggregate()
                     continue
                 # a deadline may close the round, and aggregation runs off the event loop
-                await self._apply(await offload(self.round.on_tick, self.clock()))
+                await self._apply(await self._steps.run(offload(self.round.on_tick,
+                                                                self.clock())))
                 continue
             if event.kind == "model":
                 await self._on_model(event.frame)
@@ -515,6 +543,7 @@ class FogService:
                     "sending the aggregate again", self.settings.fog_id, agg.base_version,
                     self.settings.resend_after_s or 0)
         self.metrics.inc("aggregates_resent")
+        self._encoded = None  # signed afresh: the cloud's replay guard refuses a byte copy
         self._outbox.append(agg)
         await self._flush()
 
@@ -522,9 +551,20 @@ class FogService:
         resume, self._resume = self._resume, None
         now = self.clock()
         if resume is not None and self.round.version is None:
-            actions = self.round.resume(frame, resume, now)
+            stored = self._stored_aggregate(frame.version)
+            actions = self.round.resume(frame, resume, now,
+                                        forwarded=stored[0] if stored else None)
             log.info("fog %s: resumed v%s seq %s", self.settings.fog_id, self.round.version,
                      self.round.seq)
+            if stored is not None and self.round.state is FogState.FORWARDED:
+                # Killed after closing its cloud round: send the same aggregate again (the
+                # cloud refuses a copy it holds) and wait for the next global model.
+                log.info("fog %s: the aggregate for v%s was closed before the restart; "
+                         "sending it again", self.settings.fog_id, frame.version)
+                self._encoded = stored
+                self._stored = stored[0]
+                self._outbox.append(stored[0])
+                self.forwarded.append(stored[0])
         else:
             actions = self.round.on_global_model(frame, now)
         await self._apply(actions)
@@ -535,12 +575,31 @@ class FogService:
         for u, raw, sig in early:
             await self._on_update(u, raw, sig)
 
+    def _stored_aggregate(self, version: int | None) -> tuple[AggregateFrame, bytes] | None:
+        """The aggregate for ``version`` this fog wrote to its spool before sending it."""
+        stored = self._spool.forwarded() if self._spool is not None else None
+        if stored is None or stored[0] != version:
+            return None
+        try:
+            frame = decode_frame(stored[1], limits=self.settings.limits.decode_limits())
+        except HierflError as exc:
+            log.warning("fog %s: ignoring an unreadable stored aggregate: %s",
+                        self.settings.fog_id, exc)
+            return None
+        if not isinstance(frame, AggregateFrame) or frame.fog_id != self.settings.fog_id:
+            return None
+        return frame, stored[1]
+
     async def _replay_spool(self) -> None:
         """Feed the frames accepted before a crash back into the (resumed) round."""
         assert self._spool is not None
         limits = dataclasses.replace(self.settings.limits.decode_limits(),
                                      expected_params=self.round.model_size)
         for v, s, edge, path in self._spool.entries():
+            if v == self.round.version and s < self.round.seq:
+                # a round before the resumed fog model: it is folded into that model already
+                path.unlink(missing_ok=True)
+                continue
             try:
                 raw = path.read_bytes()
                 verified = self.security.decode(raw, limits=limits, replay=False)
@@ -550,16 +609,20 @@ class FogService:
                             self.settings.fog_id, path.name, exc)
                 path.unlink(missing_ok=True)
                 continue
-            if not isinstance(frame, UpdateFrame) or (v, s, edge) != (
-                frame.base_version, frame.base_seq, frame.edge_id
+            # The file is named by the round that accepted it: (version, round seq, edge). The
+            # update's own base seq may be older (max_staleness >= 1); the round decides.
+            if not isinstance(frame, UpdateFrame) or (v, edge) != (
+                frame.base_version, frame.edge_id
             ):
                 path.unlink(missing_ok=True)
                 continue
             self.metrics.inc("spool_replayed")
-            await self._on_update(frame, raw, verified.sig, replay=True)
+            await self._on_update(frame, raw, verified.sig, replay=True,
+                                  readmit=(v, s) == (self.round.version, self.round.seq))
 
     async def _on_update(self, frame: UpdateFrame, raw: bytes = b"",
-                         sig: SigBlock | None = None, *, replay: bool = False) -> None:
+                         sig: SigBlock | None = None, *, replay: bool = False,
+                         readmit: bool = False) -> None:
         if self.round.version is None:
             if len(self._early) >= self.settings.mqtt.queue_size:
                 self.metrics.inc("dropped_queue_full")
@@ -567,16 +630,43 @@ class FogService:
             # the model has not arrived yet: keep, do not judge
             self._early.append((frame, raw, sig))
             return
-        key = (self.round.version, self.round.seq)
         try:
-            # Aggregation may run here (when this update closes the round): off the loop.
-            actions = await offload(self.round.on_update, frame, self.clock())
+            actions = await self._steps.run(self._admit(frame, raw, sig, replay=replay,
+                                                        readmit=readmit))
         except HierflError as exc:
             if replay and self._spool is not None:
                 self._spool.drop_except((self.round.version or 0, self.round.seq))
             self._reject(exc, f"edge {frame.edge_id}")
             await self._publish_stats(force=False)
             return
+        await self._apply(actions)
+
+    async def _admit(self, frame: UpdateFrame, raw: bytes, sig: SigBlock | None, *,
+                     replay: bool, readmit: bool = False) -> list[Any]:
+        """Spool an update the round will take, then let the round take it.
+
+        Durable first: once the round holds an update (and the edge's QoS 1 delivery is
+        acknowledged) a kill -9 must not lose it. The checks run before the write, so a
+        refused update costs no disk write. Run as one step (:class:`~hierfl.offload.Steps`):
+        a connection failure in the middle does not cut it in half.
+
+        Raises:
+            HierflError: the round refused the update (nothing was spooled, or the file
+                was removed again).
+        """
+        key = (self.round.version or 0, self.round.seq)
+        spooled = None
+        if self._spool is not None and raw and not replay:
+            self.round.check_update(frame)  # refused here: no write
+            spooled = await offload(self._spool.put, key[0], key[1], frame.edge_id, raw)
+        try:
+            # Aggregation may run here (when this update closes the round): off the loop.
+            actions = await offload(self.round.on_update, frame, self.clock(),
+                                    readmit=readmit)
+        except HierflError:
+            if spooled is not None:  # the round moved on while the file was written
+                spooled.unlink(missing_ok=True)
+            raise
         self.metrics.inc("accepted")
         self._count_for_version("accepted")
         if sig is not None:
@@ -584,21 +674,19 @@ class FogService:
             proofs[(frame.edge_id, frame.base_seq)] = edge_proof(sig, frame.edge_id)
             while len(self._proofs) > 4:  # bounded: only the open global version matters
                 del self._proofs[min(self._proofs)]
-        if self._spool is not None and raw and not replay:
-            # Durable before anything depends on it; removed once folded into durable state.
-            await offload(self._spool.put, key[0], key[1], frame.edge_id, raw)
         if self.security.verifier is not None and not replay:
             # Replay counters become durable after the update they cover (spooled above): a
             # crash in between lets the edge's re-sent copy in (the round refuses a second
             # copy), instead of refusing, as a replay, an update the fog never kept.
             await offload(self.security.verifier.replay.save)
-        await self._apply(actions)
+        return actions
 
     async def _apply(self, actions: list[Any]) -> None:
         for a in actions:
             if isinstance(a, PublishModel):
                 self._to_publish = a.frame
             elif isinstance(a, Forward):
+                # no await before the outbox holds it: a cancellation cannot lose it
                 agg = self._with_provenance(a.frame)
                 self._outbox.append(agg)
                 self.forwarded.append(agg)
@@ -651,6 +739,10 @@ class FogService:
             if out is None or out.target is not frame:
                 # Encoded once per model: a retry after a reconnect sends the same bytes.
                 out = self._prepared = await offload(self._downlink.prepare, frame)
+            if self._spool is not None and self._model_stored is not out:
+                # On disk first: the fog resumes from it even if the broker loses it.
+                await offload(self._spool.put_model, out.full)
+                self._model_stored = out
             # Full model first: a fog that dies in between resumes from it and resends it.
             await self._mqtt.publish(topics.model(s.federation, s.fog_id), out.full, retain=True)
             self.metrics.inc("bytes_down_edges", len(out.full))
@@ -662,8 +754,18 @@ class FogService:
                 self._to_publish = None
         while self._outbox and self._producer is not None:
             agg = self._outbox[0]
-            data = await offload(encode_frame, agg, codec=_codec(s.cloud_codec),
-                                           signer=self.security.signer)
+            if self._encoded is not None and self._encoded[0] is agg:
+                data = self._encoded[1]
+            else:
+                data = await offload(encode_frame, agg, codec=_codec(s.cloud_codec),
+                                     signer=self.security.signer)
+                self._encoded = (agg, data)
+            if self._spool is not None and self._stored is not agg:
+                # Durable before it is sent: a fog killed from here on resumes as forwarded
+                # and sends these bytes again (FogRound.resume); the round's updates stay
+                # spooled until it is sent.
+                await offload(self._spool.put_forwarded, agg.base_version, data)
+                self._stored = agg
             await self._producer.send_frame(
                 topics.aggregates(s.federation), key=s.fog_id.encode(), frame=data
             )
@@ -681,6 +783,8 @@ class FogService:
             if self.round.state is FogState.COLLECTING and self.round.version is not None:
                 open_round = (self.round.version, self.round.seq)
             await offload(self._spool.drop_except, open_round)
+            if self.round.version is not None:
+                await offload(self._spool.drop_forwarded, before=self.round.version)
 
 
 class _Lanes:

@@ -5,6 +5,13 @@ durable elsewhere: folded into a fog model published retained on MQTT, or forwar
 Kafka inside an aggregate. After a restart the fog replays the spool into the resumed
 round; frames for another round are refused there as stale and dropped. Files hold the
 frame bytes exactly as received (wire format v1, no pickle).
+
+The spool also keeps the fog model last published (``fog-model.hfl``, written before it is
+published: the fog resumes from it even when the MQTT broker lost its retained copy), and
+the fog's last aggregate, written before it is sent to Kafka
+(``forwarded-v<version>.agg``, the signed frame bytes): a fog killed after closing its
+cloud round resumes as *forwarded* and sends the same bytes again, instead of collecting
+the finished round a second time.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ __all__ = ["Spool"]
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^v(\d+)-s(\d+)-([A-Za-z0-9_-]{1,64})\.hfl$")
+_FORWARDED = re.compile(r"^forwarded-v(\d+)\.agg$")
 
 
 class Spool:
@@ -32,9 +40,50 @@ class Spool:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def put(self, version: int, seq: int, edge: str, data: bytes) -> None:
-        """Store one accepted frame durably (fsync + atomic rename)."""
+    def put(self, version: int, seq: int, edge: str, data: bytes) -> Path:
+        """Store one accepted frame durably (fsync + atomic rename); return its path."""
         path = self.root / f"v{version}-s{seq}-{edge}.hfl"
+        self._write(path, data)
+        return path
+
+    def put_forwarded(self, version: int, data: bytes) -> None:
+        """Store the aggregate for global ``version`` (encoded) before it is sent; older
+        ones are removed."""
+        self._write(self.root / f"forwarded-v{version}.agg", data)
+        self.drop_forwarded(before=version)
+
+    def put_model(self, data: bytes) -> None:
+        """Store the fog model about to be published (its encoded frame), replacing the last:
+        the fog resumes from it even when the broker lost its retained copy."""
+        self._write(self.root / "fog-model.hfl", data)
+
+    def model(self) -> bytes | None:
+        """The stored fog model frame, if any."""
+        try:
+            return (self.root / "fog-model.hfl").read_bytes()
+        except OSError:
+            return None
+
+    def forwarded(self) -> tuple[int, bytes] | None:
+        """The newest stored aggregate as ``(version, frame bytes)``, if any."""
+        found = sorted((int(m.group(1)), p) for p in self.root.iterdir()
+                       if (m := _FORWARDED.match(p.name)))
+        if not found:
+            return None
+        version, path = found[-1]
+        try:
+            return version, path.read_bytes()
+        except OSError:
+            return None
+
+    def drop_forwarded(self, *, before: int | None = None) -> None:
+        """Remove stored aggregates (those of versions below ``before``, if given)."""
+        for p in self.root.iterdir():
+            m = _FORWARDED.match(p.name)
+            if m and (before is None or int(m.group(1)) < before):
+                p.unlink(missing_ok=True)
+
+    def _write(self, path: Path, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:

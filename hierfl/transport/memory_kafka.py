@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -56,6 +56,7 @@ class MemoryKafkaBroker:
         self._logs: dict[str, list[list[KafkaRecord]]] = {}
         self._offsets: dict[tuple[str, str, int], int] = {}  # (group, topic, partition)
         self._changed = asyncio.Event()
+        self._cut: set[str] = set()  # client ids on the far side of a partition
         self.stats: dict[str, int] = dict.fromkeys(
             ("records", "dropped_fault", "duplicated", "acks_lost", "restarts"), 0)
 
@@ -95,17 +96,32 @@ class MemoryKafkaBroker:
         self.start()
         self.stats["restarts"] += 1
 
+    def partition(self, client_ids: Iterable[str]) -> None:
+        """Cut these clients off (a network partition): their connections fail on their next
+        call or iteration and they cannot connect until :meth:`heal`."""
+        self._cut.update(client_ids)
+        self._notify()
+
+    def heal(self, client_ids: Iterable[str] | None = None) -> None:
+        """End the partition of these clients (of every client, with None)."""
+        if client_ids is None:
+            self._cut.clear()
+        else:
+            self._cut.difference_update(client_ids)
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def _connect(self) -> int:
+    def _connect(self, client_id: str | None = None) -> int:
         if not self.running:
             raise BrokerUnavailableError("Kafka connect (memory) failed: the cluster is stopped")
+        if client_id in self._cut:
+            raise BrokerUnavailableError("Kafka connect (memory) failed: unreachable (partition)")
         return self.epoch
 
-    def _check(self, epoch: int, action: str) -> None:
-        if epoch != self.epoch or not self.running:
+    def _check(self, epoch: int, action: str, client_id: str | None = None) -> None:
+        if epoch != self.epoch or not self.running or client_id in self._cut:
             raise DisconnectedError(f"Kafka {action} (memory) failed: connection lost")
 
     def _topic(self, name: str) -> list[list[KafkaRecord]]:
@@ -153,7 +169,7 @@ class MemoryKafkaProducer:
         self._epoch: int | None = None
 
     async def __aenter__(self) -> Self:
-        self._epoch = self.broker._connect()
+        self._epoch = self.broker._connect(self.client_id)
         return self
 
     async def __aexit__(
@@ -175,7 +191,7 @@ class MemoryKafkaProducer:
         for c in chunks:
             if self._epoch is None:
                 raise DisconnectedError("Kafka send (memory) failed: not connected")
-            self.broker._check(self._epoch, "send")
+            self.broker._check(self._epoch, "send", self.client_id)
             self.broker._append(self.client_id, topic, key, c)
             await asyncio.sleep(0)  # a real send yields to the loop: let others interleave
         self.bytes_sent += sum(len(c) for c in chunks)
@@ -221,15 +237,18 @@ class MemoryKafkaConsumer:
         self._backlog: list[KafkaInbound] = []
 
     async def __aenter__(self) -> Self:
-        epoch = self.broker._connect()
+        epoch = self.broker._connect(self.client_id)
         logs = self.broker._topic(self.topic)
         self._reassembler = Reassembler(max_frame_bytes=self._max_frame_bytes)
         self._backlog = []
         if self.start == "earliest" or (self.start == "committed" and self.group_id is None):
             self._pos = [0] * len(logs)
         elif self.start == "committed":
-            self._pos = [self.broker._offsets.get((self.group_id or "", self.topic, p), 0)
-                         for p in range(len(logs))]
+            # an offset past the log's end (a commit from before the log was lost) resets to
+            # the beginning, as auto_offset_reset="earliest" does in the real consumer
+            self._pos = [o if (o := self.broker._offsets.get(
+                (self.group_id or "", self.topic, p), 0)) <= len(log) else 0
+                for p, log in enumerate(logs)]
         else:
             self._pos = [self._find_latest_frame(p, log) for p, log in enumerate(logs)]
         self._epoch = epoch
@@ -265,7 +284,7 @@ class MemoryKafkaConsumer:
     def _live(self, action: str) -> int:
         if self._epoch is None:
             raise DisconnectedError(f"Kafka {action} (memory) failed: not connected")
-        self.broker._check(self._epoch, action)
+        self.broker._check(self._epoch, action, self.client_id)
         return self._epoch
 
     async def messages(self) -> AsyncIterator[KafkaInbound]:

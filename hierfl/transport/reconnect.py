@@ -115,6 +115,11 @@ async def reconnect_loop(
             errors = _transport_errors(exc)
             if not errors:
                 raise
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Cancelled while a link failed: a TaskGroup then raises the link's error and
+                # the cancellation is lost; honour it (found by the simulator, issue 9).
+                raise asyncio.CancelledError from exc
             fatal = next((e for e in errors if not e.retriable), None)
             if fatal is not None:
                 log.error("%s: %s", who, fatal)
@@ -144,8 +149,11 @@ async def reconnect_loop(
             if on_retry is not None:
                 on_retry()
         finally:
+            # asyncio.wait, not ``await watcher`` under suppress(CancelledError): that would
+            # swallow a cancellation of this task arriving here, and the service would go on
+            # reconnecting after it was told to stop (found by the simulator, issue 9).
             watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await asyncio.wait([watcher])
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
+            async with asyncio.timeout(delay):
+                await stop.wait()

@@ -192,11 +192,32 @@ def test_deadline_below_quorum_skips_and_reopens_under_a_new_seq():
     np.testing.assert_array_equal(pub.frame.weights, G0)  # nothing was folded
     assert fog.state is FogState.COLLECTING
     assert (fog.seq, fog.deadline, fog.pending) == (2, 20.0, ())
-    # the update of the skipped round is now stale (max_staleness = 0) ...
-    with pytest.raises(StaleUpdateError):
-        fog.on_update(update("a", 1), 11.0)
-    # ... and the edge may send again for the new seq
-    assert fog.on_update(update("a", 2), 11.0) == []
+    # the skip changed no weights: an update trained from seq 1 is as fresh as one from
+    # seq 2 (an edge slower than the deadline is not made stale by skips) ...
+    assert fog.on_update(update("a", 1), 11.0) == []
+    # ... and the edge contributes once per round, whichever seq it trained from
+    with pytest.raises(DuplicateUpdateError):
+        fog.on_update(update("a", 2), 11.0)
+
+
+def test_a_slow_edge_is_not_made_stale_by_skipped_rounds_only_by_a_changed_model():
+    fog = collecting(min_updates=1, quorum=1, k2=2, now=0.0)
+    for t in (10.0, 20.0, 30.0):  # three empty rounds skipped: seqs 2, 3, 4 share a model
+        fog.on_tick(t)
+    assert fog.seq == 4
+    closed, pub = fog.on_update(update("slow", 1), 31.0)  # trained from seq 1
+    assert isinstance(closed, RoundClosed) and closed.contributors == ("slow",)
+    assert pub.frame.seq == 5  # a changed model
+    with pytest.raises(StaleUpdateError):  # trained from a model older than the current one
+        fog.on_update(update("other", 4), 32.0)
+
+
+def test_a_redelivered_update_is_not_folded_into_a_later_round():
+    fog = collecting(min_updates=1, quorum=1, max_staleness=1, k2=3, now=0.0)
+    fog.on_update(update("a", 1), 1.0)  # closes seq 1, opens seq 2
+    # the same update again (a QoS 1 redelivery): fresh enough, but already folded
+    with pytest.raises(DuplicateUpdateError):
+        fog.on_update(update("a", 1), 2.0)
 
 
 def test_skip_with_no_update_at_all():
@@ -318,8 +339,9 @@ REJECTIONS = {
     "sender": ({"allowed_edges": frozenset({"a", "b"})}, None, update("x", 1),
                UnknownSenderError),
     "stale-version": ({"max_staleness": 5}, None, update("a", 1, version=1), StaleUpdateError),
-    "stale-old-seq": ({}, "skip", update("a", 1), StaleUpdateError),
-    "stale-beyond-max": ({"max_staleness": 1}, "skip2", update("a", 1), StaleUpdateError),
+    "stale-old-seq": ({"min_updates": 1, "k2": 3}, "moved", update("a", 1), StaleUpdateError),
+    "stale-beyond-max": ({"max_staleness": 1, "min_updates": 1, "k2": 3}, "moved2",
+                         update("a", 1), StaleUpdateError),
     "stale-future-seq": ({"max_staleness": 3}, None, update("a", 2), StaleUpdateError),
     "duplicate": ({"min_updates": 3}, "a-sent", update("a", 1, 0.2), DuplicateUpdateError),
     "samples-too-many": ({"max_samples": 100}, None, update("a", 1, n=101), SampleCountError),
@@ -351,6 +373,11 @@ def _setup(fog: FogRound, how: str | None) -> None:
     elif how == "skip2":
         fog.on_tick(10.0)
         fog.on_tick(20.0)
+    elif how == "moved":  # a round closed by another edge: seq 2 is a changed model
+        fog.on_update(update("z", 1), 0.0)
+    elif how == "moved2":  # two changed models since seq 1
+        fog.on_update(update("z", 1), 0.0)
+        fog.on_update(update("z", 2), 0.0)
     elif how == "a-sent":
         fog.on_update(update("a", 1), 0.0)
     elif how == "two-sent":  # norms 1.0 and 1.0: adaptive bound 3.0; the attacker sends 4.0
