@@ -196,7 +196,11 @@ def _register_security() -> None:
 
 
 def _register_optional() -> None:
-    """Attach commands whose modules need the ``sim`` extra (registered lazily)."""
+    """Attach commands whose modules need the ``sim`` extra (registered lazily), and
+    ``simtest`` (the deterministic simulator; numpy only)."""
+    from hierfl.simtest.cli import register as register_simtest  # noqa: PLC0415
+
+    register_simtest(app)
     try:
         from hierfl.sim.cli import register  # noqa: PLC0415
     except ImportError:

@@ -798,13 +798,13 @@ class _Lanes:
     def __init__(self, known: Any) -> None:
         self._known_fn = known
         self._known: frozenset[str] | None = known()
-        self._known_at = time.monotonic()
+        self._known_at = _now()  # the loop's clock (virtual in the simulator)
         self._lanes: dict[str, deque[Any]] = {}
         self._order: deque[str] = deque()  # lanes with messages, in serving order
         self._ready = asyncio.Event()
 
     def _lane_of(self, topic: str) -> str:
-        now = time.monotonic()
+        now = _now()
         if now - self._known_at > 1.0:
             self._known, self._known_at = self._known_fn(), now
         client = topic.rsplit("/", 1)[-1]

@@ -6,7 +6,7 @@ Kafka inside an aggregate. After a restart the fog replays the spool into the re
 round; frames for another round are refused there as stale and dropped. Files hold the
 frame bytes exactly as received (wire format v1, no pickle).
 
-The spool also keeps the fog model last published (``fog-model.hfl``, written before it is
+The spool also keeps the fog model last published (``fog-model.hfm``, written before it is
 published: the fog resumes from it even when the MQTT broker lost its retained copy), and
 the fog's last aggregate, written before it is sent to Kafka
 (``forwarded-v<version>.agg``, the signed frame bytes): a fog killed after closing its
@@ -55,12 +55,12 @@ class Spool:
     def put_model(self, data: bytes) -> None:
         """Store the fog model about to be published (its encoded frame), replacing the last:
         the fog resumes from it even when the broker lost its retained copy."""
-        self._write(self.root / "fog-model.hfl", data)
+        self._write(self.root / "fog-model.hfm", data)
 
     def model(self) -> bytes | None:
         """The stored fog model frame, if any."""
         try:
-            return (self.root / "fog-model.hfl").read_bytes()
+            return (self.root / "fog-model.hfm").read_bytes()
         except OSError:
             return None
 

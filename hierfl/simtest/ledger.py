@@ -56,6 +56,7 @@ class Ledger:
         self.closures: dict[tuple[str, int], dict[int, frozenset[tuple[str, int]]]] = {}
         self.skipped: set[tuple[str, int, int]] = set()
         self.services: dict[str, Any] = {}
+        self._fogs: dict[str, tuple[str, Any, int, int]] = {}  # for the per-step checks
         self.counts: dict[str, int] = dict.fromkeys(
             ("updates_accepted", "fog_rounds_closed", "fog_rounds_reclosed", "rounds_skipped",
              "aggregates_accepted", "versions_saved", "crashes"), 0)
@@ -80,6 +81,8 @@ class Ledger:
         """Wrap the round machine (and the store) of a freshly made service."""
         self.services[name] = service
         if name.startswith("fog/"):
+            self._fogs[name] = (name, service, len(self.plan.fogs[name.removeprefix("fog/")]),
+                                service.settings.mqtt.queue_size)
             self._watch_fog(name, service)
         elif name == "cloud":
             self._watch_cloud(service)
@@ -184,21 +187,19 @@ class Ledger:
         """Cheap checks after every loop step."""
         if self.failed is not None:
             return
-        for name, s in self.services.items():
-            if name.startswith("fog/"):
-                n_edges = len(self.plan.fogs[name.removeprefix("fog/")])
-                if (len(s._early) > s.settings.mqtt.queue_size or len(s._outbox) > 3
-                        or len(s._proofs) > 4 or len(s._by_version) > 16
-                        or len(s.round.pending) > n_edges):
-                    self._bounds(name, s)
-            elif name == "cloud" and len(s.round.reported) > len(self.plan.fogs):
-                self.record(f"cloud holds {len(s.round.reported)} aggregates for "
-                          f"{len(self.plan.fogs)} fogs")
+        for name, s, n_edges, queue in self._fogs.values():
+            if (len(s._early) > queue or len(s._outbox) > 3 or len(s._proofs) > 4
+                    or len(s._by_version) > 16 or len(s.round._updates) > n_edges):
+                self._bounds(name, s)
+        cloud = self.services.get("cloud")
+        if cloud is not None and len(cloud.round.reported) > len(self.plan.fogs):
+            self.record(f"cloud holds {len(cloud.round.reported)} aggregates for "
+                        f"{len(self.plan.fogs)} fogs")
 
     def _bounds(self, name: str, s: Any) -> None:
         self.record(f"{name} out of bounds: early {len(s._early)}, outbox {len(s._outbox)}, "
                     f"proofs {len(s._proofs)}, by_version {len(s._by_version)}, pending "
-                    f"{len(s.round.pending)}")
+                    f"{len(s.round._updates)}")
 
     def check_bounds(self) -> None:
         """Raise the violation found by a step check, if any."""

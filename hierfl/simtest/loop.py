@@ -59,6 +59,26 @@ class _NoIoSelector(selectors.BaseSelector):
         self._keys.clear()
 
 
+class _Task(asyncio.Task):  # type: ignore[type-arg]
+    """A task hashed by creation order, not by address: asyncio keeps tasks and futures in
+    sets (a TaskGroup cancels its tasks in set order), so address hashes would make the
+    interleaving differ from run to run."""
+
+    def __init__(self, coro: Any, *, loop: VirtualLoop, context: Any = None) -> None:
+        self._n = loop._next()  # before the base class puts it in a (weak) set
+        super().__init__(coro, loop=loop, context=context)
+
+    def __hash__(self) -> int:
+        return self._n
+
+
+class _Future(asyncio.Future):  # type: ignore[type-arg]
+    _n: int
+
+    def __hash__(self) -> int:
+        return self._n
+
+
 class VirtualLoop(asyncio.SelectorEventLoop):
     """A selector event loop whose clock is virtual (starts at ``start``, in seconds).
 
@@ -71,7 +91,22 @@ class VirtualLoop(asyncio.SelectorEventLoop):
         self._now = start
         self.steps = 0
         self.on_step = on_step
+        self._created = 0
         super().__init__(_NoIoSelector(self._advance))
+        self.set_task_factory(lambda loop, coro, context=None: self.new_task(coro, context))
+
+    def _next(self) -> int:
+        self._created += 1
+        return self._created
+
+    def create_future(self) -> asyncio.Future[Any]:
+        fut = _Future(loop=self)
+        fut._n = self._next()
+        return fut
+
+    def new_task(self, coro: Any, context: Any = None) -> asyncio.Task[Any]:
+        """A task hashed by creation order (for a task factory)."""
+        return _Task(coro, loop=self, context=context)
 
     def _advance(self, dt: float) -> None:
         self._now += dt

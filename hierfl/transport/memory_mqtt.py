@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
@@ -61,6 +62,7 @@ def validate_filter(topic_filter: str) -> None:
         raise ValueError(f"invalid MQTT topic filter {topic_filter!r}")
 
 
+@functools.lru_cache(maxsize=8192)  # a pure function of two strings, called per message
 def topic_matches(topic_filter: str, topic: str) -> bool:
     """Whether ``topic`` matches ``topic_filter`` (MQTT 3.1.1 section 4.7)."""
     if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
