@@ -1,6 +1,7 @@
 """The ``hierfl`` command: run a tier (cloud, fog, edge), a whole federation (sim), brokers.
 
-This is the only module that configures logging. Exit codes of ``hierfl cloud|fog|edge``:
+Logging, signals and exit codes live in :mod:`hierfl.process`. Exit codes of
+``hierfl cloud|fog|edge``:
 0 done or stopped; 2 invalid configuration (:class:`~hierfl.errors.ConfigError`); 3 a broker
 refused us for good (:class:`~hierfl.errors.BrokerRefusedError`: credentials, certificate,
 missing topic, or unreachable for ``connect_attempts`` tries); 1 any other hierfl error.
@@ -8,11 +9,7 @@ missing topic, or unreachable for ``connect_attempts`` tries); 1 any other hierf
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import logging
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,11 +17,10 @@ from typing import Annotated, Any
 import typer
 
 from hierfl import __version__
-from hierfl.errors import ConfigError, HierflError, TransportError
-
-EXIT_ERROR = 1
-EXIT_CONFIG = 2
-EXIT_BROKER_REFUSED = 3
+from hierfl.errors import HierflError
+from hierfl.process import exit_code, fail
+from hierfl.process import run_service as _run_service
+from hierfl.process import setup_logging as _setup_logging
 
 app = typer.Typer(
     name="hierfl",
@@ -39,53 +35,6 @@ ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="TOML settings file (HIERFL_* env vars override it)."),
 ]
-
-
-def _setup_logging(level: str) -> None:
-    from rich.logging import RichHandler  # noqa: PLC0415
-
-    logging.basicConfig(
-        level=level,
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[RichHandler(rich_tracebacks=False, show_path=False, console=None)],
-        force=True,
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
-
-
-def _exit_code(exc: HierflError) -> int:
-    """The process exit code for an error that ends a command (see the module docstring)."""
-    if isinstance(exc, ConfigError):
-        return EXIT_CONFIG
-    if isinstance(exc, TransportError) and not exc.retriable:
-        return EXIT_BROKER_REFUSED
-    return EXIT_ERROR
-
-
-def _run_service(service: Any) -> None:
-    """Run ``service.run()`` until it returns or SIGINT/SIGTERM asks it to stop.
-
-    A fatal error (a refused broker, a configuration found invalid at start) is printed as
-    ``error: ...`` and exits non-zero (:func:`_exit_code`).
-    """
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, service.stop)
-        await service.run()
-
-    try:
-        asyncio.run(main())
-    except HierflError as exc:
-        _fail(exc)
-
-
-def _fail(exc: HierflError) -> None:
-    typer.secho(f"error: {exc}", fg="red", err=True)
-    raise typer.Exit(code=_exit_code(exc))
 
 
 def _serve_tier(tier: str, config: Path | None) -> None:
@@ -111,7 +60,7 @@ def _serve_tier(tier: str, config: Path | None) -> None:
             _setup_logging(fog_settings.log_level)
             service = FogService(fog_settings)
     except HierflError as exc:
-        _fail(exc)
+        fail(exc)
         return
     if service.settings.metrics_port is not None:
         serve_prometheus(service.metrics, service.settings.metrics_port)
@@ -143,7 +92,7 @@ def edge(config: ConfigOpt = None) -> None:
         task = load_task(settings.task, settings.task_options, settings)
         client = EdgeClient(settings, task)
     except HierflError as exc:
-        _fail(exc)
+        fail(exc)
         return
     _run_service(client)
 
@@ -165,7 +114,7 @@ def init_model(
         settings = EdgeSettings.load(fog_id="init", edge_id="init", task=task)
         t = load_task(task, json.loads(options), settings)
     except HierflError as exc:
-        _fail(exc)
+        fail(exc)
         return
     model = t.build_model()
     from hierfl.edge.vector import VectorModel  # noqa: PLC0415
@@ -216,7 +165,7 @@ def main() -> None:
         app()
     except HierflError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
-        sys.exit(_exit_code(exc))
+        sys.exit(exit_code(exc))
 
 
 if __name__ == "__main__":

@@ -248,7 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     (or ``--byzantine-of``) is the number of colluding edges.
     """
     # The CLI owns logging set-up and signal handling; reuse them rather than copy them.
-    from hierfl.cli import _run_service, _setup_logging  # noqa: PLC0415
+    from hierfl.process import run_service as _run_service  # noqa: PLC0415
+    from hierfl.process import setup_logging as _setup_logging  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(prog="python -m hierfl.sim.attacks",
                                      description="Run one Byzantine edge.")

@@ -35,7 +35,8 @@ def _seed_range(text: str) -> range:
 def register(app: typer.Typer) -> None:
     """Attach ``simtest`` to the main ``hierfl`` app."""
 
-    @app.command(help=_HELP)
+    @app.command(help=_HELP, short_help="The deterministic fault simulator: run seeds, or "
+                 "replay one.")
     def simtest(
         seeds: Annotated[str, typer.Option(help="seeds A:B (A to B-1)")] = "0:500",
         seed: Annotated[int | None, typer.Option(
