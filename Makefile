@@ -1,13 +1,14 @@
 # hierfl — one-command set-up on a fresh machine.
 #   make demo    set up, then run a real federation (brokers started and stopped for you)
 #   make test    set up, then run the whole test suite against real brokers
+#   make simtest the deterministic fault simulator (SEEDS=1000 seeds; docs/simulation.md)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 HIERFL := $(VENV)/bin/hierfl
 # torch first, pinned: a CPU wheel (any other spec may pull a multi-GB CUDA build).
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup system-deps demo test lint bench bench-compare clean
+.PHONY: setup system-deps demo test lint simtest bench bench-compare clean
 
 setup: system-deps $(VENV)/.installed
 
@@ -38,6 +39,12 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check hierfl tests benchmarks
 	$(VENV)/bin/mypy hierfl
+
+# The deterministic fault simulator over seeds 0..SEEDS-1, one worker per CPU (docs/simulation.md);
+# make simtest SEEDS=100000 for a long run. A failing seed prints the command that replays it.
+SEEDS ?= 1000
+simtest: setup
+	$(HIERFL) simtest --seeds 0:$(SEEDS)
 
 bench: setup
 	$(PY) benchmarks/digits.py

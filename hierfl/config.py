@@ -544,7 +544,8 @@ class FogSettings(_TierSettings):
         None, gt=0, description="reject norms above this x the running median of accepted norms"
     )
     max_staleness: int = Field(
-        0, ge=0, description="accept updates trained this many fog rounds (seq) behind"
+        0, ge=0, description="accept updates trained this many changed fog models behind "
+        "(skipped rounds re-publish the same model and do not count)"
     )
     allowed_edges: list[str] = Field(default_factory=list, description="empty = any edge")
     spool_dir: Path | None = Field(
