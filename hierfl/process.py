@@ -13,11 +13,11 @@ import asyncio
 import contextlib
 import logging
 import signal
-from typing import Any
 
 import typer
 
 from hierfl.errors import ConfigError, HierflError, TransportError
+from hierfl.service import Service
 
 __all__ = ["EXIT_BROKER_REFUSED", "EXIT_CONFIG", "EXIT_ERROR", "exit_code", "fail",
            "run_service", "setup_logging"]
@@ -50,7 +50,7 @@ def exit_code(exc: HierflError) -> int:
     return EXIT_ERROR
 
 
-def run_service(service: Any) -> None:
+def run_service(service: Service) -> None:
     """Run ``service.run()`` until it returns or SIGINT/SIGTERM asks it to stop.
 
     A fatal error (a refused broker, a configuration found invalid at start) is printed as

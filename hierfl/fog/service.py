@@ -657,7 +657,7 @@ class FogService:
         key = (self.round.version or 0, self.round.seq)
         spooled = None
         if self._spool is not None and raw and not replay:
-            self.round.check_update(frame)  # refused here: no write
+            await offload(self.round.check_update, frame)  # refused here: no write
             spooled = await offload(self._spool.put, key[0], key[1], frame.edge_id, raw)
         try:
             # Aggregation may run here (when this update closes the round): off the loop.
