@@ -8,6 +8,13 @@ k2 = 1 this equals flat FedAvg over every edge's update.
 
 An aggregate is applied at most once: one per fog per version, and only against the
 current version (a replay after a restart names an older version and is refused).
+
+Like :class:`~hierfl.fog.round.FogRound` it returns *actions* for the service to carry out:
+:class:`NewGlobal` (save the version, then publish it) and :class:`Commit` (the log may be
+committed up to a record). The commit decision is the machine's: a record is committed once
+everything up to it is folded into a saved version or refused for good, never while an
+aggregate before it is only held in memory (a crash then replays the log from the last
+commit, and what was held comes back).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from hierfl.errors import DuplicateUpdateError, StaleUpdateError, WrongRecipient
 from hierfl.types import Float32Matrix, Float32Vector, Float64Vector
 from hierfl.wire.frames import AggregateFrame, LayoutEntry
 
-__all__ = ["CloudRound", "CloudRoundConfig", "NewGlobal"]
+__all__ = ["CloudAction", "CloudRound", "CloudRoundConfig", "Commit", "NewGlobal"]
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +63,21 @@ class NewGlobal:
     timed_out: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """Everything up to and including the record at ``position`` (the service's opaque
+    handle) is saved or refused: commit the log there."""
+
+    position: Any
+
+
+CloudAction = NewGlobal | Commit
+
+
 @dataclass(slots=True)
 class _Pending:
     frames: dict[str, AggregateFrame] = field(default_factory=dict)
+    last_position: Any = None  # of the newest aggregate held
     first_at: float | None = None
     expired: bool = False  # deadline passed below min_fogs: close on the quorum-making aggregate
 
@@ -102,14 +121,17 @@ class CloudRound:
         """Fogs whose aggregate is held for the open round."""
         return tuple(sorted(self._pending.frames))
 
-    def on_aggregate(self, frame: AggregateFrame, now: float) -> NewGlobal | None:
-        """A fog aggregate arrived.
+    def on_aggregate(self, frame: AggregateFrame, now: float,
+                     position: Any = None) -> list[CloudAction]:
+        """A fog aggregate arrived (from the record at ``position``, an opaque handle).
 
         Returns:
-            The new global model when this aggregate completes the round, else None.
+            ``[NewGlobal, Commit]`` when this aggregate completes the round (the commit
+            covers it), else ``[]`` (it is held).
 
         Raises:
-            ValidationError: (subclass naming the reason) when the aggregate is refused.
+            ValidationError: (subclass naming the reason) when the aggregate is refused;
+                call :meth:`on_refused` then.
         """
         cfg = self.config
         if frame.federation != cfg.federation:
@@ -129,19 +151,31 @@ class CloudRound:
         checks.check_shape(frame.delta, self.weights.size)
         checks.check_finite(frame.delta)
         self._pending.frames[frame.fog_id] = frame
+        if position is not None:
+            self._pending.last_position = position
         if self._pending.first_at is None:
             self._pending.first_at = now
         if cfg.fogs and set(self._pending.frames) >= cfg.fogs:
             return self._close(timed_out=False)
         if self._pending.expired and len(self._pending.frames) >= cfg.min_fogs:
             return self._close(timed_out=True)
-        return None
+        return []
 
-    def on_tick(self, now: float) -> NewGlobal | None:
+    def on_refused(self, position: Any) -> list[CloudAction]:
+        """The record at ``position`` was refused (unreadable, forged, stale, duplicate).
+
+        Returns:
+            ``[Commit(position)]`` when nothing is held (skip it for good), else ``[]``
+            (a held aggregate before it must be replayed after a crash; the round's own
+            commit will cover it).
+        """
+        return [] if self._pending.frames else [Commit(position)]
+
+    def on_tick(self, now: float) -> list[CloudAction]:
         """Close the round at its deadline if a quorum of fogs reported."""
         deadline = self.deadline
         if deadline is None or now < deadline:
-            return None
+            return []
         if len(self._pending.frames) >= self.config.min_fogs:
             return self._close(timed_out=True)
         # Logged once: the round now has no deadline and closes on the aggregate that
@@ -149,9 +183,10 @@ class CloudRound:
         self._pending.expired = True
         log.warning("cloud: v%d deadline passed with %d of the %d fogs needed; waiting for "
                     "a quorum", self.version, len(self._pending.frames), self.config.min_fogs)
-        return None
+        return []
 
-    def _close(self, *, timed_out: bool) -> NewGlobal:
+    def _close(self, *, timed_out: bool) -> list[CloudAction]:
+        position = self._pending.last_position
         fogs = sorted(self._pending.frames)
         frames = [self._pending.frames[f] for f in fogs]
         stack = np.stack([f.delta for f in frames])
@@ -166,7 +201,7 @@ class CloudRound:
         for f in frames:
             for k, v in f.metrics.items():
                 metrics[k] = metrics.get(k, 0.0) + v * f.num_samples / total
-        return NewGlobal(
+        new = NewGlobal(
             version=self.version,
             parent=parent,
             weights=self.weights.copy(),
@@ -183,3 +218,4 @@ class CloudRound:
             metrics=metrics,
             timed_out=timed_out,
         )
+        return [new] if position is None else [new, Commit(position)]

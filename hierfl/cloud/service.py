@@ -17,7 +17,7 @@ from typing import Any
 
 from hierfl import topics
 from hierfl.aggregation import make_aggregator
-from hierfl.cloud.round import CloudRound, CloudRoundConfig, NewGlobal
+from hierfl.cloud.round import CloudAction, CloudRound, CloudRoundConfig, Commit, NewGlobal
 from hierfl.config import CloudSettings
 from hierfl.errors import (
     ConfigError,
@@ -105,7 +105,7 @@ class CloudService:
         self._latest: Checkpoint = ckpt
         self._steps = Steps()  # round steps a reconnect cannot cut in half
         self._published_version = -1
-        self._last_inbound: KafkaInbound | None = None
+        self._connection = 0  # bumped on every (re)connection: commit positions name it
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
         self.finished = asyncio.Event()
@@ -158,9 +158,10 @@ class CloudService:
             # A version saved by a step the last connection's failure interrupted is
             # published below like any other (self._latest).
             await self._steps.settle()
-            # A record of an earlier connection is not this one's to commit: the log may have
-            # been lost since (a broker restarted without persistence; found by the simulator).
-            self._last_inbound = None
+            # Positions are (connection, record): a record of an earlier connection is not
+            # this one's to commit, the log may have been lost since (a broker restarted
+            # without persistence; found by the simulator).
+            self._connection += 1
             # (Re)publish the current version: fogs that restarted pick it up.
             await self._publish(producer, self._latest)
             self.ready.set()
@@ -181,10 +182,9 @@ class CloudService:
                         async with asyncio.timeout(timeout):
                             inbound = await queue.get()
                     except TimeoutError:
-                        new = self.round.on_tick(self.clock())
-                        if new is not None:
-                            ckpt = await self._steps.run(self._save_new(new))
-                            await self._announce(ckpt, producer, consumer, None)
+                        actions = await self._steps.run(self._carry_out_saves(
+                            self.round.on_tick(self.clock())))
+                        await self._carry_out(actions, producer, consumer)
                         continue
                     await self._handle(inbound, producer, consumer)
                 self.finished.set()
@@ -210,11 +210,10 @@ class CloudService:
         consumer: FrameConsumer,
     ) -> None:
         self.metrics.inc("received")
-        held = bool(self.round.reported)
+        position = (self._connection, inbound)
         if inbound.error is not None or inbound.payload is None:
             self._reject(inbound.error or WireFormatError("empty record"), inbound)
-            if not held:
-                await consumer.commit(inbound)
+            await self._carry_out(self.round.on_refused(position), producer, consumer)
             return
         self.metrics.inc("bytes_in", len(inbound.payload))
         try:
@@ -228,17 +227,16 @@ class CloudService:
                 raise WireFormatError(f"a {type(frame).__name__} on the aggregates topic")
             if self.security.trust is not None:
                 await offload(_check_provenance, self.security.trust, frame)
-            ckpt = await self._steps.run(self._accept(frame, verified.sig, inbound))
+            actions = await self._steps.run(self._accept(frame, verified.sig, position))
         except HierflError as exc:
             self._reject(exc, inbound)
-            if not held:
-                await consumer.commit(inbound)  # nothing held: skip the bad record for good
+            # nothing held: the round says to skip the bad record for good
+            await self._carry_out(self.round.on_refused(position), producer, consumer)
             return
-        if ckpt is not None:
-            await self._announce(ckpt, producer, consumer, inbound)
+        await self._carry_out(actions, producer, consumer)
 
     async def _accept(self, frame: AggregateFrame, sig: Any,
-                      inbound: KafkaInbound) -> Checkpoint | None:
+                      position: Any) -> list[CloudAction]:
         """Fold an aggregate into the round and, when it closes the round, save the new
         version: one step (:class:`~hierfl.offload.Steps`), so a connection failure in the
         middle cannot leave the round moved on and its version unsaved.
@@ -246,15 +244,33 @@ class CloudService:
         Raises:
             HierflError: the round refused the aggregate.
         """
-        new = await offload(self.round.on_aggregate, frame, self.clock())
+        actions = await offload(self.round.on_aggregate, frame, self.clock(), position)
         self.metrics.inc("accepted")
-        self._last_inbound = inbound
         if sig is not None:
             self._sigs[frame.fog_id] = sig
         self._provenance[frame.fog_id] = frame.provenance
         log.info("cloud: aggregate %s accepted (%d samples)", frame.aggregate_id,
                  frame.num_samples)
-        return None if new is None else await self._save_new(new)
+        return await self._carry_out_saves(actions)
+
+    async def _carry_out_saves(self, actions: list[CloudAction]) -> list[CloudAction]:
+        """Save every new version the round produced (the durable point), in the step."""
+        for a in actions:
+            if isinstance(a, NewGlobal):
+                await self._save_new(a)
+        return actions
+
+    async def _carry_out(self, actions: list[CloudAction], producer: FrameProducer,
+                         consumer: FrameConsumer) -> None:
+        """The connection's part of the round's actions: publish the saved version, then
+        commit where the round says (positions of this connection only)."""
+        for a in actions:
+            if isinstance(a, NewGlobal):
+                await self._publish(producer, self._latest)
+            elif isinstance(a, Commit):
+                connection, inbound = a.position
+                if connection == self._connection:
+                    await consumer.commit(inbound)
 
     async def _save_new(self, new: NewGlobal) -> Checkpoint:
         """Save a version the round produced (the durable point); it becomes the latest."""
@@ -283,15 +299,6 @@ class CloudService:
         log.info("cloud: v%d from %d fogs / %d edges%s", new.version, meta["num_fogs"],
                  meta["num_edges"], " (deadline)" if new.timed_out else "")
         return ckpt
-
-    async def _announce(self, ckpt: Checkpoint, producer: FrameProducer,
-                        consumer: FrameConsumer, inbound: KafkaInbound | None) -> None:
-        """Publish a saved version, then commit the records folded into it."""
-        await self._publish(producer, ckpt)
-        inbound = inbound or self._last_inbound
-        if inbound is not None:
-            await consumer.commit(inbound)
-        self._last_inbound = None
 
     def _lineage(self, new: NewGlobal) -> dict[str, Any]:
         """Who signed what went into ``new``: each aggregate's signature block and the

@@ -152,8 +152,8 @@ class Ledger:
             self._saved(latest.version, latest.weights, (latest.meta or {}).get("parent"))
         on_aggregate, on_tick, save = r.on_aggregate, r.on_tick, store.save
 
-        def watched_aggregate(frame: Any, now: float) -> Any:
-            new = on_aggregate(frame, now)
+        def watched_aggregate(frame: Any, now: float, *args: Any) -> Any:
+            new = on_aggregate(frame, now, *args)
             self.counts["aggregates_accepted"] += 1
             return new
 
