@@ -45,6 +45,7 @@ import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -93,9 +94,16 @@ class PublishModel:
 
 @dataclass(frozen=True, slots=True)
 class Forward:
-    """Send ``frame`` to the cloud over Kafka."""
+    """Send ``frame`` to the cloud over Kafka, then report :meth:`FogRound.on_sent`.
+
+    ``reason``: ``"closed"`` (the cloud round just closed here), ``"resend"`` (no newer
+    global model ``resend_after_s`` after it was sent: at-least-once to the cloud, which
+    refuses a copy it holds), ``"resumed"`` (closed before a restart; see
+    :meth:`FogRound.resume`).
+    """
 
     frame: AggregateFrame
+    reason: str = "closed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +155,9 @@ class FogRoundConfig:
     allowed_edges: frozenset[str] = frozenset()
     norm_window: int = 100
     adaptive_min_norms: int = 5
+    #: send the aggregate again when no newer global model came this long after it was
+    #: sent (None: never)
+    resend_after_s: float | None = None
 
     def policy(self, expected_size: int) -> ValidationPolicy:
         """The validation policy for a model of ``expected_size`` parameters.
@@ -190,6 +201,12 @@ class _Cycle:
     # (edge, base seq) of every update folded in this cycle: a copy delivered again (QoS 1
     # redelivery, a re-send after a reconnect) must not be folded into a later fog round
     folded: set[tuple[str, int]] = field(default_factory=set)
+    # the signed claims of the accepted updates, (edge, base seq) -> proof: the aggregate's
+    # provenance names those of its contributors (hierfl audit verify)
+    proofs: dict[tuple[str, int], Any] = field(default_factory=dict)
+    # the cycle's aggregate once closed, and when it was last sent (None: not yet / again)
+    out: AggregateFrame | None = None
+    sent_at: float | None = None
     # the seqs at which a changed fog model was published (ascending, the last 64): a skipped
     # round re-publishes the same weights under a new seq, and an update trained from any seq
     # of one model is as fresh as that model (a slow edge is not made stale by skips)
@@ -301,17 +318,18 @@ class FogRound:
             c.cum_delta = forwarded.delta.astype(np.float32, copy=True)
             c.weights = (g + c.cum_delta).astype(np.float32)
             c.fog_round = forwarded.fog_rounds
+            c.out, c.sent_at = forwarded, None
             self._updates = {}
             self.state = FogState.FORWARDED
             self.deadline = None
-            return []
+            return [Forward(forwarded, "resumed")]
         self._updates = {}
         self.state = FogState.COLLECTING
         self.deadline = now + self.config.round_timeout_s
         return [PublishModel(self._fog_model())]
 
-    def on_update(self, frame: UpdateFrame, now: float, *,
-                  readmit: bool = False) -> list[Action]:
+    def on_update(self, frame: UpdateFrame, now: float, *, readmit: bool = False,
+                  proof: Any = None) -> list[Action]:
         """An edge's update arrived; validate it and maybe close the round.
 
         Args:
@@ -320,6 +338,9 @@ class FogRound:
             readmit: the update was accepted by this same round (version and seq) before a
                 restart, and comes back from the spool: its staleness was judged then
                 (a resumed round cannot tell which earlier seqs shared its model).
+            proof: the edge's signed claim for this update
+                (:class:`~hierfl.wire.frames.EdgeProof`): the aggregate carries the claims
+                of its contributors as provenance.
 
         Raises:
             ValidationError: (a subclass naming the reason, in the order of the module
@@ -331,6 +352,9 @@ class FogRound:
         validator.accept_norm(norm)
         self._updates[frame.edge_id] = _Accepted(frame.num_samples, frame.delta, frame.metrics,
                                                  frame.base_seq)
+        if proof is not None:
+            assert self._cycle is not None
+            self._cycle.proofs[(frame.edge_id, frame.base_seq)] = proof
         if len(self._updates) >= self.config.min_updates:
             return self._close(now, timed_out=False)
         return []
@@ -379,8 +403,37 @@ class FogRound:
             raise StaleUpdateError(f"{exc} [fog model seqs of global v{c.version}]") from None
         return norm
 
+    def on_sent(self, frame: AggregateFrame, now: float) -> None:
+        """The aggregate ``frame`` (of a :class:`Forward`) is written to Kafka: the resend
+        timer (``resend_after_s``) starts."""
+        c = self._cycle
+        if self.state is not FogState.FORWARDED or c is None or c.out is not frame:
+            return
+        c.sent_at = now
+        after = self.config.resend_after_s
+        self.deadline = None if after is None else now + after
+
+    @property
+    def unsent(self) -> AggregateFrame | None:
+        """The cycle's aggregate while it waits to be sent (again): the fog's outbox."""
+        c = self._cycle
+        if self.state is not FogState.FORWARDED or c is None or c.sent_at is not None:
+            return None
+        return c.out
+
     def on_tick(self, now: float) -> list[Action]:
-        """Time passed; close or skip the round if its deadline is reached."""
+        """Time passed; close or skip the round if its deadline is reached, or, forwarded,
+        send the aggregate again when no newer global model came ``resend_after_s`` after
+        it was sent."""
+        c = self._cycle
+        if (self.state is FogState.FORWARDED and c is not None and c.out is not None
+                and c.sent_at is not None and self.deadline is not None
+                and now >= self.deadline):
+            c.sent_at, self.deadline = None, None
+            log.warning("fog %s: no global model newer than v%d %.0f s after forwarding; "
+                        "sending the aggregate again", self.config.fog_id, c.version,
+                        self.config.resend_after_s or 0)
+            return [Forward(c.out, "resend")]
         if self.state is not FogState.COLLECTING or self.deadline is None or now < self.deadline:
             return []
         if len(self._updates) >= self.config.quorum:
@@ -490,7 +543,11 @@ class FogRound:
             fog_rounds=c.fog_round,
             delta=c.cum_delta.copy(),
             metrics=_weighted_metrics(c.metrics),
+            provenance=tuple(p for (edge, _), p in sorted(c.proofs.items(),
+                                                          key=lambda kv: kv[0])
+                             if edge in c.samples),
         )
+        c.out, c.sent_at = agg, None
         return [closed, Forward(agg)]
 
 

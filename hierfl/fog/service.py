@@ -55,7 +55,7 @@ from hierfl.transport.factory import BrokerTransports, Transports
 from hierfl.transport.reconnect import Link, reconnect_loop
 from hierfl.wire.codec import decode_frame, encode_frame
 from hierfl.wire.downlink import Downlink, DownlinkMessages
-from hierfl.wire.frames import AggregateFrame, EdgeProof, ModelFrame, UpdateFrame
+from hierfl.wire.frames import AggregateFrame, ModelFrame, UpdateFrame
 from hierfl.wire.signing import SigBlock, edge_proof
 
 __all__ = ["FogService"]
@@ -110,13 +110,12 @@ class FogService:
                 adaptive_norm_multiplier=s.adaptive_norm_multiplier,
                 max_staleness=s.max_staleness,
                 allowed_edges=frozenset(s.allowed_edges),
+                resend_after_s=s.resend_after_s,
             ),
             make_aggregator(s.aggregator, s.aggregator_params),
         )
         self._events: asyncio.Queue[_Event] = asyncio.Queue(maxsize=s.mqtt.queue_size)
         self._early: list[tuple[UpdateFrame, bytes, SigBlock | None]] = []
-        # signed claims of the updates accepted against each global version (provenance)
-        self._proofs: dict[int, dict[tuple[str, int], EdgeProof]] = {}
         # accepted / rejected per base version, for monitors that attribute counts to rounds
         self._by_version: dict[int, dict[str, Any]] = {}
         # A provisioned fog (security.state_dir) spools by default: accepted updates survive
@@ -130,7 +129,6 @@ class FogService:
                         "if this process is killed (edges re-send theirs when the fog comes "
                         "back at the same round; set spool_dir to keep them)", s.fog_id)
         self._replayed = False
-        self._outbox: list[AggregateFrame] = []
         self._to_publish: ModelFrame | None = None
         self._downlink = Downlink(codec=_codec(s.model_codec), delta=s.downlink_delta,
                                   max_params=s.limits.max_params, signer=self.security.signer)
@@ -147,7 +145,6 @@ class FogService:
         self._stored: AggregateFrame | None = None  # the aggregate in the spool
         self._model_stored: Any = None  # the downlink messages whose model is in the spool
         self._steps = Steps()  # round steps a reconnect cannot cut in half
-        self._forwarded_at: float | None = None
 
     def stop(self) -> None:
         """Ask :meth:`run` to return."""
@@ -505,18 +502,12 @@ class FogService:
             await self._apply(actions)
         await self._flush()
         while True:
-            deadline = self.round.deadline
-            resend = self._resend_at()
-            if resend is not None and (deadline is None or resend < deadline):
-                deadline = resend
+            deadline = self.round.deadline  # the round's, or the resend timer's
             timeout = None if deadline is None else max(0.0, deadline - self.clock())
             try:
                 async with asyncio.timeout(timeout):
                     event = await self._events.get()
             except TimeoutError:
-                if (resend := self._resend_at()) is not None and self.clock() >= resend:
-                    await self._resend_last_aggregate()
-                    continue
                 # a deadline may close the round, and aggregation runs off the event loop
                 await self._apply(await self._steps.run(offload(self.round.on_tick,
                                                                 self.clock())))
@@ -525,27 +516,6 @@ class FogService:
                 await self._on_model(event.frame)
             else:
                 await self._on_update(event.frame, event.raw, event.sig)
-
-    def _resend_at(self) -> float | None:
-        """When to re-send the last aggregate: forwarded, and no newer global model since."""
-        after = self.settings.resend_after_s
-        if (after is None or self._forwarded_at is None or not self.forwarded
-                or self._outbox or self.round.state is not FogState.FORWARDED):
-            return None
-        return self._forwarded_at + after
-
-    async def _resend_last_aggregate(self) -> None:
-        """At-least-once to the cloud: a frame lost on the way (a chunk dropped by a broker, a
-        topic truncated) would otherwise stall the federation. The cloud refuses a copy of an
-        aggregate it holds (``validation.duplicate``) and one it already applied (stale)."""
-        agg = self.forwarded[-1]
-        log.warning("fog %s: no global model newer than v%d %.0f s after forwarding; "
-                    "sending the aggregate again", self.settings.fog_id, agg.base_version,
-                    self.settings.resend_after_s or 0)
-        self.metrics.inc("aggregates_resent")
-        self._encoded = None  # signed afresh: the cloud's replay guard refuses a byte copy
-        self._outbox.append(agg)
-        await self._flush()
 
     async def _on_model(self, frame: ModelFrame) -> None:
         resume, self._resume = self._resume, None
@@ -557,14 +527,12 @@ class FogService:
             log.info("fog %s: resumed v%s seq %s", self.settings.fog_id, self.round.version,
                      self.round.seq)
             if stored is not None and self.round.state is FogState.FORWARDED:
-                # Killed after closing its cloud round: send the same aggregate again (the
-                # cloud refuses a copy it holds) and wait for the next global model.
+                # Killed after closing its cloud round: the round sends the same aggregate
+                # again (the cloud refuses a copy it holds): these very bytes, on disk.
                 log.info("fog %s: the aggregate for v%s was closed before the restart; "
                          "sending it again", self.settings.fog_id, frame.version)
                 self._encoded = stored
                 self._stored = stored[0]
-                self._outbox.append(stored[0])
-                self.forwarded.append(stored[0])
         else:
             actions = self.round.on_global_model(frame, now)
         await self._apply(actions)
@@ -661,19 +629,15 @@ class FogService:
             spooled = await offload(self._spool.put, key[0], key[1], frame.edge_id, raw)
         try:
             # Aggregation may run here (when this update closes the round): off the loop.
-            actions = await offload(self.round.on_update, frame, self.clock(),
-                                    readmit=readmit)
+            actions = await offload(
+                self.round.on_update, frame, self.clock(), readmit=readmit,
+                proof=None if sig is None else edge_proof(sig, frame.edge_id))
         except HierflError:
             if spooled is not None:  # the round moved on while the file was written
                 spooled.unlink(missing_ok=True)
             raise
         self.metrics.inc("accepted")
         self._count_for_version("accepted")
-        if sig is not None:
-            proofs = self._proofs.setdefault(frame.base_version, {})
-            proofs[(frame.edge_id, frame.base_seq)] = edge_proof(sig, frame.edge_id)
-            while len(self._proofs) > 4:  # bounded: only the open global version matters
-                del self._proofs[min(self._proofs)]
         if self.security.verifier is not None and not replay:
             # Replay counters become durable after the update they cover (spooled above): a
             # crash in between lets the edge's re-sent copy in (the round refuses a second
@@ -686,10 +650,12 @@ class FogService:
             if isinstance(a, PublishModel):
                 self._to_publish = a.frame
             elif isinstance(a, Forward):
-                # no await before the outbox holds it: a cancellation cannot lose it
-                agg = self._with_provenance(a.frame)
-                self._outbox.append(agg)
-                self.forwarded.append(agg)
+                # the round holds it until on_sent (its outbox): a cancellation cannot lose it
+                if a.reason == "resend":
+                    self.metrics.inc("aggregates_resent")
+                    self._encoded = None  # signed afresh: the replay guard refuses a copy
+                else:
+                    self.forwarded.append(a.frame)
             elif isinstance(a, RoundClosed):
                 self.metrics.inc("fog_rounds")
                 self.metrics.set("last_round_edges", len(a.contributors))
@@ -701,15 +667,6 @@ class FogService:
                 self.metrics.inc(f"rounds_skipped_{a.reason}")
         await self._flush()
         await self._publish_stats()
-
-    def _with_provenance(self, agg: AggregateFrame) -> AggregateFrame:
-        """Attach the signed claims of the edge updates behind ``agg`` (for the lineage)."""
-        if not self.security.enabled:
-            return agg
-        proofs = self._proofs.pop(agg.base_version, {})
-        members = set(agg.contributors)
-        chosen = tuple(p for (edge, _), p in sorted(proofs.items()) if edge in members)
-        return dataclasses.replace(agg, provenance=chosen)
 
     async def _publish_stats(self, *, force: bool = True) -> None:
         """Publish the counters retained on the fog's stats topic (monitoring, best effort).
@@ -752,8 +709,7 @@ class FogService:
             self._downlink.commit(out)
             if self._to_publish is frame:
                 self._to_publish = None
-        while self._outbox and self._producer is not None:
-            agg = self._outbox[0]
+        while (agg := self.round.unsent) is not None and self._producer is not None:
             if self._encoded is not None and self._encoded[0] is agg:
                 data = self._encoded[1]
             else:
@@ -769,14 +725,13 @@ class FogService:
             await self._producer.send_frame(
                 topics.aggregates(s.federation), key=s.fog_id.encode(), frame=data
             )
-            self._outbox.pop(0)
-            self._forwarded_at = self.clock()
+            self.round.on_sent(agg, self.clock())
             self.metrics.inc("aggregates_forwarded")
             self.metrics.inc("bytes_up", len(data))
             log.info("fog %s: forwarded aggregate for v%d (%d edges, %d samples)", s.fog_id,
                      agg.base_version, len(agg.contributors), agg.num_samples)
         if (self._spool is not None and self._replayed and self._to_publish is None
-                and not self._outbox):
+                and self.round.unsent is None):
             # Everything folded so far is durable (retained fog model / Kafka aggregate):
             # only the open round's frames still need the spool.
             open_round = None

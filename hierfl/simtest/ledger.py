@@ -13,7 +13,7 @@ accepted aggregate and saved version) and checks:
   each round counts: a crash may make a fog close a round again, from its spool);
 * **no fork, no gap**: a global version is saved with one content only, and only on top of
   the version before it (so no aggregate is applied twice, and versions are contiguous);
-* **bounded memory** (after every step): the services' queues, buffers and outboxes stay
+* **bounded memory** (after every step): the services' queues, buffers and records stay
   within their bounds;
 * at the end (:meth:`Ledger.check_final`, after healing): the cloud made progress and every
   fog holds the newest version (checked by the world).
@@ -188,8 +188,8 @@ class Ledger:
         if self.failed is not None:
             return
         for name, s, n_edges, queue in self._fogs.values():
-            if (len(s._early) > queue or len(s._outbox) > 3 or len(s._proofs) > 4
-                    or len(s._by_version) > 16 or len(s.round._updates) > n_edges):
+            if (len(s._early) > queue or len(s._by_version) > 16
+                    or len(s.round._updates) > n_edges or len(s.forwarded) > 8):
                 self._bounds(name, s)
         cloud = self.services.get("cloud")
         if cloud is not None and len(cloud.round.reported) > len(self.plan.fogs):
@@ -197,9 +197,9 @@ class Ledger:
                         f"{len(self.plan.fogs)} fogs")
 
     def _bounds(self, name: str, s: Any) -> None:
-        self.record(f"{name} out of bounds: early {len(s._early)}, outbox {len(s._outbox)}, "
-                    f"proofs {len(s._proofs)}, by_version {len(s._by_version)}, pending "
-                    f"{len(s.round._updates)}")
+        self.record(f"{name} out of bounds: early {len(s._early)}, by_version "
+                    f"{len(s._by_version)}, pending {len(s.round._updates)}, forwarded "
+                    f"{len(s.forwarded)}")
 
     def check_bounds(self) -> None:
         """Raise the violation found by a step check, if any."""

@@ -34,8 +34,8 @@ class FakeRound:
 
 def fog_service() -> Any:
     settings = SimpleNamespace(mqtt=SimpleNamespace(queue_size=100))
-    return SimpleNamespace(round=FakeRound(), settings=settings, _early=[], _outbox=[],
-                           _proofs={}, _by_version={})
+    return SimpleNamespace(round=FakeRound(), settings=settings, _early=[], forwarded=[],
+                           _by_version={})
 
 
 def update(edge: str, seq: int = 1) -> Any:
@@ -113,7 +113,7 @@ def test_unbounded_fog_state_is_reported_at_the_next_step():
     ledger.watch("fog/f0", 1, fog)
     ledger.on_step()
     assert ledger.failed is None
-    fog._outbox.extend([object()] * 4)
+    fog._early.extend([object()] * 101)  # over the MQTT queue size
     ledger.on_step()
     assert ledger.failed is not None and "out of bounds" in ledger.failed
     with pytest.raises(Violation):
