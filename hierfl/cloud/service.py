@@ -31,9 +31,8 @@ from hierfl.offload import Steps, offload
 from hierfl.ratelimit import REJECT_LOG_INTERVAL_S, LogThrottle, suppressed_note
 from hierfl.security.tier import tier_security
 from hierfl.security.trust import TrustStore, cloud_party
-from hierfl.transport.base import FrameConsumer, FrameProducer
+from hierfl.transport.base import FrameConsumer, FrameProducer, Inbound
 from hierfl.transport.factory import BrokerTransports, Transports
-from hierfl.transport.kafka import KafkaInbound
 from hierfl.transport.reconnect import Link, reconnect_loop
 from hierfl.wire.codec import encode_frame
 from hierfl.wire.frames import AggregateFrame, EdgeProof, ModelFrame
@@ -168,7 +167,7 @@ class CloudService:
             if self._done():
                 self.finished.set()
                 return
-            queue: asyncio.Queue[KafkaInbound] = asyncio.Queue(maxsize=1024)
+            queue: asyncio.Queue[Inbound] = asyncio.Queue(maxsize=1024)
 
             async def ingest() -> None:
                 async for inbound in consumer.messages():
@@ -205,13 +204,13 @@ class CloudService:
 
     async def _handle(
         self,
-        inbound: KafkaInbound,
+        inbound: Inbound,
         producer: FrameProducer,
         consumer: FrameConsumer,
     ) -> None:
         self.metrics.inc("received")
         position = (self._connection, inbound)
-        if inbound.error is not None or inbound.payload is None:
+        if inbound.error is not None or not inbound.payload:
             self._reject(inbound.error or WireFormatError("empty record"), inbound)
             await self._carry_out(self.round.on_refused(position), producer, consumer)
             return
@@ -270,7 +269,7 @@ class CloudService:
             elif isinstance(a, Commit):
                 connection, inbound = a.position
                 if connection == self._connection:
-                    await consumer.commit(inbound)
+                    await inbound.ack()
 
     async def _save_new(self, new: NewGlobal) -> Checkpoint:
         """Save a version the round produced (the durable point); it becomes the latest."""
@@ -336,7 +335,7 @@ class CloudService:
         self._published_version = ckpt.version
         self.metrics.inc("bytes_down", len(data))
 
-    def _reject(self, exc: HierflError, inbound: KafkaInbound) -> None:
+    def _reject(self, exc: HierflError, inbound: Inbound) -> None:
         self.metrics.reject(exc.reason)  # exact; the log is at most one line per reason per 10 s
         throttle: LogThrottle | None = getattr(self, "_reject_log", None)
         if throttle is None:

@@ -454,7 +454,7 @@ class FogService:
     async def _ingest_models(self, models: FrameConsumer) -> None:
         limits = self.settings.limits.decode_limits()
         async for inbound in models.messages():
-            if inbound.error is not None or inbound.payload is None:
+            if inbound.error is not None or not inbound.payload:
                 self._reject(inbound.error or HierflError("empty"), "kafka:models")
                 continue
             try:

@@ -135,7 +135,7 @@ class Observer:
         async with KafkaConsumerTransport(self.kafka, topic, client_id=client_id,
                                           start="earliest") as c:
             async for inbound in c.messages():
-                if inbound.payload is None:
+                if not inbound.payload:
                     continue
                 try:
                     frame = await asyncio.to_thread(decode_frame, inbound.payload)

@@ -11,13 +11,12 @@ tests/contract/test_protocols.py); ``tests/contract`` checks that they also beha
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal, Protocol, Self, runtime_checkable
+from typing import Literal, Protocol, Self, runtime_checkable
 
-if TYPE_CHECKING:
-    from hierfl.transport.kafka import KafkaInbound
+from hierfl.errors import HierflError
 
 __all__ = [
     "ConsumerStart",
@@ -37,12 +36,41 @@ the earliest offset, or the newest complete frame (then it follows the log)."""
 
 @dataclass(frozen=True, slots=True)
 class Inbound:
-    """One message as received: the topic it came on and its raw payload (untrusted)."""
+    """One delivery from either bus, as received (untrusted), with its acknowledgement.
+
+    Attributes:
+        topic: the topic it came on.
+        payload: the message (MQTT) or the reassembled frame (Kafka); ``b""`` when
+            ``error`` is set.
+        retain: MQTT: a retained message (sent on subscribe).
+        key: the record key (Kafka) or None.
+        partition: Kafka: the partition it came from.
+        offset: Kafka: the offset of its last chunk.
+        error: Kafka: the typed error that kept a record from becoming a frame (it is
+            delivered, so that the reader can count it and move past it).
+        acker: set by the transport; call :meth:`ack`.
+    """
 
     topic: str
     payload: bytes
     retain: bool = False
     key: bytes | None = None
+    partition: int | None = None
+    offset: int | None = None
+    error: HierflError | None = None
+    acker: Callable[[Inbound], Awaitable[None]] | None = field(default=None, compare=False,
+                                                               repr=False)
+
+    async def ack(self) -> None:
+        """Acknowledge it as processed. Kafka: commit the consumer group's offset up to and
+        including it (never past a frame still being reassembled); MQTT: nothing left to do
+        (the client acknowledged the QoS 1 delivery when it took it).
+
+        Raises:
+            DisconnectedError: the connection it came on is gone (Kafka).
+        """
+        if self.acker is not None:
+            await self.acker(self)
 
 
 def backoff_delays(base: float, cap: float) -> Iterator[float]:
@@ -142,7 +170,7 @@ class FrameConsumer(_AsyncConnection, Protocol):
     """What the fog and the cloud use of a Kafka consumer (:class:`KafkaConsumerTransport`):
     reassembled frames of one topic in log order, committed only when the caller says so."""
 
-    def messages(self) -> AsyncIterator[KafkaInbound]:
+    def messages(self) -> AsyncIterator[Inbound]:
         """Yield reassembled frames (or the typed error of a bad record) in log order.
 
         Raises:
@@ -150,7 +178,7 @@ class FrameConsumer(_AsyncConnection, Protocol):
         """
         ...
 
-    async def commit(self, inbound: KafkaInbound) -> None:
+    async def commit(self, inbound: Inbound) -> None:
         """Commit the group's offset up to and including ``inbound`` (never past a
         partial chunked frame); a no-op without a group."""
         ...

@@ -19,7 +19,6 @@ import contextlib
 import logging
 import ssl
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
@@ -36,6 +35,7 @@ from hierfl.errors import (
     PublishTimeoutError,
     TransportError,
 )
+from hierfl.transport.base import Inbound
 from hierfl.transport.tls import client_ssl_context, find_ssl_error
 from hierfl.wire.chunking import Reassembler, split_frame
 
@@ -298,16 +298,9 @@ class KafkaProducerTransport:
         return len(chunks)
 
 
-@dataclass(frozen=True, slots=True)
-class KafkaInbound:
-    """A reassembled frame (or the typed error that prevented it) and where it came from."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    payload: bytes | None
-    error: HierflError | None = None
+KafkaInbound = Inbound
+"""The name Kafka deliveries had before both buses shared :class:`~hierfl.transport.base.Inbound`
+(``partition``, ``offset`` and ``error`` set; ``ack()`` commits)."""
 
 
 class KafkaConsumerTransport:
@@ -440,7 +433,7 @@ class KafkaConsumerTransport:
                             continue  # partial frames at the window's start are expected
                         if frame is not None:
                             last_complete[tp] = r.offset
-                            newest = KafkaInbound(tp.topic, tp.partition, r.offset, r.key, frame)
+                            newest = self._inbound(tp.partition, r, frame)
                     if records and records[-1].offset >= ends[tp] - 1:
                         pending.discard(tp)
             starts_at_begin = all(ends[tp] - lookback <= begins[tp] for tp in self._tps)
@@ -454,6 +447,11 @@ class KafkaConsumerTransport:
             self._consumer.seek(tp, min(open_from) if open_from else ends[tp])
         if newest is not None:
             self._backlog.append(newest)
+
+    def _inbound(self, partition: int, record: Any, frame: bytes = b"",
+                 error: HierflError | None = None) -> Inbound:
+        return Inbound(self.topic, frame, key=record.key, partition=partition,
+                       offset=record.offset, error=error, acker=self.commit)
 
     async def messages(self) -> AsyncIterator[KafkaInbound]:
         """Yield reassembled frames (or typed errors for bad records) in log order.
@@ -471,10 +469,10 @@ class KafkaConsumerTransport:
                     try:
                         frame = self._reassembler.feed(r.value, r.offset)
                     except HierflError as exc:
-                        yield KafkaInbound(tp.topic, tp.partition, r.offset, r.key, None, exc)
+                        yield self._inbound(tp.partition, r, error=exc)
                         continue
                     if frame is not None:
-                        yield KafkaInbound(tp.topic, tp.partition, r.offset, r.key, frame)
+                        yield self._inbound(tp.partition, r, frame)
 
     async def commit(self, inbound: KafkaInbound) -> None:
         """Commit up to and including ``inbound`` (never past an incomplete chunked frame).
@@ -484,6 +482,8 @@ class KafkaConsumerTransport:
         """
         if self.group_id is None:
             return
+        if inbound.offset is None or inbound.partition is None:
+            raise ValueError("not a Kafka delivery: nothing to commit")
         offset = inbound.offset + 1
         pending = self._reassembler.min_pending_offset()
         if pending is not None:

@@ -17,7 +17,7 @@ from hierfl.errors import (
     HierflError,
     PublishTimeoutError,
 )
-from hierfl.transport.base import ConsumerStart
+from hierfl.transport.base import ConsumerStart, Inbound
 from hierfl.transport.faults import Envelope, Fault, FaultHook
 from hierfl.transport.kafka import KafkaInbound
 from hierfl.wire.chunking import Reassembler, split_frame
@@ -267,7 +267,7 @@ class MemoryKafkaConsumer:
                 continue
             if frame is not None:
                 last_complete = r.offset
-                newest = KafkaInbound(self.topic, partition, r.offset, r.key, frame)
+                newest = self._inbound(partition, r, frame)
         if newest is not None:
             self._backlog = [newest]  # the newest over all partitions wins, as in the real one
         open_from = [o for o in scratch.pending_offsets() if o > last_complete]
@@ -286,6 +286,11 @@ class MemoryKafkaConsumer:
             raise DisconnectedError(f"Kafka {action} (memory) failed: not connected")
         self.broker._check(self._epoch, action, self.client_id)
         return self._epoch
+
+    def _inbound(self, partition: int, record: KafkaRecord, frame: bytes = b"",
+                 error: HierflError | None = None) -> Inbound:
+        return Inbound(self.topic, frame, key=record.key, partition=partition,
+                       offset=record.offset, error=error, acker=self.commit)
 
     async def messages(self) -> AsyncIterator[KafkaInbound]:
         """Yield reassembled frames (or typed errors for bad records) in log order.
@@ -308,10 +313,10 @@ class MemoryKafkaConsumer:
                     try:
                         frame = self._reassembler.feed(r.value, r.offset)
                     except HierflError as exc:
-                        yield KafkaInbound(self.topic, p, r.offset, r.key, None, exc)
+                        yield self._inbound(p, r, error=exc)
                     else:
                         if frame is not None:
-                            yield KafkaInbound(self.topic, p, r.offset, r.key, frame)
+                            yield self._inbound(p, r, frame)
                     self._live("receive")
             if not progressed:
                 await changed.wait()
@@ -324,6 +329,8 @@ class MemoryKafkaConsumer:
         """
         if self.group_id is None:
             return
+        if inbound.offset is None or inbound.partition is None:
+            raise ValueError("not a Kafka delivery: nothing to commit")
         self._live("commit")
         offset = inbound.offset + 1
         pending = self._reassembler.min_pending_offset()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from hierfl.transport.base import Inbound
 from tests.contract.harness import KAFKA_CHUNK_BYTES, KafkaHarness, messages_of, take
 
 # Frames of several sizes: one chunk, several chunks (> chunk_bytes), empty.
@@ -61,6 +62,27 @@ async def test_commit_then_new_consumer_resumes_after_it(
             rest = await take(it, 2)
     assert [first.payload, second.payload] == FRAMES[:2]
     assert [r.payload for r in rest] == FRAMES[2:]
+
+
+async def test_ack_commits_like_commit_and_deliveries_share_the_mqtt_type(
+    kafka: KafkaHarness, unique_id: str
+) -> None:
+    """One inbound type for both buses: a Kafka delivery is a ``transport.base.Inbound``
+    with partition and offset, and ``ack()`` commits the group up to it."""
+    topic, group = f"{unique_id}-agg", f"{unique_id}-cloud"
+    await kafka.create_topic(topic)
+    await _produce(kafka, topic, FRAMES, b"k", f"{unique_id}-p")
+    async with kafka.consumer(topic, client_id=f"{unique_id}-c1", group_id=group) as c1:
+        async with messages_of(c1) as it:
+            _first, second = await take(it, 2)
+        assert isinstance(second, Inbound) and (second.partition, second.retain) == (0, False)
+        await second.ack()
+        assert await c1.committed() == {0: second.offset + 1}
+    async with kafka.consumer(topic, client_id=f"{unique_id}-c2", group_id=group,
+                              start="committed") as c2:
+        async with messages_of(c2) as it:
+            (third,) = await take(it, 1)
+    assert third.payload == FRAMES[2]
 
 
 async def test_earliest_reads_all_despite_commits(kafka: KafkaHarness, unique_id: str) -> None:

@@ -18,6 +18,8 @@ async def test_publish_subscribe_round_trip(mqtt: MqttHarness, unique_id: str) -
         async with messages_of(sub) as it:
             [m] = await take_own(it, 1, unique_id)
     assert m == Inbound(topic, b"hello", retain=False)
+    assert (m.partition, m.offset, m.error) == (None, None, None)
+    await m.ack()  # the one inbound type's ack: nothing left to do on MQTT (QoS 1 is acked)
 
 
 async def test_qos1_in_order_per_publisher(mqtt: MqttHarness, unique_id: str) -> None:
