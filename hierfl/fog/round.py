@@ -63,6 +63,7 @@ from hierfl.wire.frames import AggregateFrame, LayoutEntry, ModelFrame, UpdateFr
 
 __all__ = [
     "Action",
+    "Admit",
     "FogRound",
     "FogRoundConfig",
     "FogState",
@@ -134,7 +135,16 @@ class RoundSkipped:
     reason: str = "quorum"
 
 
-Action = PublishModel | Forward | RoundClosed | RoundSkipped
+@dataclass(frozen=True, slots=True)
+class Admit:
+    """Judge this update now (it arrived before the fog had a model; see
+    :meth:`FogRound.on_early`): ``handle`` is what the service gave with it."""
+
+    frame: UpdateFrame
+    handle: Any = None
+
+
+Action = PublishModel | Forward | RoundClosed | RoundSkipped | Admit
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +168,8 @@ class FogRoundConfig:
     #: send the aggregate again when no newer global model came this long after it was
     #: sent (None: never)
     resend_after_s: float | None = None
+    #: updates kept while the fog waits for its first model (then judged in order)
+    early_limit: int = 1000
 
     def policy(self, expected_size: int) -> ValidationPolicy:
         """The validation policy for a model of ``expected_size`` parameters.
@@ -242,6 +254,7 @@ class FogRound:
         self._updates: dict[str, _Accepted] = {}
         config.policy(1)  # fail fast on a bad policy; the real one needs the model size
         self._validator: UpdateValidator | None = None
+        self._early: list[Admit] = []  # updates that came before the first model
 
     # --- queries ------------------------------------------------------------------------
 
@@ -280,7 +293,7 @@ class FogRound:
         w = frame.weights.astype(np.float32, copy=True)
         self._cycle = _Cycle(frame.version, w.copy(), w, frame.layout, np.zeros_like(w))
         self._ensure_validator(w.size)
-        return self._open_round(now)
+        return self._with_early(self._open_round(now))
 
     def resume(self, global_frame: ModelFrame, fog_frame: ModelFrame, now: float, *,
                forwarded: AggregateFrame | None = None) -> list[Action]:
@@ -322,11 +335,38 @@ class FogRound:
             self._updates = {}
             self.state = FogState.FORWARDED
             self.deadline = None
-            return [Forward(forwarded, "resumed")]
+            return self._with_early([Forward(forwarded, "resumed")])
         self._updates = {}
         self.state = FogState.COLLECTING
         self.deadline = now + self.config.round_timeout_s
-        return [PublishModel(self._fog_model())]
+        return self._with_early([PublishModel(self._fog_model())])
+
+    def on_early(self, frame: UpdateFrame, handle: Any = None) -> bool:
+        """An update arrived before the fog has a model (``state`` is WAITING_MODEL, after a
+        start or a restart): keep it, unjudged, to be judged once the model comes (an
+        :class:`Admit` action each, after the model's own actions).
+
+        Returns:
+            False when the buffer (``early_limit``) is full: the update is dropped.
+
+        Raises:
+            StateError: the fog has a model (call :meth:`on_update`).
+        """
+        if self.state is not FogState.WAITING_MODEL:
+            raise StateError(f"fog {self.config.fog_id} has a model: judge the update now")
+        if len(self._early) >= self.config.early_limit:
+            return False
+        self._early.append(Admit(frame, handle))
+        return True
+
+    @property
+    def early(self) -> int:
+        """Updates waiting for the first model."""
+        return len(self._early)
+
+    def _with_early(self, actions: list[Action]) -> list[Action]:
+        early, self._early = self._early, []
+        return [*actions, *early]
 
     def on_update(self, frame: UpdateFrame, now: float, *, readmit: bool = False,
                   proof: Any = None) -> list[Action]:

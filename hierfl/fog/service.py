@@ -36,6 +36,7 @@ from hierfl.aggregation import make_aggregator
 from hierfl.config import FogSettings
 from hierfl.errors import HierflError, TransportError, UnknownSenderError
 from hierfl.fog.round import (
+    Admit,
     FogRound,
     FogRoundConfig,
     FogState,
@@ -111,11 +112,11 @@ class FogService:
                 max_staleness=s.max_staleness,
                 allowed_edges=frozenset(s.allowed_edges),
                 resend_after_s=s.resend_after_s,
+                early_limit=s.mqtt.queue_size,
             ),
             make_aggregator(s.aggregator, s.aggregator_params),
         )
         self._events: asyncio.Queue[_Event] = asyncio.Queue(maxsize=s.mqtt.queue_size)
-        self._early: list[tuple[UpdateFrame, bytes, SigBlock | None]] = []
         # accepted / rejected per base version, for monitors that attribute counts to rounds
         self._by_version: dict[int, dict[str, Any]] = {}
         # A provisioned fog (security.state_dir) spools by default: accepted updates survive
@@ -535,13 +536,15 @@ class FogService:
                 self._stored = stored[0]
         else:
             actions = self.round.on_global_model(frame, now)
-        await self._apply(actions)
+        # updates that came before the model: judged after what the spool brings back
+        early = [a for a in actions if isinstance(a, Admit)]
+        await self._apply([a for a in actions if not isinstance(a, Admit)])
         if self._spool is not None and not self._replayed:
             self._replayed = True
             await self._replay_spool()
-        early, self._early = self._early, []
-        for u, raw, sig in early:
-            await self._on_update(u, raw, sig)
+        for a in early:
+            raw, sig = a.handle
+            await self._on_update(a.frame, raw, sig)
 
     def _stored_aggregate(self, version: int | None) -> tuple[AggregateFrame, bytes] | None:
         """The aggregate for ``version`` this fog wrote to its spool before sending it."""
@@ -591,12 +594,10 @@ class FogService:
     async def _on_update(self, frame: UpdateFrame, raw: bytes = b"",
                          sig: SigBlock | None = None, *, replay: bool = False,
                          readmit: bool = False) -> None:
-        if self.round.version is None:
-            if len(self._early) >= self.settings.mqtt.queue_size:
+        if self.round.state is FogState.WAITING_MODEL:
+            # the model has not arrived yet: the round keeps it, unjudged (bounded)
+            if not self.round.on_early(frame, (raw, sig)):
                 self.metrics.inc("dropped_queue_full")
-                return
-            # the model has not arrived yet: keep, do not judge
-            self._early.append((frame, raw, sig))
             return
         try:
             actions = await self._steps.run(self._admit(frame, raw, sig, replay=replay,

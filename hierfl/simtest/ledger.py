@@ -188,7 +188,7 @@ class Ledger:
         if self.failed is not None:
             return
         for name, s, n_edges, queue in self._fogs.values():
-            if (len(s._early) > queue or len(s._by_version) > 16
+            if (s.round.early > queue or len(s._by_version) > 16
                     or len(s.round._updates) > n_edges or len(s.forwarded) > 8):
                 self._bounds(name, s)
         cloud = self.services.get("cloud")
@@ -197,7 +197,7 @@ class Ledger:
                         f"{len(self.plan.fogs)} fogs")
 
     def _bounds(self, name: str, s: Any) -> None:
-        self.record(f"{name} out of bounds: early {len(s._early)}, by_version "
+        self.record(f"{name} out of bounds: early {s.round.early}, by_version "
                     f"{len(s._by_version)}, pending {len(s.round._updates)}, forwarded "
                     f"{len(s.forwarded)}")
 

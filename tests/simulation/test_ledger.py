@@ -23,6 +23,7 @@ class FakeRound:
     def __init__(self) -> None:
         self.version, self.seq = 0, 1
         self._updates: dict[str, Any] = {}
+        self.early = 0
         self.script: list[list[Any]] = []
 
     def on_update(self, frame: Any, now: float) -> list[Any]:
@@ -34,7 +35,7 @@ class FakeRound:
 
 def fog_service() -> Any:
     settings = SimpleNamespace(mqtt=SimpleNamespace(queue_size=100))
-    return SimpleNamespace(round=FakeRound(), settings=settings, _early=[], forwarded=[],
+    return SimpleNamespace(round=FakeRound(), settings=settings, forwarded=[],
                            _by_version={})
 
 
@@ -113,7 +114,7 @@ def test_unbounded_fog_state_is_reported_at_the_next_step():
     ledger.watch("fog/f0", 1, fog)
     ledger.on_step()
     assert ledger.failed is None
-    fog._early.extend([object()] * 101)  # over the MQTT queue size
+    fog.round.early = 101  # over the MQTT queue size
     ledger.on_step()
     assert ledger.failed is not None and "out of bounds" in ledger.failed
     with pytest.raises(Violation):

@@ -526,3 +526,20 @@ def test_forwarded_metrics_are_sample_weighted_over_updates_that_report_them():
 
     assert fwd.frame.metrics == pytest.approx({"loss": (1 * 1.0 + 3 * 2.0) / 4, "acc": 0.5})
     assert fwd.frame.num_samples == 10
+
+
+def test_updates_before_the_first_model_are_kept_then_admitted_after_it():
+    from hierfl.errors import StateError
+    from hierfl.fog.round import Admit
+
+    fog = FogRound(config(early_limit=2), FedAvg())
+    assert fog.on_early(update("a", 1), "h-a") and fog.on_early(update("b", 1), "h-b")
+    assert not fog.on_early(update("c", 1), "h-c")  # bounded: dropped
+    assert fog.early == 2
+    pub, *admits = fog.on_global_model(global_model(), 0.0)
+    assert isinstance(pub, PublishModel)
+    assert all(isinstance(a, Admit) for a in admits)
+    assert [(a.frame.edge_id, a.handle) for a in admits] == [("a", "h-a"), ("b", "h-b")]
+    assert fog.early == 0
+    with pytest.raises(StateError):
+        fog.on_early(update("d", 1))
