@@ -359,6 +359,22 @@ class FogRound:
         self._early.append(Admit(frame, handle))
         return True
 
+    def spooled(self, version: int, seq: int) -> str:
+        """What to do, after a restart, with an update the fog had accepted in round
+        ``(version, seq)`` and kept in its spool.
+
+        Returns:
+            ``"drop"``: that round is before the resumed fog model, which has it folded in
+            already; ``"readmit"``: it is this very round, whose staleness judgement stands
+            (:meth:`on_update` with ``readmit``); ``"judge"``: any other round, judged like
+            a new update (an older version is stale).
+        """
+        if version == self.version and seq < self.seq:
+            return "drop"
+        if (version, seq) == (self.version, self.seq):
+            return "readmit"
+        return "judge"
+
     @property
     def early(self) -> int:
         """Updates waiting for the first model."""

@@ -567,8 +567,8 @@ class FogService:
         limits = dataclasses.replace(self.settings.limits.decode_limits(),
                                      expected_params=self.round.model_size)
         for v, s, edge, path in self._spool.entries():
-            if v == self.round.version and s < self.round.seq:
-                # a round before the resumed fog model: it is folded into that model already
+            verdict = self.round.spooled(v, s)
+            if verdict == "drop":
                 path.unlink(missing_ok=True)
                 continue
             try:
@@ -589,7 +589,7 @@ class FogService:
                 continue
             self.metrics.inc("spool_replayed")
             await self._on_update(frame, raw, verified.sig, replay=True,
-                                  readmit=(v, s) == (self.round.version, self.round.seq))
+                                  readmit=verdict == "readmit")
 
     async def _on_update(self, frame: UpdateFrame, raw: bytes = b"",
                          sig: SigBlock | None = None, *, replay: bool = False,

@@ -543,3 +543,11 @@ def test_updates_before_the_first_model_are_kept_then_admitted_after_it():
     assert fog.early == 0
     with pytest.raises(StateError):
         fog.on_early(update("d", 1))
+
+
+def test_spooled_updates_of_earlier_rounds_are_dropped_and_of_this_round_readmitted():
+    fog = collecting(min_updates=1, k2=3, now=0.0)
+    fog.on_update(update("a", 1), 1.0)  # closes seq 1: seq 2 is a model with it folded in
+    assert fog.spooled(0, 1) == "drop"
+    assert fog.spooled(0, 2) == "readmit"
+    assert fog.spooled(0, 3) == "judge"
