@@ -88,9 +88,14 @@ class FogState(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class PublishModel:
-    """Publish ``frame`` retained on this fog's MQTT model topic."""
+    """Publish ``frame`` retained on this fog's MQTT model topic.
+
+    ``folded``: the updates ``(edge, base seq)`` of this global version already in
+    ``frame`` (kept with it on disk: a fog resumed from it refuses them again).
+    """
 
     frame: ModelFrame
+    folded: frozenset[tuple[str, int]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,7 +301,8 @@ class FogRound:
         return self._with_early(self._open_round(now))
 
     def resume(self, global_frame: ModelFrame, fog_frame: ModelFrame, now: float, *,
-               forwarded: AggregateFrame | None = None) -> list[Action]:
+               forwarded: AggregateFrame | None = None,
+               folded: frozenset[tuple[str, int]] = frozenset()) -> list[Action]:
         """Resume after a restart from the fog model this fog last published (retained).
 
         Args:
@@ -309,6 +315,8 @@ class FogRound:
                 is over here: the fog resumes waiting for the next global model, instead
                 of collecting a finished round again (its second aggregate would be refused
                 by the cloud, and the updates in it lost).
+            folded: the updates already in ``fog_frame`` (:attr:`PublishModel.folded`,
+                kept with it on disk): a copy redelivered after the restart is refused.
 
         Returns:
             Actions (a re-publish of the fog model with its original ``seq``; none when
@@ -324,6 +332,7 @@ class FogRound:
         self._ensure_validator(w.size)
         self.seq = fog_frame.seq
         self._cycle.model_starts.append(self.seq)
+        self._cycle.folded = set(folded)
         if (forwarded is not None and forwarded.base_version == global_frame.version
                 and forwarded.fog_id == self.config.fog_id
                 and forwarded.delta.size == g.size):
@@ -339,7 +348,7 @@ class FogRound:
         self._updates = {}
         self.state = FogState.COLLECTING
         self.deadline = now + self.config.round_timeout_s
-        return self._with_early([PublishModel(self._fog_model())])
+        return self._with_early([PublishModel(self._fog_model(), frozenset(self._cycle.folded))])
 
     def on_early(self, frame: UpdateFrame, handle: Any = None) -> bool:
         """An update arrived before the fog has a model (``state`` is WAITING_MODEL, after a
@@ -517,7 +526,8 @@ class FogRound:
         self._updates = {}
         self.state = FogState.COLLECTING
         self.deadline = now + self.config.round_timeout_s
-        return [PublishModel(self._fog_model())]
+        c = self._cycle
+        return [PublishModel(self._fog_model(), frozenset(c.folded) if c else frozenset())]
 
     def _forwarded_samples(self) -> int:
         """The sample count the fog claims for its aggregate (its weight at the cloud).

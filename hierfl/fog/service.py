@@ -145,6 +145,8 @@ class FogService:
         self._encoded: tuple[AggregateFrame, bytes] | None = None  # the last one, as sent
         self._stored: AggregateFrame | None = None  # the aggregate in the spool
         self._model_stored: Any = None  # the downlink messages whose model is in the spool
+        # the model a PublishModel named, and the updates folded in it
+        self._folded: tuple[ModelFrame | None, frozenset[tuple[str, int]]] = (None, frozenset())
         self._steps = Steps()  # round steps a reconnect cannot cut in half
 
     def stop(self) -> None:
@@ -523,8 +525,10 @@ class FogService:
         now = self.clock()
         if resume is not None and self.round.version is None:
             stored = self._stored_aggregate(frame.version)
+            folded = (self._spool.model_folded(resume.version, resume.seq)
+                      if self._spool is not None else frozenset())
             actions = self.round.resume(frame, resume, now,
-                                        forwarded=stored[0] if stored else None)
+                                        forwarded=stored[0] if stored else None, folded=folded)
             log.info("fog %s: resumed v%s seq %s", self.settings.fog_id, self.round.version,
                      self.round.seq)
             if stored is not None and self.round.state is FogState.FORWARDED:
@@ -650,6 +654,7 @@ class FogService:
         for a in actions:
             if isinstance(a, PublishModel):
                 self._to_publish = a.frame
+                self._folded = (a.frame, a.folded)
             elif isinstance(a, Forward):
                 # the round holds it until on_sent (its outbox): a cancellation cannot lose it
                 if a.reason == "resend":
@@ -699,7 +704,11 @@ class FogService:
                 out = self._prepared = await offload(self._downlink.prepare, frame)
             if self._spool is not None and self._model_stored is not out:
                 # On disk first: the fog resumes from it even if the broker loses it.
-                await offload(self._spool.put_model, out.full)
+                # what is folded in it, when the round said so (not for a re-announcement of
+                # the held model on reconnection: the record written with it stands)
+                target, (of, folded) = out.target, self._folded
+                await offload(self._spool.put_model, out.full, None if of is not target else {
+                    "version": target.version, "seq": target.seq, "folded": sorted(folded)})
                 self._model_stored = out
             # Full model first: a fog that dies in between resumes from it and resends it.
             await self._mqtt.publish(topics.model(s.federation, s.fog_id), out.full, retain=True)

@@ -16,6 +16,7 @@ the finished round a second time.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -52,9 +53,12 @@ class Spool:
         self._write(self.root / f"forwarded-v{version}.agg", data)
         self.drop_forwarded(before=version)
 
-    def put_model(self, data: bytes) -> None:
+    def put_model(self, data: bytes, folded: dict[str, object] | None = None) -> None:
         """Store the fog model about to be published (its encoded frame), replacing the last:
-        the fog resumes from it even when the broker lost its retained copy."""
+        the fog resumes from it even when the broker lost its retained copy. ``folded``
+        (JSON: the model's version, seq and the updates already in it) goes beside it."""
+        if folded is not None:
+            self._write(self.root / "fog-model.json", json.dumps(folded).encode())
         self._write(self.root / "fog-model.hfm", data)
 
     def model(self) -> bytes | None:
@@ -63,6 +67,17 @@ class Spool:
             return (self.root / "fog-model.hfm").read_bytes()
         except OSError:
             return None
+
+    def model_folded(self, version: int, seq: int) -> frozenset[tuple[str, int]]:
+        """The updates ``(edge, base seq)`` in the stored fog model ``(version, seq)``
+        (empty if the record is missing, unreadable or of another model)."""
+        try:
+            rec = json.loads((self.root / "fog-model.json").read_bytes())
+            if (rec["version"], rec["seq"]) != (version, seq):
+                return frozenset()
+            return frozenset((str(e), int(b)) for e, b in rec["folded"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return frozenset()
 
     def forwarded(self) -> tuple[int, bytes] | None:
         """The newest stored aggregate as ``(version, frame bytes)``, if any."""

@@ -97,12 +97,13 @@ class Plan:
     events: tuple[FaultEvent, ...]
     fault_end: float
     progress: int  # new global versions required after healing
+    codec: str = "raw"  # the edges' update codec
 
     def describe(self) -> str:
         lines = [
             f"seed {self.seed}: fogs {dict(self.fogs)}, k2 {self.k2}, min_fogs {self.min_fogs}, "
             f"min_updates {self.min_updates}, quorum {self.quorum}, max_staleness "
-            f"{self.max_staleness}, signed {self.signed}",
+            f"{self.max_staleness}, signed {self.signed}, codec {self.codec}",
             f"  timeouts fog {self.fog_timeout_s}s cloud {self.cloud_timeout_s}s, resend after "
             f"{self.resend_after_s}s; mqtt faults (drop, dup, delay) {self.mqtt_faults}, kafka "
             f"{self.kafka_faults}; faults until t={self.fault_end}",
@@ -123,10 +124,12 @@ def plan_for(seed: int, *, faults: bool = True) -> Plan:
     if edges and rng.random() < 0.3:
         train_s[rng.choice(edges)] = 25.0  # a slow edge: slower than the fog's deadline
     fog_timeout = rng.choice((8.0, 15.0))
-    fault_end = 110.0
+    fault_end = 100.0
     rest = random.Random(seed * 2)  # drawn whether or not there are faults
     k2, min_fogs = rest.choice((1, 1, 2)), rest.randint(1, n_fogs)
-    max_staleness, signed = rest.choice((0, 0, 1)), rest.random() < 0.75
+    # edge->fog codec: lossy ones keep error-feedback state on disk across crashes
+    codec = rest.choice(("raw", "raw", "topk:fraction=0.25", "int8"))
+    max_staleness, signed = rest.choice((0, 0, 1)), rest.random() < 0.6
     cloud_timeout, resend = rest.choice((20.0, 40.0)), rest.choice((30.0, 60.0))
     events: list[FaultEvent] = []
     procs = ["cloud", *(f"fog/{f}" for f in fogs), *(f"edge/{e}" for e in edges)]
@@ -163,6 +166,7 @@ def plan_for(seed: int, *, faults: bool = True) -> Plan:
         signed=signed, fog_timeout_s=fog_timeout,
         cloud_timeout_s=cloud_timeout, resend_after_s=resend,
         train_s=train_s, mqtt_faults=mqtt_f, kafka_faults=kafka_f, events=tuple(events),
+        codec=codec,
         fault_end=fault_end if faults else 0.0, progress=2,
     )
 
@@ -284,8 +288,10 @@ class World:
             )
             self._add(f"fog/{f}", functools.partial(_make_fog, fog_s))
             for i, e in enumerate(edges):
-                edge_s = EdgeSettings.load(federation=FED, fog_id=f, edge_id=e, mqtt=mqtt,
-                                           security=sec(f"edge/{f}/{e}"), log_level="ERROR")
+                edge_s = EdgeSettings.load(
+                    federation=FED, fog_id=f, edge_id=e, mqtt=mqtt,
+                    security=sec(f"edge/{f}/{e}"), log_level="ERROR", codec=plan.codec,
+                    error_feedback_path=root / f"ef-{f}-{e}.npz")
                 target = np.random.default_rng([self.plan.seed, len(self.procs)]).standard_normal(
                     PARAMS).astype(np.float32)
                 task = _SimTask(target, samples=10 * (i + 1))

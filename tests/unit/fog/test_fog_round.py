@@ -315,6 +315,20 @@ def test_resume_continues_the_cycle_from_the_retained_fog_model():
     assert fwd.frame.fog_rounds == 2
 
 
+def test_a_resumed_round_refuses_a_redelivered_update_already_in_its_model():
+    """The updates folded in a fog model go to disk with it (PublishModel.folded); a fog
+    resumed from it refuses them again (found by the simulator: a QoS 1 redelivery after
+    the restart was folded a second time)."""
+    fog = collecting(min_updates=1, k2=3, max_staleness=1, now=0.0)
+    _, pub = fog.on_update(update("a", 1), 1.0)  # closes seq 1; seq 2 has it folded in
+    assert pub.folded == frozenset({("a", 1)})
+    again = FogRound(config(min_updates=1, k2=3, max_staleness=1), FedAvg())
+    again.resume(global_model(0), pub.frame, 2.0, folded=pub.folded)
+    with pytest.raises(DuplicateUpdateError):
+        again.on_update(update("a", 1), 3.0)
+    assert again.on_update(update("a", 2), 3.0)  # its next update closes seq 2
+
+
 @pytest.mark.parametrize(
     ("fog_version", "fog_id"), [(0, "fog9"), (1, FOG)], ids=["other-fog", "other-version"]
 )
