@@ -183,7 +183,7 @@ class CloudService:
                     except TimeoutError:
                         actions = await self._steps.run(self._carry_out_saves(
                             self.round.on_tick(self.clock())))
-                        await self._carry_out(actions, producer, consumer)
+                        await self._carry_out(actions, producer)
                         continue
                     await self._handle(inbound, producer, consumer)
                 self.finished.set()
@@ -212,7 +212,7 @@ class CloudService:
         position = (self._connection, inbound)
         if inbound.error is not None or not inbound.payload:
             self._reject(inbound.error or WireFormatError("empty record"), inbound)
-            await self._carry_out(self.round.on_refused(position), producer, consumer)
+            await self._carry_out(self.round.on_refused(position), producer)
             return
         self.metrics.inc("bytes_in", len(inbound.payload))
         try:
@@ -230,9 +230,9 @@ class CloudService:
         except HierflError as exc:
             self._reject(exc, inbound)
             # nothing held: the round says to skip the bad record for good
-            await self._carry_out(self.round.on_refused(position), producer, consumer)
+            await self._carry_out(self.round.on_refused(position), producer)
             return
-        await self._carry_out(actions, producer, consumer)
+        await self._carry_out(actions, producer)
 
     async def _accept(self, frame: AggregateFrame, sig: Any,
                       position: Any) -> list[CloudAction]:
@@ -259,8 +259,7 @@ class CloudService:
                 await self._save_new(a)
         return actions
 
-    async def _carry_out(self, actions: list[CloudAction], producer: FrameProducer,
-                         consumer: FrameConsumer) -> None:
+    async def _carry_out(self, actions: list[CloudAction], producer: FrameProducer) -> None:
         """The connection's part of the round's actions: publish the saved version, then
         commit where the round says (positions of this connection only)."""
         for a in actions:

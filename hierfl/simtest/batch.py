@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from hierfl.simtest.world import SeedResult, run_seed
@@ -113,8 +113,3 @@ def timed(seeds: Iterable[int], **kwargs: Any) -> tuple[list[Outcome], float]:
     started = time.perf_counter()
     out = list(run_seeds(seeds, **kwargs))
     return out, time.perf_counter() - started
-
-
-def as_dict(o: Outcome) -> dict[str, Any]:
-    """An outcome as a JSON-ready dict."""
-    return asdict(o)

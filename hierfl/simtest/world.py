@@ -44,7 +44,7 @@ from hierfl.offload import use_runner
 from hierfl.simtest.ledger import Ledger, Violation
 from hierfl.simtest.loop import Deadlock, VirtualLoop
 from hierfl.transport.factory import MemoryTransports
-from hierfl.transport.faults import Envelope, Fault
+from hierfl.transport.faults import Envelope, Fault, random_faults
 from hierfl.transport.memory_kafka import MemoryKafkaBroker
 from hierfl.transport.memory_mqtt import MemoryMqttBroker
 
@@ -241,19 +241,11 @@ class World:
 
     def _hook(self, link: str, drop: float, dup: float, delay: float) -> Callable[[Envelope],
                                                                                    Fault]:
-        rng = random.Random(self.plan.seed * 31 + (1 if link == "mqtt" else 2))
+        pick = random_faults(random.Random(self.plan.seed * 31 + (1 if link == "mqtt" else 2)),
+                             drop=drop, duplicate=dup, delay=delay)
 
         def hook(env: Envelope) -> Fault:
-            if not self.faults_on:
-                return Fault.DELIVER
-            x = rng.random()
-            if x < drop:
-                return Fault.DROP
-            if x < drop + dup:
-                return Fault.DUPLICATE
-            if x < drop + dup + delay:
-                return Fault.DELAY
-            return Fault.DELIVER
+            return pick(env) if self.faults_on else Fault.DELIVER
 
         return hook
 
@@ -267,7 +259,9 @@ class World:
 
             prov = provision_sim(FED, plan.fogs, root, mqtt_url="mqtt://sim:1883",
                                  bootstrap="sim:9092", tls=False)
-        sec = _security(prov, root)
+        from hierfl.sim.pki import security_section  # noqa: PLC0415
+
+        sec = functools.partial(security_section, prov)
         init = root / "init.npz"
         np.savez(init, w=np.zeros(PARAMS, np.float32))
         kafka = {"bootstrap": "sim:9092", "connect_attempts": None}
@@ -468,22 +462,6 @@ def _describe(exc: BaseException) -> str:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return f"{type(exc).__name__}: {exc}"
-
-
-def _security(prov: Any, root: Path) -> Callable[[str], dict[str, Any]]:
-    def section(party: str) -> dict[str, Any]:
-        sec: dict[str, Any] = {"signing": "off", "key_file": None, "trust_bundle": None,
-                               "revocation_list": None, "state_dir": None}
-        if prov is None:
-            return sec
-        kit = prov.kit(party)
-        sec.update(signing="required", key_file=kit / "signing.key",
-                   trust_bundle=kit / "trust.json", revocation_list=kit / "revoked.json")
-        if party.startswith("fog/"):
-            sec["state_dir"] = root / f"state-{party.replace('/', '-')}"
-        return sec
-
-    return section
 
 
 def _now() -> float:
