@@ -26,6 +26,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -66,6 +67,8 @@ SimSecurity = Literal["signed", "secure", "insecure"]
 SECURITY_MODES: tuple[SimSecurity, ...] = ("signed", "secure", "insecure")
 _BROKER_ATTEMPTS = 3
 _SIM_RESEND_S = 15.0
+#: scenario data is computed once: by the data file's writer or the observer's evaluator
+_DATA_LOCK = threading.Lock()
 
 SCENARIO_TASKS = {
     "digits": "hierfl.sim.scenarios:digits_task",
@@ -132,6 +135,9 @@ class SimConfig:
     #: "signed" (provisioned, frames signed), "secure" (also MQTT over mutual TLS; needs
     #: mosquitto) or "insecure" (signatures off)
     security: SimSecurity = "signed"
+    #: processes mode: fork the edges from one zygote process that imported torch once
+    #: (:mod:`hierfl.sim.zygote`); False starts each edge as a plain ``hierfl edge`` process
+    zygote: bool = True
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIO_TASKS:
@@ -203,6 +209,19 @@ def _evaluator(cfg: SimConfig) -> Callable[[np.ndarray], tuple[float, float]]:
     return run
 
 
+def _data_path(cfg: SimConfig) -> Path:
+    """The scenario's data file, which every edge reads its partition from."""
+    return (cfg.out / "data.npz").resolve()
+
+
+def _write_data(cfg: SimConfig) -> None:
+    """Compute the scenario's data once (scikit-learn for digits) and write it for the edges."""
+    from hierfl.sim.scenarios import scenario_data, write_data  # noqa: PLC0415
+
+    with _DATA_LOCK:
+        write_data(_data_path(cfg), scenario_data(cfg.scenario, cfg.edges, cfg.fogs, cfg.seed))
+
+
 def _write_initial(cfg: SimConfig, path: Path) -> None:
     from hierfl.model.flatten import unflatten  # noqa: PLC0415
     from hierfl.model.torch_adapter import model_layout, model_to_vector  # noqa: PLC0415
@@ -214,7 +233,8 @@ def _write_initial(cfg: SimConfig, path: Path) -> None:
 
 def _task_options(cfg: SimConfig, index: int) -> dict[str, Any]:
     opts: dict[str, Any] = {"index": index, "num_edges": cfg.edges, "seed": cfg.seed,
-                            "lr": cfg.lr, "batch_size": cfg.batch_size}
+                            "lr": cfg.lr, "batch_size": cfg.batch_size,
+                            "data": str(_data_path(cfg))}
     if cfg.scenario == "digits":
         opts["wide"] = cfg.wide
     else:
@@ -295,25 +315,226 @@ def _env(settings: Any, prefix: str = "HIERFL_") -> dict[str, str]:
     return out
 
 
+def _child_env(env: dict[str, str]) -> dict[str, str]:
+    """A tier process's whole environment: ours without HIERFL_*, plus its settings."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("HIERFL_")}
+    full_env.update(env)
+    full_env.setdefault("OMP_NUM_THREADS", "1")
+    full_env["HIERFL_LOG_LEVEL"] = "INFO"
+    return full_env
+
+
+class _Forked:
+    """An edge process the zygote forked: :class:`subprocess.Popen`'s ``pid``/``poll``/``wait``.
+
+    The zygote is its parent and reaps it; its exit code comes from the zygote's report. Should
+    the zygote be gone, a child that no longer exists counts as ended (code unknown: -9).
+    """
+
+    def __init__(self, zygote: _Zygote, name: str, pid: int) -> None:
+        self.zygote, self.name, self.pid = zygote, name, pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            code = self.zygote.exit_code(self.name)
+            if code is not None:
+                self.returncode = code
+            elif self.zygote.proc.poll() is not None and not _alive(self.pid):
+                self.returncode = self.zygote.exit_code(self.name)
+                if self.returncode is None:
+                    self.returncode = -signal.SIGKILL
+        return self.returncode
+
+    def wait(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"edge {self.name}", timeout)
+            self.zygote.wait_event(min(0.1, max(deadline - time.monotonic(), 0.0)))
+        return code
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - a pid reused by another user
+        return False
+    return True
+
+
+class _Zygote:
+    """The sim's side of :mod:`hierfl.sim.zygote`: started first, forks the edges on request.
+
+    A reader thread collects the zygote's JSON-line events (forked, exit) from its stdout.
+    """
+
+    def __init__(self, log: Path, env: dict[str, str]) -> None:
+        self.log = log
+        with log.open("ab") as f:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "hierfl.sim.zygote", "hierfl", "edge"], env=env,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=f,
+                start_new_session=True,
+            )
+        self._cond = threading.Condition()
+        self._ready: dict[str, Any] | None = None
+        self._forked: dict[str, dict[str, Any]] = {}
+        self._exits: dict[str, int] = {}
+        self._eof = False
+        self._reader = threading.Thread(target=self._read, name="sim.zygote", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            with self._cond:
+                kind = ev.get("ev")
+                if kind == "ready":
+                    self._ready = ev
+                elif kind in ("forked", "error"):
+                    self._forked[ev["name"]] = ev
+                elif kind == "exit":
+                    self._exits[ev["name"]] = int(ev["code"])
+                self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def wait_event(self, timeout: float) -> None:
+        with self._cond:
+            self._cond.wait(timeout)
+
+    @property
+    def ready_event(self) -> dict[str, Any] | None:
+        """The zygote's ``ready`` event, once it came."""
+        with self._cond:
+            return self._ready
+
+    def exit_code(self, name: str) -> int | None:
+        with self._cond:
+            return self._exits.get(name)
+
+    def ready(self, timeout: float = 120.0) -> dict[str, Any]:
+        """Wait for the zygote's imports; its ``ready`` event (``threads``: 1 when fork-safe)."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._ready is not None or self._eof, timeout):
+                raise RuntimeError(f"the edge zygote did not get ready in {timeout:g} s")
+            if self._ready is None:
+                raise RuntimeError("the edge zygote exited before it was ready:\n"
+                                   + self.log.read_text()[-2000:])
+            return self._ready
+
+    def fork_all(self, requests: list[dict[str, Any]],
+                 timeout: float = 120.0) -> dict[str, _Forked]:
+        """Send every fork request, then wait for each child's pid."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"".join(json.dumps({"op": "fork", **r}).encode() + b"\n"
+                                       for r in requests))
+        self.proc.stdin.flush()
+        names = [r["name"] for r in requests]
+        with self._cond:
+            done = self._cond.wait_for(
+                lambda: self._eof or all(n in self._forked for n in names), timeout)
+            missing = [n for n in names if n not in self._forked]
+            if not done or missing:
+                raise RuntimeError(f"the edge zygote did not fork {', '.join(missing)}:\n"
+                                   + self.log.read_text()[-2000:])
+            out = {}
+            for n in names:
+                ev = self._forked[n]
+                if ev["ev"] == "error":
+                    raise RuntimeError(f"the edge zygote could not fork {n}: {ev['error']}")
+                out[n] = _Forked(self, n, int(ev["pid"]))
+            return out
+
+    def close(self) -> None:
+        """End of input, then TERM; KILL after 5 s (its children are stopped before this)."""
+        with contextlib.suppress(OSError, ValueError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+        self._reader.join(timeout=5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
 class _Processes:
-    """Child processes started by the sim; all stopped (TERM, then KILL) on close."""
+    """Child processes started by the sim; all stopped (TERM, then KILL) on close.
+
+    Plain children are ``python -m hierfl cloud|fog|edge`` (or ``hierfl.sim.attacks``)
+    processes; with a zygote (:meth:`start_zygote`), the edges are forked from it instead
+    (:meth:`fork_edges`), each with its own pid and process group, stopped the same way.
+    """
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.procs: dict[str, subprocess.Popen[bytes] | _Forked] = {}
+        self.zygote: _Zygote | None = None
+        self.startup: dict[str, float] = {}  # phase -> time.monotonic() (see write_startup)
+
+    def mark(self, phase: str) -> None:
+        """Record when a start-up phase ended."""
+        self.startup[phase] = time.monotonic()
+
+    def write_startup(self, path: Path) -> None:
+        """The start-up timeline as JSON: seconds from the run's start to the end of each phase,
+        ``zygote_import_s`` (the zygote's own import time) and ``pids`` (name -> pid)."""
+        t = self.startup.get("run", 0.0)
+        out: dict[str, Any] = {k: round(v - t, 3) for k, v in self.startup.items()}
+        if self.zygote is not None and self.zygote.ready_event is not None:
+            out["zygote_import_s"] = self.zygote.ready_event.get("import_s")
+        out["pids"] = self.pids()
+        path.write_text(json.dumps(out, indent=1))
 
     def start(self, name: str, tier: str, env: dict[str, str], attack: str | None = None) -> None:
         args = [sys.executable, "-m", "hierfl", tier]
         if attack:
             args = [sys.executable, "-m", "hierfl.sim.attacks", attack]
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("HIERFL_")}
-        full_env.update(env)
-        full_env.setdefault("OMP_NUM_THREADS", "1")
-        full_env["HIERFL_LOG_LEVEL"] = "INFO"
         with (self.log_dir / f"{name}.log").open("ab") as f:
             self.procs[name] = subprocess.Popen(
-                args, env=full_env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+                args, env=_child_env(env), stdout=f, stderr=subprocess.STDOUT,
+                start_new_session=True
             )
+
+    def start_zygote(self, log: Path) -> None:
+        """Start the edge zygote now (it imports torch while the sim does other work)."""
+        self.zygote = _Zygote(log, _child_env({}))
+
+    def fork_edges(self, edges: list[tuple[EdgeSettings, dict[str, str], str | None]]) -> bool:
+        """Fork ``(settings, env, attack)`` edges from the zygote; False (nothing forked) when
+        the zygote is not fork-safe (threads: e.g. ``OMP_NUM_THREADS`` > 1 in our environment).
+        """
+        assert self.zygote is not None
+        ready = self.zygote.ready()
+        self.mark("zygote_ready")
+        if ready.get("threads", 1) != 1:
+            log.warning("edge zygote has %s threads after importing torch: starting the edges "
+                        "as plain processes", ready.get("threads"))
+            return False
+        requests = []
+        for es, env, attack in edges:
+            requests.append({
+                "name": es.edge_id, "command": ["attack", attack] if attack else ["edge"],
+                "env": _child_env(env), "log": str(self.log_dir / f"{es.edge_id}.log"),
+                "task": es.task, "options": es.task_options,
+            })
+        self.procs.update(self.zygote.fork_all(requests))
+        return True
 
     def peak_rss_mb(self, name: str) -> float | None:
         """Peak resident memory of a running child (Linux /proc VmHWM), in MiB."""
@@ -331,20 +552,41 @@ class _Processes:
             if p.poll() is not None and p.returncode not in (0, -signal.SIGTERM):
                 tail = (self.log_dir / f"{name}.log").read_text()[-2000:]
                 raise RuntimeError(f"{name} exited with {p.returncode}:\n{tail}")
+        z = self.zygote
+        if z is not None and z.proc.poll() is not None and z.proc.returncode != 0:
+            raise RuntimeError(f"the edge zygote exited with {z.proc.returncode}:\n"
+                               + z.log.read_text()[-2000:])
+
+    def pids(self) -> dict[str, int]:
+        """Name -> pid of every child started (the zygote as ``"zygote"``)."""
+        out = {name: p.pid for name, p in self.procs.items()}
+        if self.zygote is not None:
+            out["zygote"] = self.zygote.proc.pid
+        return out
 
     def close(self) -> None:
         for p in self.procs.values():
             if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGTERM)
+                _signal(p, signal.SIGTERM)
         deadline = time.monotonic() + 5
         for p in self.procs.values():
             try:
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
+                _signal(p, signal.SIGKILL)
                 p.wait(timeout=5)
+        if self.zygote is not None:
+            self.zygote.close()
+
+
+def _signal(p: subprocess.Popen[bytes] | _Forked, sig: int) -> None:
+    """Signal a child's process group (and, forked, the child itself: it may not have called
+    ``setsid`` yet)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(p.pid, sig)
+    if isinstance(p, _Forked):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p.pid, sig)
 
 
 @dataclass
@@ -416,13 +658,45 @@ def _start_tlsmqtt_section(cfg: SimConfig, stack: contextlib.ExitStack, bootstra
 async def _run(cfg: SimConfig, on_round: Callable[[RoundRecord], None] | None,
                on_start: Callable[[dict[str, str]], None] | None,
                notes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Start-up, processes mode: the edge zygote is started first, so that its imports (torch,
+    the edge's modules) run while this process imports torch for the initial model, starts the
+    brokers, provisions, starts the cloud and the fogs and writes the scenario's data file;
+    the edges are forked when both are done. Every child is stopped on the way out."""
     cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / "logs").mkdir(exist_ok=True)
+    procs = _Processes(cfg.out / "logs")
+    procs.mark("run")
+    if cfg.mode == "processes" and cfg.zygote:
+        procs.start_zygote(cfg.out / "zygote.log")
+        procs.mark("zygote_spawned")
+    try:
+        return await _run_started(cfg, on_round, on_start, notes, procs)
+    finally:
+        procs.close()  # a no-op after a normal run; here for errors raised before the tiers
+
+
+def _lazy_evaluator(cfg: SimConfig) -> Callable[[np.ndarray], tuple[float, float]]:
+    """:func:`_evaluator`, built on first use (the observer's thread), not before the tiers."""
+    built: list[Callable[[np.ndarray], tuple[float, float]]] = []
+
+    def run(weights: np.ndarray) -> tuple[float, float]:
+        with _DATA_LOCK:
+            if not built:
+                built.append(_evaluator(cfg))
+        return built[0](weights)
+
+    return run
+
+
+async def _run_started(cfg: SimConfig, on_round: Callable[[RoundRecord], None] | None,
+                       on_start: Callable[[dict[str, str]], None] | None,
+                       notes: dict[str, Any] | None, procs: _Processes) -> dict[str, Any]:
     store = cfg.out / "store"
     if store.exists():
         for p in store.iterdir():
             p.unlink()
     _write_initial(cfg, cfg.out / "initial.npz")
+    procs.mark("initial_model")
     t0 = time.monotonic()
     if not cfg.signed:
         log.warning("hierfl sim --insecure: frames are NOT signed; any client of the brokers "
@@ -435,7 +709,7 @@ async def _run(cfg: SimConfig, on_round: Callable[[RoundRecord], None] | None,
         topo = cfg.topology()
         observer = Observer(
             cfg.federation, {f: len(i) for f, i in topo.items()},
-            setup.observer_mqtt, KafkaSettings(bootstrap=setup.bootstrap), _evaluator(cfg),
+            setup.observer_mqtt, KafkaSettings(bootstrap=setup.bootstrap), _lazy_evaluator(cfg),
             on_round,
         )
         from hierfl import topics  # noqa: PLC0415
@@ -445,8 +719,8 @@ async def _run(cfg: SimConfig, on_round: Callable[[RoundRecord], None] | None,
                                             topics.models(cfg.federation)])
         obs_task = asyncio.create_task(observer.run(), name="sim.observer")
         await observer.ready.wait()
+        procs.mark("brokers_observer_ready")
         bad = cfg.byzantine_edges()
-        procs = _Processes(cfg.out / "logs")
         services: list[Any] = []
         tasks: list[asyncio.Task[None]] = []
         cloud_rss: float | None = None
@@ -457,13 +731,25 @@ async def _run(cfg: SimConfig, on_round: Callable[[RoundRecord], None] | None,
                     procs.start("cloud", "cloud", _env(cloud_s))
                     for fs in fog_s:
                         procs.start(fs.fog_id, "fog", _env(fs))
+                    procs.mark("cloud_fogs_started")
+                    await asyncio.to_thread(_write_data, cfg)  # while they import
+                    procs.mark("data_written")
+                    edges: list[tuple[EdgeSettings, dict[str, str], str | None]] = []
                     for i, es in enumerate(edge_s):
                         attack = cfg.attack if (i in bad and cfg.attack != "label-flip") else None
                         env = _env(es)
                         if attack:
                             env["HIERFL_SIM_BYZANTINE_OF"] = str(len(bad))
-                        procs.start(es.edge_id, "edge", env, attack=attack)
+                        edges.append((es, env, attack))
+                    forked = (procs.zygote is not None
+                              and await asyncio.to_thread(procs.fork_edges, edges))
+                    if not forked:
+                        for es, env, attack in edges:
+                            procs.start(es.edge_id, "edge", env, attack=attack)
+                    procs.mark("edges_forked" if forked else "edges_started")
+                    procs.write_startup(cfg.out / "startup.json")
                 else:
+                    _write_data(cfg)
                     services = _inprocess_services(cfg, cloud_s, fog_s, edge_s, bad)
                     tasks = [asyncio.create_task(s.run()) for s in services]
                 stall_after = cfg.stall_timeout_s or max(5 * cfg.round_timeout_s, 300.0)

@@ -8,12 +8,20 @@ an MLP 64-64-10 (``wide``: 64-1024-1024-10), 2 local epochs of SGD lr 0.05, batc
 own pollution regime (regional drift), and the task is to classify readings as
 good / moderate / unhealthy. Districts differ in feature offsets and label mix, which is
 what makes fog-level (regional) aggregation visible.
+
+Data files. ``hierfl sim`` computes a scenario's data once and writes it with
+:func:`write_data` (``<out>/data.npz``: plain arrays, no pickle); the tasks are given its path
+as the task option ``data`` and read their partition from it (:func:`load_data`), so an edge
+process needs neither scikit-learn nor the partitioning code, and the arrays are the very
+bytes the sim computed. :func:`preload` loads the file in the sim's edge zygote
+(:mod:`hierfl.sim.zygote`) before it forks, so that every edge shares one copy.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,11 +36,14 @@ __all__ = [
     "digits_task",
     "dirichlet_partition",
     "evaluate",
+    "load_data",
+    "preload",
     "scenario_data",
     "scenario_model",
     "sensors_data",
     "sensors_model",
     "sensors_task",
+    "write_data",
 ]
 
 
@@ -75,6 +86,30 @@ def dirichlet_partition(
     raise RuntimeError("could not draw a partition with the minimum size")
 
 
+def write_data(path: str | Path, data: Dataset) -> None:
+    """Write ``data`` as an .npz of plain arrays: ``x_test``, ``y_test``, ``x_<i>``, ``y_<i>``."""
+    arrays = {"x_test": data.x_test, "y_test": data.y_test}
+    for i, (x, y) in enumerate(data.parts):
+        arrays[f"x_{i}"], arrays[f"y_{i}"] = x, y
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+
+
+@lru_cache(maxsize=4)
+def load_data(path: str) -> Dataset:
+    """The :class:`Dataset` :func:`write_data` wrote (read with ``allow_pickle=False``)."""
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    n = sum(1 for k in arrays if k.startswith("x_") and k != "x_test")
+    return Dataset([(arrays[f"x_{i}"], arrays[f"y_{i}"]) for i in range(n)],
+                   arrays["x_test"], arrays["y_test"])
+
+
+def preload(options: dict[str, Any]) -> None:
+    """Load the data file a task's ``options`` name (the zygote calls this before forking)."""
+    if options.get("data"):
+        load_data(str(options["data"]))
+
+
 @lru_cache(maxsize=4)
 def digits_data(n_clients: int = 20, seed: int = 0) -> Dataset:
     """The digits-20 data and partition (docs/benchmarks.md), for ``n_clients`` edges."""
@@ -103,11 +138,15 @@ def digits_model(wide: bool = False) -> torch.nn.Module:
 def digits_task(
     *, edge_id: str, fog_id: str, index: int, num_edges: int = 20, wide: bool = False,
     seed: int = 0, lr: float = 0.05, batch_size: int = 16, prox_mu: float = 0.0,
-    label_flip: bool = False, **_: Any,
+    label_flip: bool = False, data: str | None = None, **_: Any,
 ) -> SupervisedTask:
-    """The EdgeTask of edge number ``index`` in the digits scenario."""
-    data = digits_data(num_edges, seed)
-    x, y = data.parts[index]
+    """The EdgeTask of edge number ``index`` in the digits scenario.
+
+    ``data``: a file :func:`write_data` wrote (the sim's ``<out>/data.npz``); without it the
+    data is computed here (scikit-learn).
+    """
+    dataset = load_data(str(data)) if data else digits_data(num_edges, seed)
+    x, y = dataset.parts[index]
     if label_flip:
         y = 9 - y
     return SupervisedTask(
@@ -155,10 +194,11 @@ def sensors_model() -> torch.nn.Module:
 def sensors_task(
     *, edge_id: str, fog_id: str, index: int, num_edges: int = 20, num_fogs: int = 4,
     seed: int = 0, lr: float = 0.05, batch_size: int = 16, prox_mu: float = 0.0,
-    label_flip: bool = False, **_: Any,
+    label_flip: bool = False, data: str | None = None, **_: Any,
 ) -> SupervisedTask:
-    """The EdgeTask of sensor ``index`` in the sensors scenario."""
-    x, y = sensors_data(num_edges, num_fogs, seed).parts[index]
+    """The EdgeTask of sensor ``index`` in the sensors scenario (``data``: see digits_task)."""
+    dataset = load_data(str(data)) if data else sensors_data(num_edges, num_fogs, seed)
+    x, y = dataset.parts[index]
     if label_flip:
         y = 2 - y
     return SupervisedTask(sensors_model, torch.from_numpy(x), torch.from_numpy(y),
