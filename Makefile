@@ -49,13 +49,26 @@ simtest: setup
 bench: setup
 	$(PY) benchmarks/digits.py
 
-# hierfl and Flower 1.42 on the same scenarios, one after the other on this machine (~45 min:
-# Flower's deployment runtime takes ~1 min per round). JSON lines in runs/bench/.
-bench-compare: setup
-	benchmarks/install_flower.sh $(VENV)
-	mkdir -p runs/bench
-	$(PY) benchmarks/digits.py | tee runs/bench/hierfl.jsonl
-	$(PY) benchmarks/flower_digits.py --timeout 3600 | tee runs/bench/flower.jsonl
+# hierfl and Flower 1.42 on the same scenarios, interleaved on this machine (benchmarks/README.md):
+# hierfl processes and in-process mode, Flower's simulation engine and its deployment runtime,
+# each run in a fresh process. Flower runs in its own venv ($(FLOWER_VENV), made here: torch pin
+# first, hierfl, then flwr[simulation] via install_flower.sh), so hierfl's venv is never changed.
+# ~10 min with COMPARE_ARGS=--skip-deployment; Flower's deployment runtime adds ~40 min
+# (~1 min per round; COMPARE_ARGS="--deployment-rounds 3" runs 3 rounds of it per scenario).
+# JSON lines in runs/bench/compare-<date>.jsonl.
+FLOWER_VENV  ?= .venv-flower
+COMPARE_ARGS ?=
+$(FLOWER_VENV)/.installed: pyproject.toml benchmarks/install_flower.sh
+	python3 -m venv $(FLOWER_VENV)
+	$(FLOWER_VENV)/bin/python -m pip install -q --upgrade pip
+	$(FLOWER_VENV)/bin/python -m pip install -q "$(TORCH)"
+	$(FLOWER_VENV)/bin/python -m pip install -q -e ".[edge,sim]"
+	benchmarks/install_flower.sh $(FLOWER_VENV) sim
+	touch $@
+
+bench-compare: setup $(FLOWER_VENV)/.installed
+	$(PY) benchmarks/compare.py --hierfl $(HIERFL) --flower-python $(FLOWER_VENV)/bin/python \
+	  $(COMPARE_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache .mypy_cache
