@@ -86,6 +86,13 @@ def register(app: typer.Typer) -> None:
             typer.Option("--insecure", help="turn frame signatures off (security.signing = "
                          "\"off\"): any client of the brokers can forge updates and models"),
         ] = False,
+        zygote: Annotated[
+            bool,
+            typer.Option(help="processes mode: fork the edges from one zygote process that "
+                         "imported torch and loaded the data once (fast start, shared memory; "
+                         "each edge is still its own process); --no-zygote starts every edge "
+                         "as a plain `hierfl edge` process"),
+        ] = True,
         out: Annotated[Path, typer.Option(help="report directory")] = Path("runs/sim"),
         live: Annotated[bool, typer.Option(help="live progress table")] = True,
     ) -> None:
@@ -121,7 +128,7 @@ def register(app: typer.Typer) -> None:
                 model_codec=model_codec,
                 aggregator=aggregator,
                 aggregator_params=json.loads(aggregator_params), attack=attack,
-                byzantine=byzantine, out=out, live=live, security=security,
+                byzantine=byzantine, out=out, live=live, security=security, zygote=zygote,
             )
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc

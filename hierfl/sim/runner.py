@@ -6,6 +6,15 @@ deployable services; the default) or in this process (fast, for tests). An
 :class:`~hierfl.sim.observer.Observer` measures each round from the outside. Every
 process and broker started here is stopped on the way out, Ctrl-C included.
 
+Processes mode forks the edges from an edge zygote (:mod:`hierfl.sim.zygote`; ``SimConfig.zygote``,
+``--no-zygote`` for plain ``hierfl edge`` processes): one process imports torch and the
+edge's modules once and forks one child per edge, each a separate process with its own pid,
+process group, environment, log and MQTT session, stopped like any other child. The zygote is
+started first, so that its imports overlap this process's own start-up (torch for the initial
+model, brokers, provisioning, observer, cloud and fogs, the data file). The scenario's data is
+computed once and written to ``<out>/data.npz``, which every edge reads (no scikit-learn in
+the edges). ``<out>/startup.json`` records when each start-up phase ended and every child's pid.
+
 Security (``SimConfig.security``): every run is provisioned (``hierfl provision``'s API, into
 ``<out>/pki``) and every frame is signed and verified ("signed", the default). "secure" adds
 TLS: the federation is provisioned with a CA, and the sim's own mosquitto serves mutual TLS with
@@ -864,6 +873,12 @@ def _report(cfg: SimConfig, observer: Observer, wall: float, cloud_rss: float | 
     for r in observer.records:
         rejected.update(r.rejected)
     walls = [r.wall_s for r in observer.records]
+    observer_median = (float(np.median(walls[1:] if len(walls) > 1 else walls))
+                       if walls else None)
+    # round time from the tiers' own clocks, as the cloud joined them (hierfl.timeline)
+    from hierfl.sim.timeline_report import timeline_section  # noqa: PLC0415
+
+    timeline = timeline_section(cfg.out / "store")
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     report = {
         "system": f"hierfl-{__version__}",
@@ -876,8 +891,11 @@ def _report(cfg: SimConfig, observer: Observer, wall: float, cloud_rss: float | 
         "totals": {
             "rounds": len(rounds),
             "wall_s": wall,
-            "median_round_s": (float(np.median(walls[1:] if len(walls) > 1 else walls))
-                               if walls else None),
+            # the cloud's own clock (publication of v to publication of v + 1), rounds 2..N
+            "median_round_s": (timeline["median_round_s"] if timeline is not None
+                               else observer_median),
+            # the same seen from outside: an observer reading each new model from Kafka
+            "observer_median_round_s": observer_median,
             "edge_fog_bytes": sum(r.edge_fog_bytes for r in observer.records),
             "fog_cloud_bytes": sum(r.fog_cloud_bytes for r in observer.records),
             "cloud_edge_bytes": sum(r.cloud_edge_bytes for r in observer.records),
@@ -889,15 +907,18 @@ def _report(cfg: SimConfig, observer: Observer, wall: float, cloud_rss: float | 
         "cloud_peak_rss_mb": cloud_rss,
         # processes mode only: each fog's peak RSS (in-process, everything shares one process)
         "fog_peak_rss_mb": dict(fog_rss),
+        # where each round's time went: per-stage spans of every tier, the critical path
+        "timeline": timeline,
     }
     path = cfg.out / "report.json"
     path.write_text(json.dumps(report, indent=2))
     report["report_path"] = str(path)
-    report["plot_path"] = _plot(cfg, observer.records)
+    report["plot_path"] = _plot(cfg, observer.records, timeline)
     return report
 
 
-def _plot(cfg: SimConfig, records: list[RoundRecord]) -> str | None:
+def _plot(cfg: SimConfig, records: list[RoundRecord],
+          timeline: dict[str, Any] | None = None) -> str | None:
     try:
         import matplotlib  # noqa: PLC0415
 
@@ -906,7 +927,8 @@ def _plot(cfg: SimConfig, records: list[RoundRecord]) -> str | None:
     except ImportError:
         return None
     r = [x.round for x in records]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3 if timeline else 2, figsize=(17 if timeline else 11, 4.5))
+    a1, a2 = axes[0], axes[1]
     a1.plot(r, [x.accuracy for x in records], marker="o")
     a1.set_xlabel("round")
     a1.set_ylabel("test accuracy")
@@ -919,6 +941,10 @@ def _plot(cfg: SimConfig, records: list[RoundRecord]) -> str | None:
     a2.set_ylabel("MB per round")
     a2.legend()
     a2.grid(alpha=0.3)
+    if timeline:
+        from hierfl.sim.timeline_report import plot_timeline  # noqa: PLC0415
+
+        plot_timeline(axes[2], timeline)
     fig.tight_layout()
     path = cfg.out / "report.png"
     fig.savefig(path, dpi=100)

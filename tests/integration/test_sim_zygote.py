@@ -20,11 +20,11 @@ pytestmark = pytest.mark.integration
 
 
 def _cfg(tmp_path: Path, mqtt_broker, kafka_broker, unique_id: str, **kw) -> SimConfig:
-    base = dict(scenario="digits", fogs=2, edges=4, rounds=3, k1=1, mode="processes",
-                mqtt_url=mqtt_broker.url, kafka_bootstrap=kafka_broker.bootstrap, out=tmp_path,
-                federation=unique_id, live=False, lr=0.2, round_timeout_s=30.0)
-    base.update(kw)
-    return SimConfig(**base)
+    base = {"scenario": "digits", "fogs": 2, "edges": 4, "rounds": 3, "k1": 1,
+            "mode": "processes", "mqtt_url": mqtt_broker.url,
+            "kafka_bootstrap": kafka_broker.bootstrap, "out": tmp_path,
+            "federation": unique_id, "live": False, "lr": 0.2, "round_timeout_s": 30.0}
+    return SimConfig(**{**base, **kw})
 
 
 def _gone(pid: int, created: float) -> bool:
@@ -98,7 +98,8 @@ def test_the_data_file_holds_the_very_arrays(tmp_path, data):
     write_data(tmp_path / "data.npz", d)
     e = load_data(str(tmp_path / "data.npz"))
     pairs = [(d.x_test, e.x_test), (d.y_test, e.y_test)]
-    pairs += [(a, b) for p, q in zip(d.parts, e.parts, strict=True) for a, b in zip(p, q)]
+    pairs += [(a, b) for p, q in zip(d.parts, e.parts, strict=True)
+              for a, b in zip(p, q, strict=True)]
     for a, b in pairs:
         assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
     with np.load(tmp_path / "data.npz", allow_pickle=False) as f:
