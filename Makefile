@@ -53,8 +53,9 @@ bench: setup
 # hierfl processes and in-process mode, Flower's simulation engine and its deployment runtime,
 # each run in a fresh process. Flower runs in its own venv ($(FLOWER_VENV), made here: torch pin
 # first, hierfl, then flwr[simulation] via install_flower.sh), so hierfl's venv is never changed.
-# ~10 min with COMPARE_ARGS=--skip-deployment; Flower's deployment runtime adds ~40 min
-# (~1 min per round; COMPARE_ARGS="--deployment-rounds 3" runs 3 rounds of it per scenario).
+# A few minutes with COMPARE_ARGS=--skip-deployment (digits-20 alone: ~2 min on 2 cores);
+# Flower's deployment runtime adds ~40 min (~1 min per round; COMPARE_ARGS="--deployment-rounds
+# 3" runs 3 rounds of it per scenario, reported per round).
 # JSON lines in runs/bench/compare-<date>.jsonl.
 FLOWER_VENV  ?= .venv-flower
 COMPARE_ARGS ?=

@@ -368,6 +368,11 @@ def _round(x: Any, nd: int) -> Any:
     return round(x, nd) if isinstance(x, float) else x
 
 
+def _median(xs: list[Any]) -> Any:
+    m = statistics.median(xs)
+    return round(m) if all(isinstance(x, int) for x in xs) else _round(m, 4)
+
+
 # --- the comparison -------------------------------------------------------------------------
 
 def _summary(scenario: str, recs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -377,7 +382,7 @@ def _summary(scenario: str, recs: list[dict[str, Any]]) -> dict[str, Any]:
         ok = [r for r in recs if r["runner"] == system and r.get("ok")]
         if not ok:
             continue
-        med = {k: _round(statistics.median(r[k] for r in ok), 4)
+        med = {k: _median([r[k] for r in ok])
                for k in ("median_round_s", "wall_s", "wall_per_round_s", "final_acc",
                          "uplink_bytes_per_round", "peak_rss_mb", "peak_pss_mb")
                if all(isinstance(r.get(k), int | float) for r in ok)}
