@@ -380,11 +380,15 @@ class _Zygote:
     A reader thread collects the zygote's JSON-line events (forked, exit) from its stdout.
     """
 
-    def __init__(self, log: Path, env: dict[str, str]) -> None:
-        self.log = log
+    def __init__(self, log: Path, env: dict[str, str], tiers: tuple[str, ...] = ("edge",),
+                 label: str = "edge zygote") -> None:
+        self.log, self.label = log, label
+        args = [sys.executable, "-m", "hierfl.sim.zygote"]
+        for tier in tiers:
+            args += ["hierfl", tier]
         with log.open("ab") as f:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hierfl.sim.zygote", "hierfl", "edge"], env=env,
+                args, env=env,
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=f,
                 start_new_session=True,
             )
@@ -434,9 +438,9 @@ class _Zygote:
         """Wait for the zygote's imports; its ``ready`` event (``threads``: 1 when fork-safe)."""
         with self._cond:
             if not self._cond.wait_for(lambda: self._ready is not None or self._eof, timeout):
-                raise RuntimeError(f"the edge zygote did not get ready in {timeout:g} s")
+                raise RuntimeError(f"the {self.label} did not get ready in {timeout:g} s")
             if self._ready is None:
-                raise RuntimeError("the edge zygote exited before it was ready:\n"
+                raise RuntimeError(f"the {self.label} exited before it was ready:\n"
                                    + self.log.read_text()[-2000:])
             return self._ready
 
@@ -453,13 +457,13 @@ class _Zygote:
                 lambda: self._eof or all(n in self._forked for n in names), timeout)
             missing = [n for n in names if n not in self._forked]
             if not done or missing:
-                raise RuntimeError(f"the edge zygote did not fork {', '.join(missing)}:\n"
+                raise RuntimeError(f"the {self.label} did not fork {', '.join(missing)}:\n"
                                    + self.log.read_text()[-2000:])
             out = {}
             for n in names:
                 ev = self._forked[n]
                 if ev["ev"] == "error":
-                    raise RuntimeError(f"the edge zygote could not fork {n}: {ev['error']}")
+                    raise RuntimeError(f"the {self.label} could not fork {n}: {ev['error']}")
                 out[n] = _Forked(self, n, int(ev["pid"]))
             return out
 
@@ -493,12 +497,13 @@ class _Processes:
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen[bytes] | _Forked] = {}
-        self.zygote: _Zygote | None = None
+        self.zygote: _Zygote | None = None  # the edges'
+        self.tier_zygote: _Zygote | None = None  # the cloud's and the fogs'
         self.startup: dict[str, float] = {}  # phase -> time.monotonic() (see write_startup)
 
     def mark(self, phase: str) -> None:
-        """Record when a start-up phase ended."""
-        self.startup[phase] = time.monotonic()
+        """Record when a start-up phase ended (the first time it did)."""
+        self.startup.setdefault(phase, time.monotonic())
 
     def write_startup(self, path: Path) -> None:
         """The start-up timeline as JSON: seconds from the run's start to the end of each phase,
@@ -507,6 +512,8 @@ class _Processes:
         out: dict[str, Any] = {k: round(v - t, 3) for k, v in self.startup.items()}
         if self.zygote is not None and self.zygote.ready_event is not None:
             out["zygote_import_s"] = self.zygote.ready_event.get("import_s")
+        if self.tier_zygote is not None and self.tier_zygote.ready_event is not None:
+            out["tier_zygote_import_s"] = self.tier_zygote.ready_event.get("import_s")
         out["pids"] = self.pids()
         path.write_text(json.dumps(out, indent=1))
 
@@ -520,9 +527,30 @@ class _Processes:
                 start_new_session=True
             )
 
-    def start_zygote(self, log: Path) -> None:
-        """Start the edge zygote now (it imports torch while the sim does other work)."""
-        self.zygote = _Zygote(log, _child_env({}))
+    def start_zygote(self, log_dir: Path) -> None:
+        """Start the zygotes now (they import while the sim does other work): the edges' (torch)
+        and the cloud's and fogs' (no torch); their own output goes to ``zygote-*.log``."""
+        self.zygote = _Zygote(log_dir / "zygote-edge.log", _child_env({}))
+        self.tier_zygote = _Zygote(log_dir / "zygote-tiers.log", _child_env({}),
+                                   tiers=("cloud", "fog"), label="tier zygote")
+
+    def fork_tiers(self, tiers: list[tuple[str, str, dict[str, str]]]) -> bool:
+        """Fork ``(name, "cloud"|"fog", env)`` from the tier zygote; False (nothing forked) when
+        there is none or it is not fork-safe: start them with :meth:`start` then."""
+        z = self.tier_zygote
+        if z is None:
+            return False
+        ready = z.ready()
+        self.mark("tier_zygote_ready")
+        if ready.get("threads", 1) != 1:
+            log.warning("tier zygote has %s threads: starting plain processes",
+                        ready.get("threads"))
+            return False
+        self.procs.update(z.fork_all([
+            {"name": name, "command": [tier], "env": _child_env(env),
+             "log": str(self.log_dir / f"{name}.log")} for name, tier, env in tiers
+        ]))
+        return True
 
     def fork_edges(self, edges: list[tuple[EdgeSettings, dict[str, str], str | None]]) -> bool:
         """Fork ``(settings, env, attack)`` edges from the zygote; False (nothing forked) when
@@ -561,16 +589,18 @@ class _Processes:
             if p.poll() is not None and p.returncode not in (0, -signal.SIGTERM):
                 tail = (self.log_dir / f"{name}.log").read_text()[-2000:]
                 raise RuntimeError(f"{name} exited with {p.returncode}:\n{tail}")
-        z = self.zygote
-        if z is not None and z.proc.poll() is not None and z.proc.returncode != 0:
-            raise RuntimeError(f"the edge zygote exited with {z.proc.returncode}:\n"
-                               + z.log.read_text()[-2000:])
+        for z in (self.zygote, self.tier_zygote):
+            if z is not None and z.proc.poll() is not None and z.proc.returncode != 0:
+                raise RuntimeError(f"the {z.label} exited with {z.proc.returncode}:\n"
+                                   + z.log.read_text()[-2000:])
 
     def pids(self) -> dict[str, int]:
-        """Name -> pid of every child started (the zygote as ``"zygote"``)."""
+        """Name -> pid of every child started (the zygotes as ``"zygote"``, ``"tier_zygote"``)."""
         out = {name: p.pid for name, p in self.procs.items()}
         if self.zygote is not None:
             out["zygote"] = self.zygote.proc.pid
+        if self.tier_zygote is not None:
+            out["tier_zygote"] = self.tier_zygote.proc.pid
         return out
 
     def close(self) -> None:
@@ -584,8 +614,9 @@ class _Processes:
             except subprocess.TimeoutExpired:
                 _signal(p, signal.SIGKILL)
                 p.wait(timeout=5)
-        if self.zygote is not None:
-            self.zygote.close()
+        for z in (self.zygote, self.tier_zygote):
+            if z is not None:
+                z.close()
 
 
 def _signal(p: subprocess.Popen[bytes] | _Forked, sig: int) -> None:
@@ -676,8 +707,8 @@ async def _run(cfg: SimConfig, on_round: Callable[[RoundRecord], None] | None,
     procs = _Processes(cfg.out / "logs")
     procs.mark("run")
     if cfg.mode == "processes" and cfg.zygote:
-        procs.start_zygote(cfg.out / "zygote.log")
-        procs.mark("zygote_spawned")
+        procs.start_zygote(cfg.out)
+        procs.mark("zygotes_spawned")
     try:
         return await _run_started(cfg, on_round, on_start, notes, procs)
     finally:
@@ -704,8 +735,9 @@ async def _run_started(cfg: SimConfig, on_round: Callable[[RoundRecord], None] |
     if store.exists():
         for p in store.iterdir():
             p.unlink()
-    _write_initial(cfg, cfg.out / "initial.npz")
-    procs.mark("initial_model")
+    if cfg.mode != "processes":
+        _write_initial(cfg, cfg.out / "initial.npz")
+    # processes: the initial model is written while the fogs start (see below)
     t0 = time.monotonic()
     if not cfg.signed:
         log.warning("hierfl sim --insecure: frames are NOT signed; any client of the brokers "
@@ -737,10 +769,21 @@ async def _run_started(cfg: SimConfig, on_round: Callable[[RoundRecord], None] |
         try:
             try:
                 if cfg.mode == "processes":
-                    procs.start("cloud", "cloud", _env(cloud_s))
-                    for fs in fog_s:
-                        procs.start(fs.fog_id, "fog", _env(fs))
-                    procs.mark("cloud_fogs_started")
+                    # the fogs need no initial model: they start while this process imports
+                    # torch and writes it; the cloud reads it when it starts
+                    initial = asyncio.create_task(asyncio.to_thread(
+                        _write_initial, cfg, cfg.out / "initial.npz"))
+                    fogs = [(fs.fog_id, "fog", _env(fs)) for fs in fog_s]
+                    if not await asyncio.to_thread(procs.fork_tiers, fogs):
+                        for name, tier, env in fogs:
+                            procs.start(name, tier, env)
+                    procs.mark("fogs_started")
+                    await initial
+                    procs.mark("initial_model")
+                    cloud = [("cloud", "cloud", _env(cloud_s))]
+                    if not await asyncio.to_thread(procs.fork_tiers, cloud):
+                        procs.start("cloud", "cloud", cloud[0][2])
+                    procs.mark("cloud_started")
                     await asyncio.to_thread(_write_data, cfg)  # while they import
                     procs.mark("data_written")
                     edges: list[tuple[EdgeSettings, dict[str, str], str | None]] = []

@@ -31,7 +31,10 @@ when it failed), and ``{"ev": "exit", "name": ..., "pid": ..., "code": ...}`` wh
 ends (``code`` as :attr:`subprocess.Popen.returncode`: negative for a signal). At end of
 input or on SIGTERM the zygote forks no more, reaps its remaining children and exits.
 
-Usage (by the sim): ``python -m hierfl.sim.zygote hierfl edge``.
+Usage (by the sim): ``python -m hierfl.sim.zygote hierfl edge`` (the edge zygote) and
+``python -m hierfl.sim.zygote hierfl cloud hierfl fog`` (the tier zygote: the same for the
+cloud and the fogs, without torch; their children run ``hierfl cloud|fog``'s command
+functions). The arguments name the commands its children run.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PRELOAD", "main", "preload_modules"]
+__all__ = ["PRELOAD", "PRELOAD_TIERS", "main", "preload_modules"]
 
 PRELOAD = (
     "torch",
@@ -67,14 +70,31 @@ PRELOAD = (
     "hierfl.sim.scenarios",
     "rich.logging",
 )
-"""Modules the zygote imports before it forks (what ``hierfl edge`` would import)."""
+"""Modules the edge zygote imports before it forks (what ``hierfl edge`` would import)."""
+
+PRELOAD_TIERS = (
+    "asyncio",
+    "hierfl.cli",
+    "hierfl.process",
+    "hierfl.config",
+    "hierfl._memory",
+    "hierfl.metrics",
+    "hierfl.cloud.service",
+    "hierfl.fog.service",
+    "hierfl.transport.kafka",
+    "hierfl.transport.mqtt",
+    "rich.logging",
+)
+"""Modules the tier zygote (``hierfl cloud``, ``hierfl fog``; no torch) imports."""
+
+_TIERS = ("edge", "cloud", "fog")
 
 _CHILDREN: dict[int, str] = {}
 
 
-def preload_modules() -> None:
-    """Import :data:`PRELOAD` (and nothing that starts a thread or runs a torch op)."""
-    for name in PRELOAD:
+def preload_modules(modules: tuple[str, ...] = PRELOAD) -> None:
+    """Import ``modules`` (nothing that starts a thread or runs a torch op)."""
+    for name in modules:
         importlib.import_module(name)
 
 
@@ -131,19 +151,21 @@ def _child(req: dict[str, Any], wake: tuple[int, int]) -> int:
     os.environ.clear()
     os.environ.update(req["env"])
     command = list(req["command"])
-    sys.argv = ["hierfl", *command] if command[0] == "edge" else ["hierfl.sim.attacks",
+    sys.argv = ["hierfl", *command] if command[0] in _TIERS else ["hierfl.sim.attacks",
                                                                    *command[1:]]
-    _set_name(f"edge-{req['name']}")
-    gc.enable()  # the zygote's objects stay frozen (gc.freeze): only the edge's own are collected
-    import torch  # noqa: PLC0415
+    _set_name(f"{command[0] if command[0] in _TIERS else 'edge'}-{req['name']}")
+    gc.enable()  # the zygote's objects stay frozen (gc.freeze): only the child's own are collected
     from typer import Exit as TyperExit  # noqa: PLC0415
 
-    torch.set_num_threads(1)
-    try:
-        if command[0] == "edge":
-            from hierfl.cli import edge  # noqa: PLC0415
+    if "torch" in sys.modules:
+        import torch  # noqa: PLC0415
 
-            edge(None)
+        torch.set_num_threads(1)
+    try:
+        if command[0] in _TIERS:
+            from hierfl import cli  # noqa: PLC0415
+
+            getattr(cli, command[0])(None)  # hierfl edge|cloud|fog's command function
         else:
             from hierfl.sim.attacks import main as attack  # noqa: PLC0415
 
@@ -212,7 +234,7 @@ def main() -> None:
     """Serve fork requests from stdin until end of input or SIGTERM (see the module docstring)."""
     started = time.monotonic()
     gc.disable()  # no collection while importing: objects stay packed, pages stay shared
-    preload_modules()
+    preload_modules(PRELOAD if "edge" in sys.argv[1:] else PRELOAD_TIERS)
     gc.freeze()  # what was imported is never traversed by a child's collector (no COW)
     wake = os.pipe()
     for fd in wake:

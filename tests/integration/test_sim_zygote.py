@@ -54,12 +54,14 @@ async def test_processes_sim_forks_every_edge_from_the_zygote(mqtt_broker, kafka
     startup = json.loads((tmp_path / "startup.json").read_text())
     assert "edges_forked" in startup and "edges_started" not in startup
     edges = {f"e{i:03d}" for i in range(4)}
-    assert set(seen) == edges | {"cloud", "fog0", "fog1", "zygote"}
-    zygote = seen["zygote"][0]
+    assert set(seen) == edges | {"cloud", "fog0", "fog1", "zygote", "tier_zygote"}
+    zygote, tier_zygote = seen["zygote"][0], seen["tier_zygote"][0]
     pids = [seen[e][0] for e in edges]
     assert len(set(pids)) == 4 and zygote not in pids and os.getpid() not in pids
-    assert all(seen[e][1] == zygote for e in edges)  # forked by the zygote
-    assert seen["cloud"][1] == os.getpid() and seen["zygote"][1] == os.getpid()
+    assert all(seen[e][1] == zygote for e in edges)  # forked by the edge zygote
+    assert all(seen[t][1] == tier_zygote for t in ("cloud", "fog0", "fog1"))
+    assert len({seen[t][0] for t in ("cloud", "fog0", "fog1")}) == 3
+    assert seen["zygote"][1] == os.getpid() and seen["tier_zygote"][1] == os.getpid()
     for e in edges:  # each its own log, written by its own process
         assert "connected to mqtt" in (tmp_path / "logs" / f"{e}.log").read_text()
     # stopped: every child, by pid
@@ -83,13 +85,26 @@ async def test_a_crashed_forked_edge_is_reported_and_everything_stops(mqtt_broke
     assert seen and all(_gone(pid, created) for pid, created in seen.values()), seen
 
 
+async def test_a_crashed_forked_fog_is_reported(mqtt_broker, kafka_broker, tmp_path, unique_id):
+    cfg = _cfg(tmp_path, mqtt_broker, kafka_broker, unique_id, rounds=1000)
+
+    def on_round(rec):
+        if rec.round == 1:
+            os.kill(json.loads((tmp_path / "startup.json").read_text())["pids"]["fog1"],
+                    signal.SIGKILL)
+
+    with pytest.raises(RuntimeError, match=r"fog1 exited with -9"):
+        await run_sim_async(cfg, on_round=on_round)
+
+
 async def test_plain_processes_without_the_zygote(mqtt_broker, kafka_broker, tmp_path, unique_id):
     cfg = _cfg(tmp_path, mqtt_broker, kafka_broker, unique_id, fogs=1, edges=2, rounds=1,
                zygote=False)
     report = await run_sim_async(cfg)
     assert len(report["rounds"]) == 1
     startup = json.loads((tmp_path / "startup.json").read_text())
-    assert "edges_started" in startup and "zygote" not in startup["pids"]
+    assert "edges_started" in startup
+    assert "zygote" not in startup["pids"] and "tier_zygote" not in startup["pids"]
 
 
 @pytest.mark.parametrize("data", [lambda: digits_data(20, 0), lambda: sensors_data(20, 4, 0)])
