@@ -661,6 +661,12 @@ class CloudSettings(_TierSettings):
     max_versions: int | None = Field(None, ge=1, description="stop after producing this version")
     keep_versions: int | None = Field(None, ge=1, description="prune older checkpoints")
     model_codec: str = Field("raw", description="codec of the global model fan-out")
+    timeline: bool = Field(True, description="write each round's timeline (every tier's spans) "
+                           "to <store_dir>/timeline.jsonl")
+    timeline_keep: int = Field(1000, ge=1, description="rounds kept in timeline.jsonl")
+    otel: bool = Field(True, description="also emit each round as an OpenTelemetry trace when "
+                       "the opentelemetry API is installed (hierfl[otel]); the exporter is the "
+                       "embedding program's choice")
 
     @field_validator("model_codec")
     @classmethod

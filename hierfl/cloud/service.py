@@ -31,6 +31,7 @@ from hierfl.offload import Steps, offload
 from hierfl.ratelimit import REJECT_LOG_INTERVAL_S, LogThrottle, suppressed_note
 from hierfl.security.tier import tier_security
 from hierfl.security.trust import TrustStore, cloud_party
+from hierfl.timeline import Timeline, TimelineLog, build, emit_otel, from_wire, otel_available
 from hierfl.transport.base import FrameConsumer, FrameProducer, Inbound
 from hierfl.transport.factory import BrokerTransports, Transports
 from hierfl.transport.reconnect import Link, reconnect_loop
@@ -104,6 +105,13 @@ class CloudService:
         self._latest: Checkpoint = ckpt
         self._steps = Steps()  # round steps a reconnect cannot cut in half
         self._published_version = -1
+        # every tier's spans per version; one RoundTimeline per round (hierfl.timeline)
+        self.timeline = Timeline("cloud", keep=4)
+        self._publish_started: dict[int, float] = {}
+        self._timeline_log = (TimelineLog(settings.store_dir / "timeline.jsonl",
+                                          settings.timeline_keep) if settings.timeline else None)
+        self._otel = settings.otel and otel_available()
+        self.last_timeline: Any = None  # the newest RoundTimeline
         self._connection = 0  # bumped on every (re)connection: commit positions name it
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
@@ -167,11 +175,11 @@ class CloudService:
             if self._done():
                 self.finished.set()
                 return
-            queue: asyncio.Queue[Inbound] = asyncio.Queue(maxsize=1024)
+            queue: asyncio.Queue[tuple[Inbound, float]] = asyncio.Queue(maxsize=1024)
 
             async def ingest() -> None:
                 async for inbound in consumer.messages():
-                    await queue.put(inbound)
+                    await queue.put((inbound, time.time()))
 
             async def core() -> None:
                 while not self._done():
@@ -179,13 +187,16 @@ class CloudService:
                     timeout = None if deadline is None else max(0.0, deadline - self.clock())
                     try:
                         async with asyncio.timeout(timeout):
-                            inbound = await queue.get()
+                            inbound, arrived = await queue.get()
                     except TimeoutError:
-                        actions = await self._steps.run(self._carry_out_saves(
-                            self.round.on_tick(self.clock())))
+                        version, started = self.round.version, time.time()
+                        new = self.round.on_tick(self.clock())
+                        if any(isinstance(a, NewGlobal) for a in new):
+                            self.timeline.add("cloud.combine", version, started, time.time())
+                        actions = await self._steps.run(self._carry_out_saves(new))
                         await self._carry_out(actions, producer)
                         continue
-                    await self._handle(inbound, producer, consumer)
+                    await self._handle(inbound, producer, consumer, arrived)
                 self.finished.set()
 
             tasks: list[asyncio.Task[None]] = []
@@ -207,8 +218,10 @@ class CloudService:
         inbound: Inbound,
         producer: FrameProducer,
         consumer: FrameConsumer,
+        arrived: float | None = None,
     ) -> None:
         self.metrics.inc("received")
+        started = time.time()
         position = (self._connection, inbound)
         if inbound.error is not None or not inbound.payload:
             self._reject(inbound.error or WireFormatError("empty record"), inbound)
@@ -226,7 +239,14 @@ class CloudService:
                 raise WireFormatError(f"a {type(frame).__name__} on the aggregates topic")
             if self.security.trust is not None:
                 await offload(_check_provenance, self.security.trust, frame)
+            fog, v = frame.fog_id, frame.base_version
+            decoded = time.time()
             actions = await self._steps.run(self._accept(frame, verified.sig, position))
+            tl = self.timeline
+            tl.add("cloud.aggregate_in", v, arrived or started, party=fog)
+            tl.add("cloud.decode", v, started, decoded, party=fog)
+            for span in from_wire(frame.timing, sender=fog, version=v, prefix=f"{fog}/"):
+                tl.add(span.name, v, span.start, span.end, party=span.party)
         except HierflError as exc:
             self._reject(exc, inbound)
             # nothing held: the round says to skip the bad record for good
@@ -243,7 +263,10 @@ class CloudService:
         Raises:
             HierflError: the round refused the aggregate.
         """
+        started = time.time()
         actions = await offload(self.round.on_aggregate, frame, self.clock(), position)
+        if any(isinstance(a, NewGlobal) for a in actions):
+            self.timeline.add("cloud.combine", frame.base_version, started, time.time())
         self.metrics.inc("accepted")
         if sig is not None:
             self._sigs[frame.fog_id] = sig
@@ -288,10 +311,13 @@ class CloudService:
                        else self.security.verifier.replay.snapshot()),
         }
         signer = self.security.signer
+        started = time.time()
         ckpt = await offload(
             self.store.save, new.version, new.weights, self.round.layout, meta,
             sign=None if signer is None else signer.sign_record,
         )
+        base = new.parent if new.parent is not None else new.version - 1
+        self.timeline.add("cloud.checkpoint", base, started, time.time())
         self._latest = ckpt
         self.metrics.inc("versions")
         log.info("cloud: v%d from %d fogs / %d edges%s", new.version, meta["num_fogs"],
@@ -318,6 +344,10 @@ class CloudService:
 
     async def _publish(self, producer: FrameProducer, ckpt: Checkpoint) -> None:
         s = self.settings
+        started = time.time()
+        first = ckpt.version not in self._publish_started
+        if first:
+            self._close_timeline(ckpt.version, started)
         frame = ModelFrame(
             federation=s.federation,
             version=ckpt.version,
@@ -333,6 +363,27 @@ class CloudService:
                                   frame=data)
         self._published_version = ckpt.version
         self.metrics.inc("bytes_down", len(data))
+        if first:
+            self.timeline.add("cloud.publish", ckpt.version, started, time.time())
+
+    def _close_timeline(self, version: int, started: float) -> None:
+        """Version ``version`` is about to go out: the round that built it, from the previous
+        version's publication to now, is complete. Write it, and emit it (OpenTelemetry)."""
+        self._publish_started[version] = started
+        while len(self._publish_started) > 4:
+            del self._publish_started[min(self._publish_started)]
+        prev = max((v for v in self._publish_started if v < version), default=None)
+        if prev is None:
+            return
+        rt = build(prev, self.timeline.take(prev), self._publish_started[prev], started)
+        self.last_timeline = rt
+        if self._timeline_log is not None:
+            self._timeline_log.append(rt)
+        if self._otel:
+            try:
+                emit_otel(rt, self.settings.federation)
+            except Exception as exc:  # noqa: BLE001 - an exporter's failure is not the cloud's
+                log.warning("cloud: OpenTelemetry export of round v%d failed: %s", prev, exc)
 
     def _reject(self, exc: HierflError, inbound: Inbound) -> None:
         self.metrics.reject(exc.reason)  # exact; the log is at most one line per reason per 10 s

@@ -35,12 +35,13 @@ from hierfl.offload import offload
 from hierfl.ratelimit import REJECT_LOG_INTERVAL_S, LogThrottle, suppressed_note
 from hierfl.security.tier import tier_security
 from hierfl.security.trust import edge_party
+from hierfl.timeline import Timeline
 from hierfl.transport.base import MqttLink
 from hierfl.transport.factory import BrokerTransports, Transports
 from hierfl.transport.reconnect import Link, reconnect_loop
 from hierfl.types import Float32Vector
 from hierfl.wire.codec import encode_frame
-from hierfl.wire.frames import ModelFrame, UpdateFrame
+from hierfl.wire.frames import ModelFrame, TimingSpan, UpdateFrame
 
 if TYPE_CHECKING:
     from hierfl.edge.trainer import EdgeTask
@@ -109,6 +110,10 @@ class EdgeClient:
         self._sent_on = 0  # the connection the last update was sent on, or re-sent on
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
+        # this edge's spans per round (hierfl.timeline): sent with each update
+        self.timeline = Timeline(f"{settings.fog_id}/{settings.edge_id}", keep=4)
+        # (version, seq) -> (arrived, decoded) of the model the trainer will take next
+        self._received: dict[tuple[int, int], tuple[float, float]] = {}
 
     def stop(self) -> None:
         """Ask :meth:`run` to return."""
@@ -169,6 +174,7 @@ class EdgeClient:
         throttle = LogThrottle(REJECT_LOG_INTERVAL_S)  # one line per reason per 10 s
         delta_topic = topics.model_delta(s.federation, s.fog_id)
         async for inbound in mqtt.messages():
+            arrived = time.time()
             kind = DELTA if inbound.topic == delta_topic else FULL
             self.metrics.inc("bytes_down", len(inbound.payload))
             self.metrics.inc(f"bytes_down_{kind}", len(inbound.payload))
@@ -193,6 +199,7 @@ class EdgeClient:
                 model = None
             await self._sync_subscriptions(mqtt, feed)
             if model is not None:
+                self._received = {(model.version, model.seq): (arrived, time.time())}
                 self.metrics.inc("models_from_delta" if kind == DELTA and model is not frame
                                  else "models_from_full")
                 self._latest = model
@@ -217,8 +224,17 @@ class EdgeClient:
             frame = self._latest
             if frame is None or (frame.version, frame.seq) == self._trained:
                 continue
+            started = time.time()
+            # exactly five spans per update (receive, decode, wait, train, encode), whatever
+            # arrived meanwhile: the frame's size is the same run to run
+            arrived, decoded = self._received.get((frame.version, frame.seq), (started, started))
+            self.timeline.take(frame.version)  # spans of an earlier model of this version
+            self.timeline.add("edge.receive", frame.version, arrived)
+            self.timeline.add("edge.decode", frame.version, arrived, decoded)
+            self.timeline.add("edge.wait", frame.version, decoded, started)
             try:
                 update = await offload(self._train_on, frame)
+                self.timeline.add("edge.train", frame.version, started, time.time())
                 data, sent = await offload(self._encode, update)
             except HierflError as exc:
                 self.metrics.reject(exc.reason)
@@ -275,13 +291,21 @@ class EdgeClient:
         against (not a re-encoding of their decoded vector, which a stochastic codec would
         round differently).
         """
+        started = time.time()
+        version = update.base_version
+
+        def timing() -> tuple[TimingSpan, ...]:
+            # called by encode_frame once the body is compressed: the encode span covers it
+            self.timeline.add("edge.encode", version, started, time.time())
+            return self.timeline.wire(version, own_party=self.timeline.party)
+
         if self.feedback is None:
             return encode_frame(update, codec=_codec(self.settings.codec),
-                                signer=self.security.signer), None
+                                signer=self.security.signer, timing=timing), None
         fields, sent = self.feedback.compress(update.delta, update.base_version)
         frame = dataclasses.replace(update, delta=sent)
         return encode_frame(frame, codec=PreEncoded(fields, sent),
-                            signer=self.security.signer), sent
+                            signer=self.security.signer, timing=timing), sent
 
     def _train_on(self, frame: ModelFrame) -> UpdateFrame:
         base = frame.weights

@@ -51,12 +51,19 @@ from hierfl.offload import Steps, offload
 from hierfl.ratelimit import REJECT_LOG_INTERVAL_S, LogThrottle, suppressed_note
 from hierfl.security.tier import tier_security
 from hierfl.security.trust import fog_party
+from hierfl.timeline import Timeline
 from hierfl.transport.base import FrameConsumer, FrameProducer, MqttLink
 from hierfl.transport.factory import BrokerTransports, Transports
 from hierfl.transport.reconnect import Link, reconnect_loop
 from hierfl.wire.codec import decode_frame, encode_frame
 from hierfl.wire.downlink import Downlink, DownlinkMessages
-from hierfl.wire.frames import AggregateFrame, ModelFrame, UpdateFrame
+from hierfl.wire.frames import (
+    MAX_AGGREGATE_TIMING,
+    AggregateFrame,
+    ModelFrame,
+    TimingSpan,
+    UpdateFrame,
+)
 from hierfl.wire.signing import SigBlock, edge_proof
 
 __all__ = ["FogService"]
@@ -71,6 +78,7 @@ class _Event:
     size: int
     raw: bytes = b""
     sig: SigBlock | None = None
+    arrived: float = 0.0  # wall clock, for the round's timeline
 
 
 class FogService:
@@ -148,6 +156,9 @@ class FogService:
         # the model a PublishModel named, and the updates folded in it
         self._folded: tuple[ModelFrame | None, frozenset[tuple[str, int]]] = (None, frozenset())
         self._steps = Steps()  # round steps a reconnect cannot cut in half
+        # this fog's spans and its edges' per global version (hierfl.timeline), sent up with
+        # each aggregate
+        self.timeline = Timeline(s.fog_id, keep=4)
 
     def stop(self) -> None:
         """Ask :meth:`run` to return."""
@@ -359,7 +370,7 @@ class FogService:
             if breaker.quarantined(sender, _now()):
                 self.metrics.reject("flood.quarantined")  # in flight before the unsubscribe
                 continue
-            if not lanes.put(inbound):
+            if not lanes.put(_Arrived(inbound.topic, inbound.payload, time.time())):
                 self.metrics.reject("flood.lane_full")
                 if lanes.has_own_lane(sender):  # it outpaces the judge: a hard refusal
                     self._strike(sender, "flood.lane_full", wake)
@@ -436,9 +447,11 @@ class FogService:
                 # anything is allocated (before the first model, max_params bounds it).
                 limits = dataclasses.replace(base_limits, expected_params=self.round.model_size)
                 # signed: the signature is verified before anything is decompressed
+                started = time.time()
                 verified = await offload(self.security.decode, inbound.payload,
                                                    limits=limits)
                 frame = verified.frame
+                decoded = time.time()
                 if not isinstance(frame, UpdateFrame):
                     raise UnknownSenderError(f"a {type(frame).__name__} on an update topic")
                 if frame.edge_id != parsed.client or frame.fog_id != parsed.fog:
@@ -451,12 +464,17 @@ class FogService:
                 if _hard_refusal(exc.reason):
                     self._strike(sender, exc.reason, wake)
                 continue
+            if isinstance(frame, UpdateFrame):
+                edge, v = frame.edge_id, frame.base_version
+                self.timeline.add("fog.update_in", v, inbound.arrived, party=edge)
+                self.timeline.add("fog.decode", v, started, decoded, party=edge)
             await self._events.put(_Event("update", frame, len(inbound.payload), inbound.payload,
                                           verified.sig))
 
     async def _ingest_models(self, models: FrameConsumer) -> None:
         limits = self.settings.limits.decode_limits()
         async for inbound in models.messages():
+            arrived = time.time()
             if inbound.error is not None or not inbound.payload:
                 self._reject(inbound.error or HierflError("empty"), "kafka:models")
                 continue
@@ -467,6 +485,7 @@ class FogService:
                 self._reject(exc, "kafka:models")
                 continue
             if isinstance(frame, ModelFrame) and frame.scope == "global":
+                self.timeline.add("fog.model_in", frame.version, arrived, time.time())
                 self.metrics.inc("models_received")
                 self.metrics.inc("bytes_down", len(inbound.payload))
                 await self._events.put(_Event("model", frame, len(inbound.payload)))
@@ -512,8 +531,11 @@ class FogService:
                     event = await self._events.get()
             except TimeoutError:
                 # a deadline may close the round, and aggregation runs off the event loop
-                await self._apply(await self._steps.run(offload(self.round.on_tick,
-                                                                self.clock())))
+                version, started = self.round.version, time.time()
+                actions = await self._steps.run(offload(self.round.on_tick, self.clock()))
+                if any(isinstance(a, RoundClosed) for a in actions):
+                    self.timeline.add("fog.aggregate", version, started, time.time())
+                await self._apply(actions)
                 continue
             if event.kind == "model":
                 await self._on_model(event.frame)
@@ -629,11 +651,14 @@ class FogService:
         """
         key = (self.round.version or 0, self.round.seq)
         spooled = None
+        started = time.time()
         if self._spool is not None and raw and not replay:
             await offload(self.round.check_update, frame)  # refused here: no write
             spooled = await offload(self._spool.put, key[0], key[1], frame.edge_id, raw)
+        version = frame.base_version
         try:
             # Aggregation may run here (when this update closes the round): off the loop.
+            admitted = time.time()
             actions = await offload(
                 self.round.on_update, frame, self.clock(), readmit=readmit,
                 proof=None if sig is None else edge_proof(sig, frame.edge_id))
@@ -641,6 +666,17 @@ class FogService:
             if spooled is not None:  # the round moved on while the file was written
                 spooled.unlink(missing_ok=True)
             raise
+        done = time.time()
+        tl = self.timeline
+        # the edge's own spans, then the fog's: admission (checks, spool) and, when this
+        # update closed the round, the aggregation it ran
+        for t in frame.timing:
+            tl.add(t.name, version, t.start, t.end, party=frame.edge_id)
+        closed = any(isinstance(a, RoundClosed) for a in actions)
+        tl.add("fog.admit", version, started, admitted if closed else done,
+               party=frame.edge_id)
+        if closed:
+            tl.add("fog.aggregate", version, admitted, done)
         self.metrics.inc("accepted")
         self._count_for_version("accepted")
         if self.security.verifier is not None and not replay:
@@ -674,6 +710,18 @@ class FogService:
         await self._flush()
         await self._publish_stats()
 
+    def _forward_timing(self, version: int) -> Callable[[], tuple[TimingSpan, ...]]:
+        """The aggregate's timing, read once its body is compressed: the ``fog.forward`` span
+        covers the encoding (the spool write and the send follow it)."""
+        started = time.time()
+
+        def timing() -> tuple[TimingSpan, ...]:
+            self.timeline.add("fog.forward", version, started, time.time())
+            return self.timeline.wire(version, own_party=self.settings.fog_id, take=False,
+                                      limit=MAX_AGGREGATE_TIMING)
+
+        return timing
+
     async def _publish_stats(self, *, force: bool = True) -> None:
         """Publish the counters retained on the fog's stats topic (monitoring, best effort).
 
@@ -698,6 +746,7 @@ class FogService:
         s = self.settings
         if self._to_publish is not None and self._mqtt is not None:
             frame = self._to_publish
+            published = time.time()
             out = self._prepared
             if out is None or out.target is not frame:
                 # Encoded once per model: a retry after a reconnect sends the same bytes.
@@ -717,6 +766,7 @@ class FogService:
             self.metrics.inc("bytes_down_stream", len(out.stream))
             self.metrics.inc("model_deltas_sent" if out.is_delta else "models_streamed_full")
             self._downlink.commit(out)
+            self.timeline.add("fog.publish", frame.version, published, time.time())
             if self._to_publish is frame:
                 self._to_publish = None
         while (agg := self.round.unsent) is not None and self._producer is not None:
@@ -724,7 +774,8 @@ class FogService:
                 data = self._encoded[1]
             else:
                 data = await offload(encode_frame, agg, codec=_codec(s.cloud_codec),
-                                     signer=self.security.signer)
+                                     signer=self.security.signer,
+                                     timing=self._forward_timing(agg.base_version))
                 self._encoded = (agg, data)
             if self._spool is not None and self._stored is not agg:
                 # Durable before it is sent: a fog killed from here on resumes as forwarded
@@ -822,6 +873,15 @@ _HARD_VALIDATION = frozenset({"validation.shape", "validation.sender", "validati
                               "flood.lane_full"})
 _MAX_TRACKED = 4096  # senders whose refusals the breaker remembers (ids may be untrusted)
 _SUBSCRIBE_BATCH = 64  # SUBSCRIBE / UNSUBSCRIBE requests in flight at once
+
+
+@dataclass(frozen=True, slots=True)
+class _Arrived:
+    """An inbound MQTT message and when it arrived (wall clock, for the timeline)."""
+
+    topic: str
+    payload: bytes
+    arrived: float
 
 
 def _now() -> float:

@@ -8,6 +8,9 @@ Layout (all integers little-endian)::
                         other bits must be 0
     offset 6   u16      reserved, 0
     offset 8   u32      body length after decompression
+    (version 3, flag bit 2) u32 meta length m, then m bytes: a plain msgpack map of
+                        ``created_at`` and ``timing`` (the round's spans), outside the
+                        compressed body, so a frame's size never depends on its clock
     offset 12  ...      body: zstd frame (flag set) or plain msgpack map
     (signed)   ...      signature block (msgpack map), then its length as u16: the last
                         two bytes of the frame (:mod:`hierfl.wire.signing`)
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -50,16 +54,19 @@ from hierfl.wire.frames import (
     LayoutEntry,
     ModelDeltaFrame,
     ModelFrame,
+    TimingSpan,
     UpdateFrame,
 )
 from hierfl.wire.tensors import decode_vector, encode_vector
 
 __all__ = [
     "DELTA_FORMAT_VERSION",
+    "FLAG_META",
     "FLAG_SIGNED",
     "FORMAT_VERSION",
     "HEADER_SIZE",
     "MAGIC",
+    "META_FORMAT_VERSION",
     "DecodeLimits",
     "FrameSigner",
     "decode_frame",
@@ -72,9 +79,15 @@ FORMAT_VERSION = 1
 #: Version 2 is version 1 plus the ``model_delta`` kind. Each frame is written with the lowest
 #: version that defines its kind, so v1 receivers keep decoding every frame they knew.
 DELTA_FORMAT_VERSION = 2
-_VERSIONS = (FORMAT_VERSION, DELTA_FORMAT_VERSION)
+#: Version 3 is version 2 plus the meta section (flag bit 2): an update or aggregate that
+#: carries timing spans is written as version 3; every other frame as before.
+META_FORMAT_VERSION = 3
+_VERSIONS = (FORMAT_VERSION, DELTA_FORMAT_VERSION, META_FORMAT_VERSION)
 FLAG_ZSTD = 0x01
 FLAG_SIGNED = 0x02
+FLAG_META = 0x04
+_META_LEN = struct.Struct("<I")
+MAX_META_BYTES = 4 << 20
 _TRAILER_LEN = struct.Struct("<H")
 MAX_SIG_BLOCK = 1024
 _HEADER = struct.Struct("<4sBBHI")
@@ -122,6 +135,7 @@ def encode_frame(
     level: int = 1,
     compress: bool = True,
     signer: FrameSigner | None = None,
+    timing: Callable[[], tuple[TimingSpan, ...]] | None = None,
 ) -> bytes:
     """Serialise a frame to bytes.
 
@@ -132,17 +146,36 @@ def encode_frame(
         level: zstd level (1 is as small as 3 for float deltas and much faster).
         compress: zstd-compress the body (flag bit 0).
         signer: sign the frame (flag bit 1, a signature block after the body).
+        timing: called once the body is compressed, for the frame's timing spans instead of
+            ``frame.timing`` (an encode span that covers the compression: the sender's
+            clock is read as late as it can be).
 
     Returns:
         The frame bytes.
     """
-    body = msgpack.packb(_to_map(frame, codec), use_bin_type=True)
+    fields = _to_map(frame, codec)
+    with_meta = bool(timing is not None or getattr(frame, "timing", ()))
+    created_at = fields.pop("created_at") if with_meta else None
+    body = msgpack.packb(fields, use_bin_type=True)
     flags = 0
     payload = body
     if compress:
         payload = zstandard.ZstdCompressor(level=level, write_content_size=True).compress(body)
         flags |= FLAG_ZSTD
+    meta = b""
+    if with_meta:
+        # the clock readings go outside the compressed body: zstd's entropy coding would make
+        # the frame's size depend on them (bytes must be the same run to run)
+        spans = timing() if timing is not None else frame.timing  # type: ignore[union-attr]
+        meta = msgpack.packb({"created_at": created_at, "timing": [
+            [t.name, t.party, float(t.start), float(t.end)] for t in spans]}, use_bin_type=True)
+        if len(meta) > MAX_META_BYTES:
+            raise WireFormatError(f"meta section of {len(meta)} bytes exceeds {MAX_META_BYTES}")
     version = DELTA_FORMAT_VERSION if isinstance(frame, ModelDeltaFrame) else FORMAT_VERSION
+    if meta:
+        version = META_FORMAT_VERSION
+        flags |= FLAG_META
+        payload = b"".join((_META_LEN.pack(len(meta)), meta, payload))
     if signer is None:
         return _HEADER.pack(MAGIC, version, flags, 0, len(body)) + payload
     header = _HEADER.pack(MAGIC, version, flags | FLAG_SIGNED, 0, len(body))
@@ -166,7 +199,8 @@ def split_signed(data: bytes | memoryview) -> tuple[memoryview, memoryview | Non
     if view[:4] != MAGIC:
         raise UnsupportedVersionError(f"bad magic {bytes(view[:4])!r}: not a hierfl frame")
     if view[4] not in _VERSIONS:
-        raise UnsupportedVersionError(f"format version {view[4]} is not supported (want 1 or 2)")
+        raise UnsupportedVersionError(
+            f"format version {view[4]} is not supported (want 1, 2 or 3)")
     if not view[5] & FLAG_SIGNED:
         return view, None
     if len(view) < HEADER_SIZE + _TRAILER_LEN.size:
@@ -218,18 +252,60 @@ def _decode(data: bytes | memoryview, limits: DecodeLimits) -> Frame:
     if magic != MAGIC:
         raise UnsupportedVersionError(f"bad magic {bytes(magic)!r}: not a hierfl frame")
     if version not in _VERSIONS:
-        raise UnsupportedVersionError(f"format version {version} is not supported (want 1 or 2)")
-    if flags & ~(FLAG_ZSTD | FLAG_SIGNED) or reserved:
+        raise UnsupportedVersionError(
+            f"format version {version} is not supported (want 1, 2 or 3)")
+    if flags & ~(FLAG_ZSTD | FLAG_SIGNED | FLAG_META) or reserved:
         raise UnsupportedVersionError(f"unknown flags {flags:#x} / reserved {reserved:#x}")
+    if bool(flags & FLAG_META) != (version == META_FORMAT_VERSION):
+        raise UnsupportedVersionError("the meta section (flag bit 2) comes with format "
+                                      "version 3, and only with it")
     if body_len > limits.max_body_bytes:
         raise FrameTooLargeError(
             f"declared body of {body_len} bytes exceeds the limit of {limits.max_body_bytes}"
         )
     payload = memoryview(data)[HEADER_SIZE:]  # no copy of a multi-megabyte frame
+    meta = None
+    if flags & FLAG_META:
+        meta, payload = _split_meta(payload)
     body = _decompress(payload, body_len) if flags & FLAG_ZSTD else payload
     if len(body) != body_len:
         raise WireFormatError(f"body is {len(body)} bytes, header declares {body_len}")
-    return _from_map(_unpack(body, limits), limits, version)
+    fields = _unpack(body, limits)
+    if meta is not None:
+        if "created_at" in fields or "timing" in fields:
+            raise FrameFieldError("created_at", "a version-3 frame keeps it in the meta section")
+        fields["created_at"] = meta["created_at"]
+    return _from_map(fields, limits, version, timing=meta["timing"] if meta else None)
+
+
+def _split_meta(payload: memoryview) -> tuple[dict[str, Any], memoryview]:
+    """``(meta map, rest of the payload)``: the meta section is bounded and strict."""
+    if len(payload) < _META_LEN.size:
+        raise WireFormatError("frame too short for its meta section")
+    (n,) = _META_LEN.unpack_from(payload)
+    if n > MAX_META_BYTES or n > len(payload) - _META_LEN.size:
+        raise FrameTooLargeError(f"meta section of {n} bytes is not plausible")
+    raw = payload[_META_LEN.size : _META_LEN.size + n]
+    try:
+        meta = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True,
+                               max_bin_len=0, max_str_len=256, max_array_len=100_000,
+                               max_map_len=8, max_ext_len=0)
+    except (msgpack.UnpackException, ValueError, TypeError) as exc:
+        raise WireFormatError(f"meta section is not valid msgpack: {exc}") from exc
+    if not isinstance(meta, dict) or set(meta) != {"created_at", "timing"}:
+        raise FrameFieldError("meta", "expected exactly created_at and timing")
+    if not isinstance(meta["timing"], list):
+        raise FrameFieldError("timing", "expected a list of spans")
+    return meta, payload[_META_LEN.size + n :]
+
+
+def _timing(items: list[Any]) -> tuple[TimingSpan, ...]:
+    out = []
+    for item in items:
+        if not (isinstance(item, list) and len(item) == 4):
+            raise FrameFieldError("timing", "expected [name, party, start, end] spans")
+        out.append(TimingSpan(*item))
+    return tuple(out)
 
 
 def _decompress(payload: memoryview, body_len: int) -> bytes:
@@ -354,18 +430,24 @@ def _provenance(items: object) -> tuple[EdgeProof, ...]:
     return tuple(out)
 
 
-def _from_map(m: dict[str, Any], limits: DecodeLimits, version: int = FORMAT_VERSION) -> Frame:
+def _from_map(m: dict[str, Any], limits: DecodeLimits, version: int = FORMAT_VERSION, *,
+              timing: list[Any] | None = None) -> Frame:
     kind = m.get("kind")
     if not isinstance(kind, str) or kind not in _REQUIRED:
         raise FrameFieldError("kind", f"expected one of {sorted(_REQUIRED)}, got {kind!r}")
     if kind == ModelDeltaFrame.KIND and version < DELTA_FORMAT_VERSION:
         raise FrameFieldError("kind", "model_delta needs format version 2")
+    if timing is not None and kind not in ("update", "aggregate"):
+        raise FrameFieldError("timing", f"a {kind} frame carries no timing")
+
     for key in (*_COMMON, *_REQUIRED[kind]):
         if key not in m:
             raise FrameFieldError(key, "missing")
     extra = set(m) - set(_COMMON) - set(_REQUIRED[kind]) - set(_OPTIONAL.get(kind, ())) - {"sig"}
     if extra:
         raise FrameFieldError(sorted(map(str, extra))[0], "unknown field")
+    if timing is not None:
+        m = m | {"timing": _timing(timing)}
     common = {"federation": m["federation"], "created_at": m["created_at"], "metrics": m["metrics"]}
     if kind == "update":
         return UpdateFrame(
@@ -375,6 +457,7 @@ def _from_map(m: dict[str, Any], limits: DecodeLimits, version: int = FORMAT_VER
             base_seq=m["base_seq"],
             num_samples=m["num_samples"],
             delta=_vector(m["delta"], limits, "delta"),
+            timing=m.get("timing", ()),
             **common,
         )
     if kind == "aggregate":
@@ -389,6 +472,7 @@ def _from_map(m: dict[str, Any], limits: DecodeLimits, version: int = FORMAT_VER
             fog_rounds=m["fog_rounds"],
             provenance=_provenance(m.get("provenance", [])),
             delta=_vector(m["delta"], limits, "delta"),
+            timing=m.get("timing", ()),
             **common,
         )
     if kind == "model_delta":

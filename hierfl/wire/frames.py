@@ -30,6 +30,7 @@ __all__ = [
     "LayoutEntry",
     "ModelDeltaFrame",
     "ModelFrame",
+    "TimingSpan",
     "UpdateFrame",
     "weights_digest",
 ]
@@ -37,6 +38,10 @@ __all__ = [
 MAX_METRICS = 64
 MAX_CONTRIBUTORS = 100_000
 MAX_LAYOUT = 4096
+#: spans an update may carry (its edge's own), and an aggregate (its fog's and its edges')
+MAX_UPDATE_TIMING = 32
+MAX_AGGREGATE_TIMING = 20_000
+_MAX_SPAN_NAME = 32
 _MAX_ID = 64
 _MAX_NAME = 256
 DIGEST_BYTES = 16
@@ -110,6 +115,41 @@ class LayoutEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class TimingSpan:
+    """One stage of a round as the tier that ran it measured it, on its own wall clock
+    (:mod:`hierfl.timeline`): ``name`` (``train``, ``aggregate``...), ``party`` (``""``: the
+    frame's sender; in an aggregate, an edge id for the spans its edges reported), ``start``
+    and ``end`` in seconds since the epoch. Telemetry only: nothing decides on it.
+    """
+
+    name: str
+    party: str
+    start: float
+    end: float
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not 1 <= len(self.name) <= _MAX_SPAN_NAME or not all(
+            c.isascii() and (c.isalnum() or c in "_-.") for c in self.name
+        ):
+            raise FrameFieldError("timing.name",
+                                  f"expected 1-{_MAX_SPAN_NAME} of A-Z a-z 0-9 _ - .")
+        if self.party != "":
+            _check_id("timing.party", self.party)
+        _check_float("timing.start", self.start)
+        _check_float("timing.end", self.end)
+        if self.end < self.start:
+            raise FrameFieldError("timing.end", "a span ends before it starts")
+
+
+def _check_timing(value: object, limit: int) -> None:
+    if not isinstance(value, tuple) or len(value) > limit:
+        raise FrameFieldError("timing", f"expected at most {limit} spans")
+    for span in value:
+        if not isinstance(span, TimingSpan):
+            raise FrameFieldError("timing", "expected TimingSpan entries")
+
+
+@dataclass(frozen=True, slots=True)
 class UpdateFrame:
     """An edge's update: ``delta = trained - base`` for the model ``(base_version, base_seq)``."""
 
@@ -124,11 +164,14 @@ class UpdateFrame:
     delta: Float32Vector
     metrics: dict[str, float] = field(default_factory=dict)
     created_at: float = 0.0
+    #: the edge's spans of this round (format version 3: carried outside the compressed body)
+    timing: tuple[TimingSpan, ...] = ()
 
     def __post_init__(self) -> None:
         _check_id("federation", self.federation)
         _check_id("fog", self.fog_id)
         _check_id("edge", self.edge_id)
+        _check_timing(self.timing, MAX_UPDATE_TIMING)
         _check_int("base_version", self.base_version, 0)
         _check_int("base_seq", self.base_seq, 0)
         _check_int("num_samples", self.num_samples, 1)
@@ -177,10 +220,13 @@ class AggregateFrame:
     metrics: dict[str, float] = field(default_factory=dict)
     created_at: float = 0.0
     provenance: tuple[EdgeProof, ...] = ()
+    #: the fog's and its edges' spans of this cloud round (format version 3)
+    timing: tuple[TimingSpan, ...] = ()
 
     def __post_init__(self) -> None:
         _check_id("federation", self.federation)
         _check_id("fog", self.fog_id)
+        _check_timing(self.timing, MAX_AGGREGATE_TIMING)
         _check_int("base_version", self.base_version, 0)
         _check_int("num_samples", self.num_samples, 1)
         _check_int("fog_rounds", self.fog_rounds, 1, 10_000)

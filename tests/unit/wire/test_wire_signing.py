@@ -356,3 +356,17 @@ def test_an_edge_revoked_after_its_update_still_proves_it_at_the_cloud(keys, tru
     with pytest.raises(RevokedError):
         verify_proof(trust, FED, "north", proof)
     verify_proof(trust, FED, "north", proof, revoked_ok=True)  # what the cloud does
+
+
+def test_the_meta_section_is_under_the_signature(keys, trust) -> None:
+    """Version 3 keeps clock readings outside the compressed body, but inside what is signed:
+    a broker that rewrites an update's timing (or created_at) breaks its signature."""
+    from hierfl.wire.frames import TimingSpan
+
+    f = update(timing=(TimingSpan("edge.train", "", 1.0, 2.0),))
+    data = bytearray(encode_frame(f, signer=signer(keys, "edge/north/n0")))
+    assert Verifier(trust, FED).decode(bytes(data)).frame.timing == f.timing
+    at = bytes(data).index(b"edge.train")
+    data[at] ^= 0x01  # "edge.train" -> "ddge.train": still a valid span name
+    with pytest.raises(SignatureError):
+        Verifier(trust, FED).decode(bytes(data))
