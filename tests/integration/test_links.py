@@ -30,6 +30,7 @@ from hierfl.model.torch_adapter import model_to_vector
 from hierfl.transport.kafka import KafkaConsumerTransport
 from hierfl.transport.mqtt import MqttTransport
 from hierfl.wire import ModelDeltaFrame, ModelFrame, UpdateFrame, decode_frame, weights_digest
+from hierfl.wire.codec import _META_LEN, FLAG_META, split_signed
 from hierfl.wire.downlink import Downlink
 from tests.integration.fed import (
     Topology,
@@ -58,7 +59,11 @@ def wide_model() -> torch.nn.Module:
 
 def body(frame: bytes) -> dict[str, Any]:
     """The msgpack body of a (zstd-compressed) frame, to read the codec names on the wire."""
-    out = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(frame[12:]), raw=False)
+    payload, _ = split_signed(frame)
+    rest = bytes(payload[12:])
+    if payload[5] & FLAG_META:  # format version 3: skip the meta section (u32 length + map)
+        rest = rest[4 + _META_LEN.unpack_from(rest)[0]:]
+    out = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(rest), raw=False)
     assert isinstance(out, dict)
     return out
 
