@@ -93,6 +93,12 @@ def register(app: typer.Typer) -> None:
                          "each edge is still its own process); --no-zygote starts every edge "
                          "as a plain `hierfl edge` process"),
         ] = True,
+        federation: Annotated[
+            str | None,
+            typer.Option(help="federation id (default: a fresh one per run). It is inside "
+                         "every frame's compressed body, so two runs give byte-identical "
+                         "frames only with the same --federation (docs/benchmarks.md)"),
+        ] = None,
         out: Annotated[Path, typer.Option(help="report directory")] = Path("runs/sim"),
         live: Annotated[bool, typer.Option(help="live progress table")] = True,
     ) -> None:
@@ -129,6 +135,7 @@ def register(app: typer.Typer) -> None:
                 aggregator=aggregator,
                 aggregator_params=json.loads(aggregator_params), attack=attack,
                 byzantine=byzantine, out=out, live=live, security=security, zygote=zygote,
+                federation=federation or "",
             )
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc

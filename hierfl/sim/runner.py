@@ -45,9 +45,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from hierfl import __version__
+from hierfl import __version__, topics
 from hierfl.config import CloudSettings, EdgeSettings, FogSettings, KafkaSettings, MqttSettings
-from hierfl.errors import BrokerUnavailableError
+from hierfl.errors import BrokerUnavailableError, ConfigError
 from hierfl.sim.observer import Observer, RoundRecord
 from hierfl.sim.pki import (
     mqtt_section,
@@ -163,6 +163,10 @@ class SimConfig:
         self.out = Path(self.out)
         if not self.federation:
             self.federation = f"sim{os.getpid()}{int(time.time()) % 100000}"
+        try:
+            topics.check_id("federation", self.federation)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
 
     def topology(self) -> dict[str, list[int]]:
         """fog id -> indices of its edges (contiguous blocks, as even as possible)."""
