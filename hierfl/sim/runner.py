@@ -757,7 +757,6 @@ async def _run_started(cfg: SimConfig, on_round: Callable[[RoundRecord], None] |
             setup.observer_mqtt, KafkaSettings(bootstrap=setup.bootstrap), _lazy_evaluator(cfg),
             on_round,
         )
-        from hierfl import topics  # noqa: PLC0415
         from hierfl.transport.kafka import ensure_topics  # noqa: PLC0415
 
         await ensure_topics(cloud_s.kafka, [topics.aggregates(cfg.federation),
