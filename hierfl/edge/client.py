@@ -311,7 +311,8 @@ class EdgeClient:
         base = frame.weights
         _load(self.model, base, self.settings.threads)
         result = self.task.train(self.model, self.settings.local_epochs)
-        delta = (_to_vector(self.model) - base).astype(np.float32)
+        delta = _to_vector(self.model)  # a fresh float32 vector: subtract in place
+        np.subtract(delta, base, out=delta, dtype=np.float32)
         return UpdateFrame(
             federation=self.settings.federation,
             fog_id=self.settings.fog_id,

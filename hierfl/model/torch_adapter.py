@@ -25,10 +25,16 @@ def model_layout(model: torch.nn.Module) -> tuple[LayoutEntry, ...]:
 
 def model_to_vector(model: torch.nn.Module) -> Float32Vector:
     """Copy a module's float state into one float32 vector (state_dict order)."""
-    parts = [v.detach().reshape(-1).to(torch.float32).cpu() for v in _float_state(model).values()]
-    if not parts:
-        return np.zeros(0, np.float32)
-    return torch.cat(parts).numpy().astype(np.float32, copy=True)
+    state = list(_float_state(model).values())
+    out = np.empty(sum(v.numel() for v in state), np.float32)
+    flat = torch.from_numpy(out)  # shares out's memory: one copy per tensor, no concatenation
+    pos = 0
+    with torch.no_grad():
+        for v in state:
+            n = v.numel()
+            flat[pos : pos + n].copy_(v.detach().reshape(-1))
+            pos += n
+    return out
 
 
 def vector_to_model(model: torch.nn.Module, vec: Float32Vector) -> None:

@@ -177,9 +177,13 @@ class Downlink:
         if not np.isfinite(diff).all():
             return None
         fields = encode_vector(diff, self.codec)
-        # Decode as the edges will: the very fields they receive, after a msgpack round trip.
-        wire_fields = msgpack.unpackb(msgpack.packb(fields, use_bin_type=True), raw=False)
-        sent = decode_vector(wire_fields, max_size=self._limits.max_params, field="delta")
+        if self.codec is None or self.codec == "raw":
+            sent = diff  # raw float32 is lossless: the edges decode exactly these values
+        else:
+            # Decode as the edges will: the very fields they receive, after a msgpack round
+            # trip.
+            wire_fields = msgpack.unpackb(msgpack.packb(fields, use_bin_type=True), raw=False)
+            sent = decode_vector(wire_fields, max_size=self._limits.max_params, field="delta")
         weights = _add(prev.weights, sent)
         if not np.isfinite(weights).all():
             return None
