@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
             typer.Option(help=f"fog aggregation rule: {_RULES} (docs/robustness.md)"),
         ] = "fedavg",
         aggregator_params: Annotated[
-            str, typer.Option(help='JSON params of the rule, e.g. {"beta": 0.2, "nnm_f": 1}')
+            str, typer.Option(help='JSON params of the rule, e.g. {"trim_ratio": 0.2, "nnm_f": 1}')
         ] = "{}",
         attack: Annotated[
             str | None,
