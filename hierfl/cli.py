@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from hierfl import __version__
-from hierfl.errors import HierflError
+from hierfl.errors import ConfigError, HierflError
 from hierfl.process import exit_code, fail
 from hierfl.process import run_service as _run_service
 from hierfl.process import setup_logging as _setup_logging
@@ -30,6 +30,25 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",  # docstring paragraphs reflow to the terminal's width
 )
+
+
+def _print_version(value: bool) -> None:
+    """``hierfl --version``: print the version and exit."""
+    if value:
+        typer.echo(f"hierfl {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True,
+                     help="Print the hierfl version and exit."),
+    ] = False,
+) -> None:
+    """Hierarchical federated learning for IoT: edge -> fog (MQTT) -> cloud (Kafka)."""
+
 
 ConfigOpt = Annotated[
     Path | None,
@@ -89,6 +108,7 @@ def edge(config: ConfigOpt = None) -> None:
 
         settings = EdgeSettings.load(config)
         _setup_logging(settings.log_level)
+        _cwd_importable()
         task = load_task(settings.task, settings.task_options, settings)
         client = EdgeClient(settings, task)
     except HierflError as exc:
@@ -97,35 +117,101 @@ def edge(config: ConfigOpt = None) -> None:
     _run_service(client)
 
 
-@app.command("init-model")
-def init_model(
-    task: Annotated[str, typer.Option(help="import path 'module:callable' of an EdgeTask factory")],
-    out: Annotated[Path, typer.Option(help="where to write the version-0 weights (.npz)")],
-    options: Annotated[str, typer.Option(help="JSON object passed to the task factory")] = "{}",
-) -> None:
-    """Write a task's freshly built model as the cloud's ``initial_model``."""
+def _cwd_importable() -> None:
+    """Let ``--task module:callable`` name a module in the current directory.
+
+    ``python -m`` puts the current directory on ``sys.path``; the ``hierfl`` console script
+    does not. It is appended, so it never shadows an installed module of the same name.
+    """
+    cwd = str(Path.cwd())
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+
+
+def _build_task(task: str, options: str) -> Any:
+    """Import ``task`` and build it with the JSON ``options`` (``hierfl init-model``).
+
+    Raises:
+        ConfigError: if the options are not a JSON object, the task cannot be imported, or its
+            factory refuses the options (a missing or unknown option, a bad value).
+    """
+    from hierfl.config import EdgeSettings  # noqa: PLC0415
+    from hierfl.edge.client import load_task  # noqa: PLC0415
+
+    try:
+        opts = json.loads(options)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--options is not valid JSON ({exc}): {options!r}") from exc
+    if not isinstance(opts, dict):
+        raise ConfigError(f"--options must be a JSON object, got {options!r}")
+    settings = EdgeSettings.load(fog_id="init", edge_id="init", task=task)
+    _cwd_importable()
+    try:
+        return load_task(task, opts, settings)
+    except (TypeError, ValueError, KeyError, IndexError, OSError) as exc:
+        raise ConfigError(f"task {task!r} refused --options {options}: {exc}") from exc
+
+
+_WEIGHT_SUFFIXES = (".npz", ".safetensors")
+
+
+def _write_weights(out: Path, named: dict[str, Any]) -> None:
+    """Write ``named`` arrays to exactly ``out`` (.npz or .safetensors, by its suffix).
+
+    Raises:
+        ConfigError: if the suffix is neither (the cloud's ``initial_model`` reads only
+            these), or the file cannot be written.
+    """
     import numpy as np  # noqa: PLC0415
 
+    if out.suffix not in _WEIGHT_SUFFIXES:
+        raise ConfigError(f"--out {out}: the file name must end in .npz or .safetensors "
+                          "(what the cloud's initial_model reads)")
+    try:
+        if out.suffix == ".npz":
+            with out.open("wb") as f:  # a file object: numpy appends no second .npz
+                np.savez(f, **named)
+        else:
+            from safetensors.numpy import save_file  # noqa: PLC0415
+
+            save_file({k: np.ascontiguousarray(v) for k, v in named.items()}, str(out))
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write it: {exc.strerror or exc}") from exc
+
+
+@app.command("init-model")
+def init_model(
+    task: Annotated[str, typer.Option(help="import path 'module:callable' of an EdgeTask "
+                                      "factory (modules in the current directory included)")],
+    out: Annotated[Path, typer.Option(help="where to write the version-0 weights: a .npz or "
+                                      ".safetensors file, written at exactly this path")],
+    options: Annotated[str, typer.Option(help="JSON object passed to the task factory")] = "{}",
+) -> None:
+    """Write a task's freshly built model as the cloud's ``initial_model``.
+
+    Errors (bad ``--options`` JSON, a missing option, an unwritable path) are one line
+    ``error: ...`` and exit code 2.
+    """
     from hierfl.model.flatten import unflatten  # noqa: PLC0415
 
     try:
-        from hierfl.config import EdgeSettings  # noqa: PLC0415
-        from hierfl.edge.client import load_task  # noqa: PLC0415
-        settings = EdgeSettings.load(fog_id="init", edge_id="init", task=task)
-        t = load_task(task, json.loads(options), settings)
+        t = _build_task(task, options)
+        try:
+            model = t.build_model()
+        except (TypeError, ValueError, KeyError, IndexError, OSError) as exc:
+            raise ConfigError(f"task {task!r}: build_model failed: {exc}") from exc
+        from hierfl.edge.vector import VectorModel  # noqa: PLC0415
+
+        if isinstance(model, VectorModel):
+            named = {"weights": model.to_vector()}
+        else:
+            from hierfl.model.torch_adapter import model_layout, model_to_vector  # noqa: PLC0415
+
+            named = unflatten(model_to_vector(model), model_layout(model))
+        _write_weights(out, named)
     except HierflError as exc:
         fail(exc)
         return
-    model = t.build_model()
-    from hierfl.edge.vector import VectorModel  # noqa: PLC0415
-
-    if isinstance(model, VectorModel):
-        named = {"weights": model.to_vector()}
-    else:
-        from hierfl.model.torch_adapter import model_layout, model_to_vector  # noqa: PLC0415
-
-        named = unflatten(model_to_vector(model), model_layout(model))
-    np.savez(out, **named)  # type: ignore[arg-type]
     typer.echo(f"wrote {out} ({sum(a.size for a in named.values())} parameters)")
 
 
