@@ -1,0 +1,262 @@
+"""The edge's side of one SecAgg+ round: a state machine that turns each fog message into the
+next edge message, and refuses what an honest edge must refuse.
+
+Paper: doi.org/10.1145/3133956.3133982 (Bonawitz et al., 2017, the protocol of figure 4 without
+the consistency-check round) and arxiv.org/abs/2008.05767 (Bell et al., 2020: masks and shares
+only along a k-regular graph).
+
+Stages: ``init`` -> :meth:`advertise` -> ``advertised`` -> :meth:`on_roster` -> ``shared`` ->
+:meth:`on_shares` -> ``masked`` -> :meth:`on_unmask` -> ``done``; ``aborted`` once a threshold
+check fails. A call in the wrong stage raises SecAggStageError; a message that fails a check
+raises a typed error and leaves the stage as it was (except a failed threshold, which aborts:
+the round cannot complete safely any more).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from hierfl.secagg import crypto, shamir
+from hierfl.secagg.errors import (
+    SecAggError,
+    SecAggMessageError,
+    SecAggPrivacyError,
+    SecAggStageError,
+    SecAggThresholdError,
+)
+from hierfl.secagg.messages import (
+    AdvertiseKeys,
+    ForwardedShares,
+    KeyRoster,
+    MaskedInput,
+    Message,
+    ShareKeys,
+    UnmaskRequest,
+    UnmaskResponse,
+    parse,
+)
+from hierfl.secagg.params import SecAggParams
+from hierfl.secagg.prg import expand
+
+__all__ = ["EdgeSecAgg", "pairwise_sign"]
+
+
+def pairwise_sign(me: str, other: str) -> int:
+    """+1 if ``me`` adds the pairwise mask it shares with ``other`` (``me < other``), else -1."""
+    return 1 if me < other else -1
+
+
+class EdgeSecAgg:
+    """One edge's protocol state for one round.
+
+    Args:
+        params: the round's public parameters.
+        edge_id: this edge, a member of ``params.roster``.
+        random_bytes: randomness for keys, seeds and shares (``os.urandom``; tests pass a
+            seeded generator to make a round reproducible).
+
+    Raises:
+        SecAggError: if ``edge_id`` is not in the roster.
+    """
+
+    def __init__(
+        self, params: SecAggParams, edge_id: str, *,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        if edge_id not in params.roster:
+            raise SecAggError(f"{edge_id!r} is not in the region's roster")
+        self.params = params
+        self.edge_id = edge_id
+        self.stage = "init"
+        self._random = random_bytes
+        self._neighbours = params.graph[edge_id]
+        self._c_sk: X25519PrivateKey | None = None
+        self._s_sk: X25519PrivateKey | None = None
+        self._keys: dict[str, list[bytes]] = {}  # advertised neighbours' [c_pk, s_pk]
+        self._self_seed = b""
+        self._own_share: tuple[int, int] = (0, 0)  # my shares of my own (seed, key)
+        self._held: dict[str, tuple[int, int]] = {}  # owner -> (seed share, key share)
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _expect(self, stage: str, msg: Any, cls: type[Message]) -> Any:
+        if self.stage != stage:
+            raise SecAggStageError(f"edge {self.edge_id}: got a message in stage {self.stage!r}")
+        m = parse(msg)
+        if not isinstance(m, cls):
+            raise SecAggStageError(
+                f"edge {self.edge_id}: expected {cls.kind!r} in stage {stage!r}, got {m.kind!r}"
+            )
+        if m.region != self.params.region or m.round != self.params.round:
+            raise SecAggMessageError(f"message for {m.region}/{m.round}, not this round")
+        if getattr(m, "recipient", None) != self.edge_id:
+            raise SecAggMessageError(f"message addressed to {getattr(m, 'recipient', None)!r}")
+        return m
+
+    def _abort(self, why: str) -> SecAggThresholdError:
+        self.stage = "aborted"
+        return SecAggThresholdError(f"edge {self.edge_id}: {why}; round refused")
+
+    # --- stages ---------------------------------------------------------------------------
+
+    def advertise(self) -> AdvertiseKeys:
+        """Stage 0: make two fresh key pairs and advertise their public halves."""
+        if self.stage != "init":
+            raise SecAggStageError(f"edge {self.edge_id}: already advertised")
+        self._c_sk = crypto.private_from_bytes(self._random(32))
+        self._s_sk = crypto.private_from_bytes(self._random(32))
+        self.stage = "advertised"
+        return AdvertiseKeys(
+            self.params.region, self.params.round, self.edge_id,
+            crypto.public_bytes(self._c_sk), crypto.public_bytes(self._s_sk),
+        )
+
+    def on_roster(self, msg: KeyRoster | dict[str, Any]) -> ShareKeys:
+        """Stage 1: share the self-mask seed and the mask secret key among the neighbours
+        that advertised, each share pair encrypted under the pairwise ``c`` key.
+
+        Raises:
+            SecAggMessageError: on a roster naming non-neighbours or changing our own keys.
+            SecAggThresholdError: if fewer than t - 1 neighbours advertised.
+        """
+        m: KeyRoster = self._expect("advertised", msg, KeyRoster)
+        assert self._c_sk is not None
+        assert self._s_sk is not None
+        mine = [crypto.public_bytes(self._c_sk), crypto.public_bytes(self._s_sk)]
+        if m.keys.get(self.edge_id) != mine:
+            raise SecAggMessageError("the roster does not carry this edge's own keys")
+        others = {v: pair for v, pair in m.keys.items() if v != self.edge_id}
+        if not set(others) <= self._neighbours:
+            raise SecAggMessageError("the roster names edges that are not neighbours")
+        seen = {bytes(p) for pair in others.values() for p in pair}
+        if len(seen) != 2 * len(others) or seen & set(mine):
+            raise SecAggMessageError("the roster repeats a public key")
+        if len(others) + 1 < self.params.t:
+            raise self._abort(f"{len(others)} neighbours advertised, threshold {self.params.t}")
+        context = self.params.context()
+        enc_keys = {
+            v: crypto.agree(self._c_sk, pair[0], b"enc", context) for v, pair in others.items()
+        }
+        holders = sorted([*others, self.edge_id])
+        xs = [self.params.x_of(v) for v in holders]
+        seed = self._random(32)
+        seed_shares = shamir.share(seed, xs, self.params.t, self._random)
+        key_bytes = self._s_sk.private_bytes_raw()
+        key_shares = shamir.share(key_bytes, xs, self.params.t, self._random)
+        ciphertexts = {}
+        for v in others:
+            x = self.params.x_of(v)
+            plaintext = shamir.share_to_bytes(seed_shares[x]) + shamir.share_to_bytes(key_shares[x])
+            ciphertexts[v] = crypto.encrypt_share(
+                enc_keys[v], self._random(crypto.NONCE_BYTES), plaintext,
+                context=context, sender=self.edge_id, recipient=v,
+            )
+        me = self.params.x_of(self.edge_id)
+        self._keys = others
+        self._self_seed = seed
+        self._own_share = (seed_shares[me], key_shares[me])
+        self.stage = "shared"
+        return ShareKeys(self.params.region, self.params.round, self.edge_id, ciphertexts)
+
+    def on_shares(
+        self, msg: ForwardedShares | dict[str, Any], update: npt.ArrayLike
+    ) -> MaskedInput:
+        """Stage 2: keep the neighbours' shares, then send the clipped, encoded update plus the
+        self mask plus the signed pairwise masks of every neighbour whose shares arrived.
+
+        Args:
+            msg: the shares relayed to this edge.
+            update: the float update of length ``params.dim`` (clipped here).
+
+        Raises:
+            SecAggMessageError: on shares from non-neighbours or an update of the wrong size.
+            SecAggAuthError: if a share does not authenticate.
+            SecAggThresholdError: if fewer than t - 1 neighbours' shares arrived.
+        """
+        m: ForwardedShares = self._expect("shared", msg, ForwardedShares)
+        assert self._c_sk is not None
+        assert self._s_sk is not None
+        if not set(m.ciphertexts) <= set(self._keys):
+            raise SecAggMessageError("shares relayed from edges that did not advertise to us")
+        x = np.asarray(update)
+        if x.shape != (self.params.dim,):
+            raise SecAggMessageError(f"update has shape {x.shape}, expected ({self.params.dim},)")
+        encoded = self.params.codec.encode(x)
+        context = self.params.context()
+        held: dict[str, tuple[int, int]] = {}
+        for v, ct in m.ciphertexts.items():
+            key = crypto.agree(self._c_sk, self._keys[v][0], b"enc", context)
+            plain = crypto.decrypt_share(key, ct, context=context, sender=v, recipient=self.edge_id)
+            try:
+                held[v] = (
+                    shamir.share_from_bytes(plain[: shamir.SHARE_BYTES]),
+                    shamir.share_from_bytes(plain[shamir.SHARE_BYTES :]),
+                )
+            except ValueError as exc:
+                raise SecAggMessageError(f"share from {v!r}: {exc}") from exc
+        if len(held) + 1 < self.params.t:
+            raise self._abort(f"shares from {len(held)} neighbours, threshold {self.params.t}")
+        masked = encoded + expand(self._self_seed, self.params.dim)
+        for v in sorted(held):
+            seed = crypto.agree(self._s_sk, self._keys[v][1], b"mask", context)
+            if pairwise_sign(self.edge_id, v) > 0:
+                masked += expand(seed, self.params.dim)
+            else:
+                masked -= expand(seed, self.params.dim)
+        self._held = held
+        self.stage = "masked"
+        return MaskedInput(
+            self.params.region, self.params.round, self.edge_id, masked.astype("<u4").tobytes()
+        )
+
+    def on_unmask(self, msg: UnmaskRequest | dict[str, Any]) -> UnmaskResponse:
+        """Stage 3: reveal, per neighbour, the self-mask seed share if it sent its masked input
+        or the secret-key share if it dropped; never both, and only once per round.
+
+        Raises:
+            SecAggPrivacyError: a second request, a request for both shares of one edge, for
+                the key share of an edge listed as a survivor, or fewer than t survivors.
+            SecAggMessageError: on ids this edge holds no share of, or a list omitting it.
+        """
+        if self.stage == "done":
+            raise SecAggPrivacyError(f"edge {self.edge_id}: a second unmasking request refused")
+        m: UnmaskRequest = self._expect("masked", msg, UnmaskRequest)
+        both = set(m.self_mask_of) & set(m.secret_key_of)
+        if both:
+            raise SecAggPrivacyError(
+                f"edge {self.edge_id}: refused to reveal both the self-mask and the secret-key "
+                f"shares of {sorted(both)}"
+            )
+        survivors = set(m.survivors)
+        if len(survivors) < self.params.t:
+            raise SecAggPrivacyError(
+                f"edge {self.edge_id}: {len(survivors)} survivors, threshold {self.params.t}"
+            )
+        if self.edge_id not in survivors:
+            raise SecAggMessageError("the survivors omit this edge, which sent its input")
+        if survivors & set(m.secret_key_of):
+            raise SecAggPrivacyError("asked for the secret-key share of an edge that survived")
+        if not set(m.self_mask_of) <= survivors:
+            raise SecAggMessageError("asked for the self-mask share of an edge that dropped")
+        holding = {*self._held, self.edge_id}
+        if not (set(m.self_mask_of) | set(m.secret_key_of)) <= holding:
+            raise SecAggMessageError("asked for shares this edge does not hold")
+        if self.edge_id in m.secret_key_of:
+            raise SecAggPrivacyError("asked for this edge's own secret-key share")
+
+        def held(v: str) -> tuple[int, int]:
+            return self._own_share if v == self.edge_id else self._held[v]
+
+        response = UnmaskResponse(
+            self.params.region, self.params.round, self.edge_id,
+            {v: shamir.share_to_bytes(held(v)[0]) for v in m.self_mask_of},
+            {v: shamir.share_to_bytes(held(v)[1]) for v in m.secret_key_of},
+        )
+        self.stage = "done"
+        return response
