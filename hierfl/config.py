@@ -44,6 +44,7 @@ __all__ = [
     "KafkaSettings",
     "LimitsSettings",
     "MqttSettings",
+    "PrivacySettings",
     "SecuritySettings",
     "resolve_path",
 ]
@@ -307,6 +308,125 @@ class SecuritySettings(_Section):
         return self.signing == "required"
 
 
+#: aggregation rules whose result moves by at most C / m when one edge's clipped update
+#: changes (m: the fixed denominator), the bound the Gaussian noise is calibrated to
+DP_RULES: dict[str, str] = {
+    "fedavg": "uniform weights under DP (claimed sample counts are unverified)",
+    "norm_bounded": "with a fixed max_norm and weighted = false",
+}
+
+
+class PrivacySettings(_Section):
+    """Differential privacy (docs/privacy.md). Off by default: nothing changes then.
+
+    Modes: ``record`` (DP-SGD on each edge's records, each edge accounts for itself),
+    ``trusted_fog`` (DP-FedAvg: edges clip to ``clip_norm``, the fog clips again and adds
+    ``N(0, (noise_multiplier * clip_norm)^2)`` to its region's sum before anything leaves it),
+    ``untrusted_fog`` (each of a region's edges adds its share of that noise; accounted as
+    local DP at each edge).
+    """
+
+    mode: Literal["off", "record", "trusted_fog", "untrusted_fog"] = Field(
+        "off", description="off | record | trusted_fog | untrusted_fog"
+    )
+    noise_multiplier: float = Field(1.0, description="sigma: noise std / clip_norm")
+    clip_norm: float = Field(1.0, description="C: L2 bound of one edge's update (one record's "
+                             "gradient in record mode)")
+    delta: float = Field(1e-5, description="the delta of (epsilon, delta); below 1/population")
+    target_epsilon: float | None = Field(
+        None, gt=0, description="the budget: no release starts that would take epsilon above "
+        "it; None: account only"
+    )
+    accountant: Literal["rdp", "pld"] = Field("rdp", description="dp-accounting method")
+    sample_rate: float = Field(
+        1.0, description="q: the probability that an edge is in a fog round's release "
+        "(1.0: every edge of the region in every release)"
+    )
+    population: int | None = Field(
+        None, ge=1, description="edges of the region (fog; default: len(allowed_edges)) or "
+        "records of the edge (record mode); delta must be below 1/population"
+    )
+    expected_updates: int | None = Field(
+        None, ge=1, description="m: the fixed denominator of the noised average and the number "
+        "of noise shares in untrusted_fog mode (default: the fog's min_updates)"
+    )
+    adaptive_clip: bool = Field(False, description="learn clip_norm from a target quantile of "
+                                "update norms (Andrew et al. 2021); trusted_fog only")
+    target_quantile: float = Field(0.5, gt=0, lt=1, description="adaptive clipping's quantile")
+    clip_learning_rate: float = Field(0.2, gt=0, description="adaptive clipping's step")
+    count_noise_multiplier: float = Field(
+        10.0, gt=0, description="adaptive clipping: std of the noise on the unclipped count"
+    )
+    ledger_dir: Path | None = Field(
+        None, description="folder of the persisted privacy ledger (default: the fog's "
+        "spool_dir, else security.state_dir; the edge's security.state_dir)"
+    )
+
+    @field_validator("ledger_dir", mode="before")
+    @classmethod
+    def _ledger_dir(cls, v: Path | str | None) -> Path | None:
+        return resolve_path(v)
+
+    def ledger_folder(self, *fallbacks: Path | None) -> Path | None:
+        """Where the ledger lives: ``ledger_dir``, else the first fallback that is set."""
+        for p in (self.ledger_dir, *fallbacks):
+            if p is not None:
+                return p
+        return None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any DP mode is on."""
+        return self.mode != "off"
+
+    @model_validator(mode="after")
+    def _sense(self) -> Self:
+        if not self.enabled:
+            return self
+        from hierfl.privacy.accountant import check_params  # noqa: PLC0415
+
+        try:
+            check_params(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate,
+                         delta=self.delta, method=self.accountant)
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("privacy: ")) from None
+        if not (self.clip_norm > 0 and self.clip_norm < float("inf")):
+            raise ValueError(f"clip_norm must be > 0, got {self.clip_norm}")
+        if self.population is not None and self.delta >= 1.0 / self.population:
+            raise ValueError(
+                f"delta ({self.delta}) must be below 1/population (1/{self.population}): with "
+                "delta >= 1/n a mechanism that publishes one participant's data outright "
+                "satisfies (0, delta)-DP, so the guarantee would mean nothing"
+            )
+        if self.adaptive_clip:
+            from hierfl.privacy.mechanisms import effective_noise_multiplier  # noqa: PLC0415
+
+            try:
+                effective_noise_multiplier(self.noise_multiplier, self.count_noise_multiplier)
+            except ConfigError as exc:
+                raise ValueError(str(exc).removeprefix("privacy: ")) from None
+        return self
+
+
+def _check_dp_rule(privacy: PrivacySettings, aggregator: str, params: dict[str, Any]) -> None:
+    """Refuse a fog rule whose sensitivity to one edge is not bounded by C / m under DP."""
+    if privacy.mode not in ("trusted_fog", "untrusted_fog"):
+        return
+    ok = aggregator in DP_RULES
+    if aggregator == "norm_bounded":
+        ok = params.get("max_norm") is not None and not params.get("weighted", False)
+    if not ok:
+        allowed = "; ".join(f"{k} ({v})" for k, v in DP_RULES.items())
+        raise ValueError(
+            f"privacy.mode = {privacy.mode!r} cannot use aggregator {aggregator!r} "
+            f"{params or ''}: the noise is calibrated to a sum in which one edge moves the "
+            "result by at most clip_norm / m, and this rule's result can move by more when one "
+            "edge's update changes (an order statistic, a selection, a data-dependent bound or "
+            f"a claimed weight), which breaks the accounting. Allowed under DP: {allowed}. "
+            "Robust rules stay available at the cloud, whose inputs are already private"
+        )
+
+
 class _TierSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="HIERFL_",
@@ -322,6 +442,7 @@ class _TierSettings(BaseSettings):
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus port")
     security: SecuritySettings = SecuritySettings()
+    privacy: PrivacySettings = PrivacySettings()
 
     @field_validator("federation")
     @classmethod
@@ -634,6 +755,33 @@ class FogSettings(_TierSettings):
             raise ValueError(f"quorum ({self.quorum}) exceeds min_updates ({self.min_updates})")
         # quorum <= min_updates: a rule that aggregates `quorum` updates closes every round
         _rule_floor(self.aggregator, self.aggregator_params, "quorum", self.quorum)
+        return self
+
+    @model_validator(mode="after")
+    def _privacy(self) -> Self:
+        p = self.privacy
+        if p.mode in ("off", "record"):
+            return self
+        _check_dp_rule(p, self.aggregator, self.aggregator_params)
+        population = p.population or len(self.allowed_edges) or None
+        if population is not None and p.delta >= 1.0 / population:
+            raise ValueError(
+                f"privacy.delta ({p.delta}) must be below 1/population (1/{population} edges "
+                "in this region): with delta >= 1/n a mechanism that publishes one edge's update "
+                "outright satisfies (0, delta)-DP, so the guarantee would mean nothing"
+            )
+        if p.ledger_folder(self.spool_dir, self.security.state_dir) is None:
+            raise ValueError(
+                f"privacy.mode = {p.mode!r} needs a folder for the region's privacy ledger "
+                "(privacy.ledger_dir, spool_dir or security.state_dir): a restart must never "
+                "reset the spent budget"
+            )
+        if p.sample_rate < 1.0 and not self.allowed_edges:
+            raise ValueError(
+                f"privacy.sample_rate = {p.sample_rate} needs the region's edges listed in "
+                "allowed_edges: the fog draws each fog round's sample from them, and the "
+                "accounting's amplification holds only for that random draw"
+            )
         return self
 
 

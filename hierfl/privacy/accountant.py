@@ -22,7 +22,7 @@ from typing import Literal
 
 from hierfl.errors import ConfigError
 
-__all__ = ["METHODS", "Accountant", "Method", "check_params", "epsilon_for"]
+__all__ = ["METHODS", "Accountant", "Method", "check_params", "epsilon_composed", "epsilon_for"]
 
 Method = Literal["rdp", "pld"]
 METHODS: tuple[str, ...] = ("rdp", "pld")
@@ -64,15 +64,25 @@ def check_params(
 
 @functools.lru_cache(maxsize=4096)
 def _epsilon_cached(sigma: float, q: float, releases: int, delta: float, method: str) -> float:
+    return _epsilon_groups(((sigma, q, releases),), delta, method)
+
+
+def _epsilon_groups(groups: tuple[tuple[float, float, int], ...], delta: float,
+                    method: str) -> float:
     # Lazy: dp_accounting imports scipy (~1 s); only a DP federation pays it.
     import dp_accounting  # noqa: PLC0415
 
-    if releases == 0:
+    events: list[dp_accounting.DpEvent] = []
+    for sigma, q, releases in groups:
+        if releases == 0:
+            continue
+        event: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(sigma)
+        if q < 1.0:
+            event = dp_accounting.PoissonSampledDpEvent(q, event)
+        events.append(dp_accounting.SelfComposedDpEvent(event, releases))
+    if not events:
         return 0.0
-    event: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(sigma)
-    if q < 1.0:
-        event = dp_accounting.PoissonSampledDpEvent(q, event)
-    composed = dp_accounting.SelfComposedDpEvent(event, releases)
+    composed = events[0] if len(events) == 1 else dp_accounting.ComposedDpEvent(events)
     accountant: dp_accounting.PrivacyAccountant
     if method == "rdp":
         accountant = dp_accounting.rdp.RdpAccountant()
@@ -124,6 +134,33 @@ def epsilon_for(
     return _epsilon_cached(
         float(noise_multiplier), float(sample_rate), int(releases), float(delta), method
     )
+
+
+def epsilon_composed(
+    groups: list[tuple[float, float, int]], *, delta: float, method: Method = "rdp"
+) -> float:
+    """Epsilon of releases made with different parameters, composed.
+
+    A ledger whose noise multiplier or sampling rate changed between restarts holds one group
+    per parameter set; their releases compose like any others.
+
+    Args:
+        groups: ``(noise_multiplier, sample_rate, releases)`` triples.
+        delta: in (0, 1).
+        method: "rdp" or "pld".
+
+    Raises:
+        ConfigError: for nonsense parameters in any group.
+    """
+    for sigma, q, n in groups:
+        check_params(noise_multiplier=sigma, sample_rate=q, delta=delta, method=method)
+        if n < 0:
+            raise ConfigError(f"privacy: releases must be >= 0, got {n}")
+    if len(groups) == 1:
+        sigma, q, n = groups[0]
+        return _epsilon_cached(float(sigma), float(q), int(n), float(delta), method)
+    key = tuple((float(s), float(q), int(n)) for s, q, n in groups)
+    return _epsilon_groups(key, float(delta), method)
 
 
 class Accountant:
