@@ -54,10 +54,12 @@ from hierfl.aggregation.validation import UpdateValidator, ValidationPolicy
 from hierfl.errors import (
     AggregationError,
     DuplicateUpdateError,
+    PrivacyBudgetExhaustedError,
     StaleUpdateError,
     StateError,
     WrongRecipientError,
 )
+from hierfl.privacy.region import RegionPrivacy
 from hierfl.types import Float32Matrix, Float32Vector, Float64Vector
 from hierfl.wire.frames import AggregateFrame, LayoutEntry, ModelFrame, UpdateFrame
 
@@ -68,6 +70,7 @@ __all__ = [
     "FogRoundConfig",
     "FogState",
     "Forward",
+    "PrivacyStop",
     "PublishModel",
     "RoundClosed",
     "RoundSkipped",
@@ -84,6 +87,8 @@ class FogState(enum.Enum):
     WAITING_MODEL = "waiting_model"
     COLLECTING = "collecting"
     FORWARDED = "forwarded"
+    #: differential privacy: the region's budget cannot pay for another release
+    BUDGET_SPENT = "budget_spent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +154,17 @@ class Admit:
     handle: Any = None
 
 
-Action = PublishModel | Forward | RoundClosed | RoundSkipped | Admit
+@dataclass(frozen=True, slots=True)
+class PrivacyStop:
+    """The region's privacy budget cannot pay for the releases the fog would make next: it
+    stops releasing (``releases`` so far, at ``epsilon``)."""
+
+    version: int
+    releases: int
+    epsilon: float
+
+
+Action = PublishModel | Forward | RoundClosed | RoundSkipped | Admit | PrivacyStop
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,8 +264,12 @@ class FogRound:
         actions = fog.on_tick(now)                # call at fog.deadline
     """
 
-    def __init__(self, config: FogRoundConfig, aggregate: AggregateFn, *, seq: int = 0) -> None:
+    def __init__(self, config: FogRoundConfig, aggregate: AggregateFn, *, seq: int = 0,
+                 privacy: RegionPrivacy | None = None) -> None:
         self.config = config
+        #: differential privacy of this region (None: off): every closed fog round is a
+        #: release, accounted before it leaves; no release starts beyond the budget
+        self.privacy = privacy
         self._aggregate = aggregate
         self.state = FogState.WAITING_MODEL
         self.seq = seq
@@ -298,6 +317,8 @@ class FogRound:
         w = frame.weights.astype(np.float32, copy=True)
         self._cycle = _Cycle(frame.version, w.copy(), w, frame.layout, np.zeros_like(w))
         self._ensure_validator(w.size)
+        if self.privacy is not None and not self.privacy.can_start(self.config.k2):
+            return self._with_early(self._budget_spent())
         return self._with_early(self._open_round(now))
 
     def resume(self, global_frame: ModelFrame, fog_frame: ModelFrame, now: float, *,
@@ -346,8 +367,13 @@ class FogRound:
             self.deadline = None
             return self._with_early([Forward(forwarded, "resumed")])
         self._updates = {}
+        if self.privacy is not None and not self.privacy.can_start(
+                self.config.k2 - self._cycle.fog_round):
+            return self._with_early(self._budget_spent())
         self.state = FogState.COLLECTING
         self.deadline = now + self.config.round_timeout_s
+        if self.privacy is not None:
+            self.privacy.draw_sample()
         return self._with_early([PublishModel(self._fog_model(), frozenset(self._cycle.folded))])
 
     def on_early(self, frame: UpdateFrame, handle: Any = None) -> bool:
@@ -420,7 +446,11 @@ class FogRound:
         if proof is not None:
             assert self._cycle is not None
             self._cycle.proofs[(frame.edge_id, frame.base_seq)] = proof
-        if len(self._updates) >= self.config.min_updates:
+        need = self.config.min_updates
+        sampled = self.privacy.sampled if self.privacy is not None else None
+        if sampled:  # privacy sampling: the round waits for its sample only
+            need = min(need, len(sampled))
+        if len(self._updates) >= need:
             return self._close(now, timed_out=False)
         return []
 
@@ -439,6 +469,10 @@ class FogRound:
         # Strangers are refused as strangers, whatever the round: that is the reason to alert on.
         checks.check_sender(frame.edge_id, cfg.allowed_edges)
         c, validator = self._cycle, self._validator
+        if self.state is FogState.BUDGET_SPENT:
+            raise PrivacyBudgetExhaustedError(
+                f"edge {frame.edge_id}: region {cfg.fog_id} has spent its privacy budget"
+            )
         if self.state is not FogState.COLLECTING or c is None or validator is None:
             raise StaleUpdateError(
                 f"edge {frame.edge_id}: fog is {self.state.value}, not collecting"
@@ -448,6 +482,8 @@ class FogRound:
                 f"edge {frame.edge_id} trained from ({frame.base_version}, seq "
                 f"{frame.base_seq}); current is ({c.version}, seq {self.seq})"
             )
+        if self.privacy is not None:
+            self.privacy.check_sampled(frame.edge_id)
         if (frame.edge_id, frame.base_seq) in c.folded:
             raise DuplicateUpdateError(
                 f"edge {frame.edge_id}: its update from ({c.version}, seq {frame.base_seq}) "
@@ -527,7 +563,18 @@ class FogRound:
         self.state = FogState.COLLECTING
         self.deadline = now + self.config.round_timeout_s
         c = self._cycle
+        if self.privacy is not None:
+            self.privacy.draw_sample()
         return [PublishModel(self._fog_model(), frozenset(c.folded) if c else frozenset())]
+
+    def _budget_spent(self) -> list[Action]:
+        """Stop releasing: the region's budget cannot pay for what comes next."""
+        assert self.privacy is not None
+        self.state = FogState.BUDGET_SPENT
+        self.deadline = None
+        self._updates = {}
+        ledger = self.privacy.ledger
+        return [PrivacyStop(self.version or 0, ledger.releases, ledger.epsilon())]
 
     def _forwarded_samples(self) -> int:
         """The sample count the fog claims for its aggregate (its weight at the cloud).
@@ -558,12 +605,15 @@ class FogRound:
             seq=self.seq,
             fog_round=c.fog_round,
             layout=c.layout,
+            metrics=self.privacy.metrics() if self.privacy is not None else {},
         )
 
     def _close(self, now: float, *, timed_out: bool) -> list[Action]:
         c = self._cycle
         if self.state is not FogState.COLLECTING or c is None:
             raise StateError(f"cannot close a round in state {self.state.value}")
+        if self.privacy is not None and not self.privacy.can_start(1):
+            return self._budget_spent()  # refuse to start a release beyond the budget
         edges = tuple(sorted(self._updates))
         stack = np.stack([self._updates[e].delta for e in edges])
         weights = np.array([self._updates[e].num_samples for e in edges], dtype=np.float64)
@@ -583,6 +633,9 @@ class FogRound:
             log.warning("fog %s: round (v%s, seq %s) skipped: %s", self.config.fog_id,
                         c.version, self.seq, exc)
             return [skipped, *self._open_round(now, changed=False)]
+        if self.privacy is not None:
+            # accounted (and on disk) before anything computed from it leaves the fog
+            self.privacy.spend()
         # Accumulate the cloud-round delta separately: forwarding (g + D) - g would lose
         # float32 precision that the cloud's weighted average then could not recover.
         c.cum_delta = (c.cum_delta + delta).astype(np.float32)
@@ -608,7 +661,8 @@ class FogRound:
             contributors=tuple(sorted(c.samples)),
             fog_rounds=c.fog_round,
             delta=c.cum_delta.copy(),
-            metrics=_weighted_metrics(c.metrics),
+            metrics={**_weighted_metrics(c.metrics),
+                     **(self.privacy.metrics() if self.privacy is not None else {})},
             provenance=tuple(p for (edge, _), p in sorted(c.proofs.items(),
                                                           key=lambda kv: kv[0])
                              if edge in c.samples),

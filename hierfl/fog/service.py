@@ -41,6 +41,7 @@ from hierfl.fog.round import (
     FogRoundConfig,
     FogState,
     Forward,
+    PrivacyStop,
     PublishModel,
     RoundClosed,
     RoundSkipped,
@@ -122,8 +123,15 @@ class FogService:
                 resend_after_s=s.resend_after_s,
                 early_limit=s.mqtt.queue_size,
             ),
-            make_aggregator(s.aggregator, s.aggregator_params),
+            _fog_rule(s),
+            privacy=_region_privacy(s),
         )
+        if self.round.privacy is not None:
+            p = s.privacy
+            log.info("fog %s: differential privacy %s: sigma %g, C %g, q %g, delta %g, target "
+                     "epsilon %s; %d releases so far (epsilon %.4g)", s.fog_id, p.mode,
+                     p.noise_multiplier, p.clip_norm, p.sample_rate, p.delta, p.target_epsilon,
+                     self.round.privacy.ledger.releases, self.round.privacy.ledger.epsilon())
         self._events: asyncio.Queue[_Event] = asyncio.Queue(maxsize=s.mqtt.queue_size)
         # accepted / rejected per base version, for monitors that attribute counts to rounds
         self._by_version: dict[int, dict[str, Any]] = {}
@@ -707,6 +715,16 @@ class FogService:
             elif isinstance(a, RoundSkipped):
                 self.metrics.inc("rounds_skipped")
                 self.metrics.inc(f"rounds_skipped_{a.reason}")
+            elif isinstance(a, PrivacyStop):
+                self.metrics.set("privacy_budget_spent", 1)
+                log.warning("fog %s: privacy budget spent: no more releases from this region "
+                            "(%d releases, epsilon %.4g at delta %g, target %s)",
+                            self.settings.fog_id, a.releases, a.epsilon,
+                            self.settings.privacy.delta, self.settings.privacy.target_epsilon)
+        if self.round.privacy is not None:
+            ledger = self.round.privacy.ledger
+            self.metrics.set("privacy_epsilon", ledger.epsilon())
+            self.metrics.set("privacy_releases", ledger.releases)
         await self._flush()
         await self._publish_stats()
 
@@ -801,6 +819,63 @@ class FogService:
             await offload(self._spool.drop_except, open_round)
             if self.round.version is not None:
                 await offload(self._spool.drop_forwarded, before=self.round.version)
+
+
+def _fog_rule(s: FogSettings) -> Any:
+    """The fog's aggregation rule, wrapped with the Gaussian mechanism under device-level DP."""
+    rule = make_aggregator(s.aggregator, s.aggregator_params)
+    p = s.privacy
+    if p.mode not in ("trusted_fog", "untrusted_fog"):
+        return rule
+    from hierfl.privacy.mechanisms import (  # noqa: PLC0415
+        AdaptiveClip,
+        effective_noise_multiplier,
+    )
+    from hierfl.privacy.wrappers import DPAggregator  # noqa: PLC0415
+
+    adaptive = None
+    sigma_updates = None
+    if p.adaptive_clip and p.mode == "trusted_fog":
+        adaptive = AdaptiveClip(p.clip_norm, p.target_quantile, p.clip_learning_rate,
+                                p.count_noise_multiplier)
+        sigma_updates = effective_noise_multiplier(p.noise_multiplier, p.count_noise_multiplier)
+    return DPAggregator(rule, clip_norm=p.clip_norm, noise_multiplier=p.noise_multiplier,
+                        expected_updates=_expected_updates(s),
+                        add_noise=p.mode == "trusted_fog", adaptive=adaptive,
+                        noise_multiplier_updates=sigma_updates)
+
+
+def _expected_updates(s: FogSettings) -> int:
+    """m, the fixed denominator: the setting, else q x the listed edges, else min_updates."""
+    p = s.privacy
+    if p.expected_updates is not None:
+        return p.expected_updates
+    if p.sample_rate < 1.0 and s.allowed_edges:
+        return max(1, round(p.sample_rate * len(s.allowed_edges)))
+    return s.min_updates
+
+
+def _region_privacy(s: FogSettings) -> Any:
+    """The region's ledger and budget (None unless a device-level DP mode is on).
+
+    Raises:
+        LedgerCorruptError: the ledger on disk is unreadable (never reset silently).
+    """
+    p = s.privacy
+    if p.mode not in ("trusted_fog", "untrusted_fog"):
+        return None
+    from hierfl.privacy.ledger import LEDGER_FILE, PrivacyLedger  # noqa: PLC0415
+    from hierfl.privacy.region import RegionPrivacy  # noqa: PLC0415
+
+    folder = p.ledger_folder(s.spool_dir, s.security.state_dir)
+    assert folder is not None  # FogSettings refuses DP without one
+    # untrusted_fog: the edges add the noise shares (and account for themselves as local DP);
+    # the region's sum then carries sigma C, accounted here as in trusted_fog
+    ledger = PrivacyLedger(folder / LEDGER_FILE, population=s.fog_id,
+                           noise_multiplier=p.noise_multiplier, sample_rate=p.sample_rate,
+                           delta=p.delta, method=p.accountant)
+    return RegionPrivacy(ledger, clip_norm=p.clip_norm, target_epsilon=p.target_epsilon,
+                         k2=s.k2, population=tuple(sorted(s.allowed_edges)))
 
 
 class _Lanes:
