@@ -247,8 +247,6 @@ class EdgeSecAgg:
         holding = {*self._held, self.edge_id}
         if not (set(m.self_mask_of) | set(m.secret_key_of)) <= holding:
             raise SecAggMessageError("asked for shares this edge does not hold")
-        if self.edge_id in m.secret_key_of:
-            raise SecAggPrivacyError("asked for this edge's own secret-key share")
 
         def held(v: str) -> tuple[int, int]:
             return self._own_share if v == self.edge_id else self._held[v]
