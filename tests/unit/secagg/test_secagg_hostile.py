@@ -4,6 +4,7 @@ changes no state and never a crash."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -13,7 +14,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hierfl.errors import HierflError
 from hierfl.secagg import EdgeSecAgg, FogSecAgg
 from hierfl.secagg.errors import (
     SecAggAuthError,
@@ -99,7 +99,7 @@ def test_a_second_request_is_refused() -> None:
         (lambda r: dataclasses.replace(r, survivors=r.survivors[:3]), SecAggPrivacyError),
         # a survivor list that omits this edge (it sent its input)
         (lambda r: dataclasses.replace(
-            r, survivors=tuple(e for e in r.survivors if e != "edge-000") + ("edge-001",),
+            r, survivors=(*(e for e in r.survivors if e != "edge-000"), "edge-001"),
             self_mask_of=("edge-001",), secret_key_of=()), SecAggMessageError),
         # shares of an edge that is not a neighbour holding nothing here
         (lambda r: dataclasses.replace(r, secret_key_of=("edge-999",)), SecAggMessageError),
@@ -275,18 +275,13 @@ def test_malformed_messages_raise_only_typed_errors(
     else:
         msg[name] = junk
     packed = msgpack.unpackb(msgpack.packb(msg, use_bin_type=True), raw=False, strict_map_key=False)
-    for target in ("parse", "fog", "edge"):
-        try:
-            if target == "parse":
-                parse(packed)
-            elif target == "fog":
-                FogSecAgg(make_params(3, 8)).receive(packed)
-            else:
-                edge = EdgeSecAgg(make_params(3, 8), "edge-000", random_bytes=seeded(0))
-                edge.advertise()
-                edge.on_roster(packed)
-        except HierflError as exc:
-            assert isinstance(exc, SecAggError)
+    edge = EdgeSecAgg(make_params(3, 8), "edge-000", random_bytes=seeded(0))
+    edge.advertise()
+    targets = (parse, FogSecAgg(make_params(3, 8)).receive, edge.on_roster)
+    for target in targets:
+        # a typed SecAggError or acceptance; anything else (a crash) fails the test
+        with contextlib.suppress(SecAggError):
+            target(packed)
 
 
 def test_garbage_that_is_not_a_message() -> None:

@@ -85,9 +85,9 @@ def test_shamir_any_t_shares_recover_the_secret_and_fewer_do_not() -> None:
         shamir.reconstruct(three, 3)
     for value in shares.values():
         assert shamir.share_from_bytes(shamir.share_to_bytes(value)) == value
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="distinct"):
         shamir.share(secret, [1, 1, 2], 2, rb)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="threshold"):
         shamir.share(secret, [1, 2], 3, rb)
 
 
