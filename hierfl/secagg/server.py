@@ -90,7 +90,8 @@ class FogSecAgg:
         self._keys: dict[str, tuple[bytes, bytes]] = {}  # U1: advertised (c_pk, s_pk)
         self._shares: dict[str, dict[str, bytes]] = {}  # U2: sender -> recipient -> ct
         self._holds: dict[str, set[str]] = {}  # recipient -> owners whose shares it got
-        self._masked: dict[str, npt.NDArray[np.uint32]] = {}  # U3
+        self._masked: set[str] = set()  # U3: their inputs are summed on arrival
+        self._total = np.zeros(params.dim, dtype=np.uint32)
         self._requests: dict[str, UnmaskRequest] = {}
         self._responses: dict[str, UnmaskResponse] = {}  # U4
 
@@ -170,7 +171,8 @@ class FogSecAgg:
             raise SecAggMessageError(
                 f"masked input of {len(m.masked)} bytes, expected {4 * self.params.dim}"
             )
-        self._masked[m.sender] = np.frombuffer(m.masked, dtype="<u4").astype(np.uint32)
+        self._total += np.frombuffer(m.masked, dtype="<u4")
+        self._masked.add(m.sender)
 
     def _on_response(self, m: UnmaskResponse) -> None:
         self._check_new(m.sender, self._responses, self._requests)
@@ -283,9 +285,7 @@ class FogSecAgg:
         survivors = sorted(self._masked)
         dim = self.params.dim
         context = self.params.context()
-        total = np.zeros(dim, dtype=np.uint32)
-        for u in survivors:
-            total += self._masked[u]
+        total = self._total.copy()
         for owner in sorted(self._needed()):
             is_survivor = owner in self._masked
             shares = {

@@ -49,6 +49,7 @@ class Region:
     clients: dict[str, EdgeSecAgg] = field(init=False)
     server: FogSecAgg = field(init=False)
     outbox: dict[str, dict[str, Any]] = field(init=False, default_factory=dict)
+    masked: dict[str, bytes] = field(init=False, default_factory=dict)  # what the fog received
 
     def __post_init__(self) -> None:
         self.clients = {
@@ -76,6 +77,7 @@ class Region:
         forwarded = self.server.close_share()
         for e in alive:
             out = self.clients[e].on_shares(wire(forwarded[e]), inputs[e])
+            self.masked[e] = out.masked
             self.server.receive(wire(out), sender=e)
         alive = [e for e in alive if e not in drop["masked"]]
         requests = self.server.close_masked()

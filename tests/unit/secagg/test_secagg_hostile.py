@@ -256,10 +256,10 @@ def _valid_wire_messages() -> list[dict[str, Any]]:
 
 
 _junk = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8),
+    st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(), st.text(max_size=8),
     st.binary(max_size=200), st.lists(st.binary(max_size=40), max_size=3),
     st.dictionaries(st.text(max_size=4), st.binary(max_size=70), max_size=3),
-    st.dictionaries(st.integers(), st.integers(), max_size=2),
+    st.dictionaries(st.integers(0, 2**32), st.integers(0, 2**32), max_size=2),
 )
 
 
