@@ -200,6 +200,8 @@ class CloudRound:
         metrics: dict[str, float] = {}
         for f in frames:
             for k, v in f.metrics.items():
+                if k.startswith("dp."):
+                    continue  # the privacy account is per region: the service combines it
                 metrics[k] = metrics.get(k, 0.0) + v * f.num_samples / total
         new = NewGlobal(
             version=self.version,

@@ -103,6 +103,18 @@ class CloudService:
             layout=ckpt.layout,
         )
         self._latest: Checkpoint = ckpt
+        # differential privacy: the worst region's account, resumed from the checkpoint
+        self.privacy = None
+        if settings.privacy.enabled:
+            from hierfl.privacy.federation import FederationPrivacy  # noqa: PLC0415
+
+            p = settings.privacy
+            self.privacy = FederationPrivacy.restore(
+                ckpt.meta.get("privacy"), mode=p.mode, delta=p.delta,
+                target_epsilon=p.target_epsilon, method=p.accountant)
+            if self.privacy.stopped:
+                log.warning("cloud: v%d is the final model (%s, epsilon %.4g at delta %g)",
+                            ckpt.version, self.privacy.status, self.privacy.epsilon(), p.delta)
         self._steps = Steps()  # round steps a reconnect cannot cut in half
         self._published_version = -1
         # every tier's spans per version; one RoundTimeline per round (hierfl.timeline)
@@ -127,6 +139,8 @@ class CloudService:
         self._stop.set()
 
     def _done(self) -> bool:
+        if self.privacy is not None and self.privacy.stopped:
+            return True  # the privacy budget cannot pay for another round
         mv = self.settings.max_versions
         return mv is not None and self.round.version >= mv
 
@@ -310,6 +324,14 @@ class CloudService:
             "replay": ({} if self.security.verifier is None
                        else self.security.verifier.replay.snapshot()),
         }
+        if self.privacy is not None:
+            # sigma, C, q, releases and epsilon at delta of every region; the stop decision
+            priv = self.privacy.close_round(new.fogs)
+            meta["privacy"] = priv
+            meta["status"] = priv["status"]
+            if priv["epsilon"] is not None:
+                meta["metrics"] = {**new.metrics, "dp.epsilon": float(priv["epsilon"]),
+                                   "dp.delta": float(priv["delta"])}
         signer = self.security.signer
         started = time.time()
         ckpt = await offload(
@@ -322,6 +344,14 @@ class CloudService:
         self.metrics.inc("versions")
         log.info("cloud: v%d from %d fogs / %d edges%s", new.version, meta["num_fogs"],
                  meta["num_edges"], " (deadline)" if new.timed_out else "")
+        if self.privacy is not None:
+            self.metrics.set("privacy_epsilon", self.privacy.epsilon())
+            if self.privacy.stopped:
+                self.metrics.set("privacy_budget_spent", 1)
+                log.warning("cloud: federation %s %s at v%d: epsilon %.4g at delta %g (target "
+                            "%s); v%d is the final model", self.settings.federation,
+                            self.privacy.status, new.version, self.privacy.epsilon(),
+                            self.privacy.delta, self.privacy.target_epsilon, new.version)
         return ckpt
 
     def _lineage(self, new: NewGlobal) -> dict[str, Any]:

@@ -29,7 +29,13 @@ from hierfl.config import EdgeSettings
 from hierfl.edge.feedback import UplinkFeedback
 from hierfl.edge.model_feed import DELTA, FULL, ModelFeed
 from hierfl.edge.vector import VectorModel
-from hierfl.errors import ConfigError, HierflError, ShapeMismatchError, TransportError
+from hierfl.errors import (
+    ConfigError,
+    HierflError,
+    PrivacyBudgetExhaustedError,
+    ShapeMismatchError,
+    TransportError,
+)
 from hierfl.metrics import ServiceMetrics
 from hierfl.offload import offload
 from hierfl.ratelimit import REJECT_LOG_INTERVAL_S, LogThrottle, suppressed_note
@@ -90,8 +96,12 @@ class EdgeClient:
                  transports: Transports | None = None) -> None:
         self.settings = settings
         self.transports: Transports = transports or BrokerTransports()
-        self.task = task
-        self.model = task.build_model()
+        self.task, self._record_ledger = _private_task(settings, task)
+        self.model = self.task.build_model()
+        #: device-level DP at this edge (clip; untrusted_fog: noise share, own ledger)
+        self.privacy = _edge_privacy(settings)
+        #: the edge's privacy budget is spent: it sends no more updates (docs/privacy.md)
+        self.budget_spent = False
         self.metrics = ServiceMetrics("edge", settings.edge_id)
         self.security = tier_security(
             settings.security, federation=settings.federation,
@@ -162,8 +172,10 @@ class EdgeClient:
                     raise _Stopped
             except* _Stopped:
                 self._stop.set()
+            # an edge whose privacy budget is spent tells its fog so (retained): it counts them
+            last = BUDGET_SPENT if self.budget_spent else b"offline"
             with contextlib.suppress(TransportError):
-                await asyncio.wait_for(mqtt.publish(status, b"offline", retain=True), 2)
+                await asyncio.wait_for(mqtt.publish(status, last, retain=True), 2)
 
     async def _receive(self, mqtt: MqttLink, feed: ModelFeed) -> None:
         s = self.settings
@@ -236,6 +248,12 @@ class EdgeClient:
                 update = await offload(self._train_on, frame)
                 self.timeline.add("edge.train", frame.version, started, time.time())
                 data, sent = await offload(self._encode, update)
+            except PrivacyBudgetExhaustedError as exc:
+                self.budget_spent = True
+                self.metrics.set("privacy_budget_spent", 1)
+                log.warning("edge %s: privacy budget spent, sending no more updates: %s",
+                            s.edge_id, exc)
+                return
             except HierflError as exc:
                 self.metrics.reject(exc.reason)
                 log.warning("edge %s: cannot train on v%d: %s", s.edge_id, frame.version, exc)
@@ -310,9 +328,18 @@ class EdgeClient:
     def _train_on(self, frame: ModelFrame) -> UpdateFrame:
         base = frame.weights
         _load(self.model, base, self.settings.threads)
+        if self.privacy is not None:
+            self.privacy.check_budget()  # untrusted_fog: nothing is trained past the budget
         result = self.task.train(self.model, self.settings.local_epochs)
         delta = _to_vector(self.model)  # a fresh float32 vector: subtract in place
         np.subtract(delta, base, out=delta, dtype=np.float32)
+        metrics = {k: float(v) for k, v in result.metrics.items()}
+        if self.privacy is not None:
+            delta = self.privacy.process(delta)
+            metrics.update(self.privacy.metrics())
+        _persist_record_account(self.task, self._record_ledger)
+        if self.settings.privacy.mode == "record" and "epsilon" in metrics:
+            metrics["dp.epsilon"] = metrics["epsilon"]  # the fog and cloud keep the worst
         return UpdateFrame(
             federation=self.settings.federation,
             fog_id=self.settings.fog_id,
@@ -321,9 +348,65 @@ class EdgeClient:
             base_seq=frame.seq,
             num_samples=int(result.num_samples),
             delta=delta,
-            metrics={k: float(v) for k, v in result.metrics.items()},
+            metrics=metrics,
             created_at=time.time(),
         )
+
+
+#: the retained status of an edge whose privacy budget is spent (its fog counts them)
+BUDGET_SPENT = b"budget_spent"
+
+
+def _edge_privacy(settings: EdgeSettings) -> Any:
+    """The edge's device-level DP (None unless trusted_fog or untrusted_fog)."""
+    p = settings.privacy
+    if p.mode not in ("trusted_fog", "untrusted_fog"):
+        return None
+    from hierfl.privacy.local import EdgePrivacy  # noqa: PLC0415
+
+    shares = p.expected_updates or 1
+    ledger = None
+    if p.mode == "untrusted_fog":
+        ledger = EdgePrivacy.local_ledger(
+            p.ledger_folder(settings.security.state_dir), settings.edge_id,
+            noise_multiplier=p.noise_multiplier, shares=shares, delta=p.delta,
+            method=p.accountant)
+    return EdgePrivacy(p.mode, p.clip_norm, p.noise_multiplier, shares, ledger,
+                       p.target_epsilon)
+
+
+def _private_task(settings: EdgeSettings, task: Any) -> tuple[Any, Any]:
+    """Record mode: the task wrapped with DP-SGD (torch only, imported here), its account
+    resumed from the edge's ledger when it has a folder for one."""
+    p = settings.privacy
+    if p.mode != "record":
+        return task, None
+    from hierfl.privacy.dpsgd import DPSGDTask  # noqa: PLC0415
+    from hierfl.privacy.ledger import LEDGER_FILE, PrivacyLedger  # noqa: PLC0415
+
+    if p.target_epsilon is None:
+        raise ConfigError("privacy.mode = 'record' needs privacy.target_epsilon: each edge "
+                          "stops training on its records once its budget is spent")
+    private = DPSGDTask(task, noise_multiplier=p.noise_multiplier, clip_norm=p.clip_norm,
+                        delta=p.delta, target_epsilon=p.target_epsilon, method=p.accountant)
+    folder = p.ledger_folder(settings.security.state_dir)
+    ledger = None
+    if folder is not None:
+        ledger = PrivacyLedger(folder / LEDGER_FILE, population=settings.edge_id,
+                               noise_multiplier=p.noise_multiplier,
+                               sample_rate=private.accountant.sample_rate, delta=p.delta,
+                               method=p.accountant)
+        private.accountant.releases = ledger.releases  # a restart never resets it
+    return private, ledger
+
+
+def _persist_record_account(task: Any, ledger: Any) -> None:
+    """Record mode: write the steps the DP-SGD task took to the edge's ledger."""
+    accountant = getattr(task, "accountant", None)
+    if ledger is None or accountant is None:
+        return
+    if accountant.releases > ledger.releases:
+        ledger.spend(accountant.releases - ledger.releases)
 
 
 def _to_vector(model: Any) -> Float32Vector:

@@ -672,11 +672,16 @@ class FogRound:
 
 
 def _weighted_metrics(items: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
-    """Sample-weighted mean of each metric over the updates that reported it."""
+    """Sample-weighted mean of each metric over the updates that reported it; the privacy
+    account (``dp.*``, e.g. each edge's own epsilon in record mode) is the worst, not a mean."""
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
+    worst: dict[str, float] = {}
     for n, m in items:
         for k, v in m.items():
+            if k.startswith("dp."):
+                worst[k] = max(worst.get(k, float(v)), float(v))
+                continue
             sums[k] = sums.get(k, 0.0) + n * float(v)
             counts[k] = counts.get(k, 0.0) + n
-    return {k: sums[k] / counts[k] for k in sums if counts[k] > 0}
+    return {**{k: sums[k] / counts[k] for k in sums if counts[k] > 0}, **worst}
