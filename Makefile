@@ -8,7 +8,7 @@ HIERFL := $(VENV)/bin/hierfl
 # torch first, pinned: a CPU wheel (any other spec may pull a multi-GB CUDA build).
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup system-deps demo test lint simtest bench bench-compare clean
+.PHONY: setup system-deps demo test lint simtest bench bench-compare compose-test clean
 
 setup: system-deps $(VENV)/.installed
 
@@ -70,6 +70,13 @@ $(FLOWER_VENV)/.installed: pyproject.toml benchmarks/install_flower.sh
 bench-compare: setup $(FLOWER_VENV)/.installed
 	$(PY) benchmarks/compare.py --hierfl $(HIERFL) --flower-python $(FLOWER_VENV)/bin/python \
 	  $(COMPARE_ARGS)
+
+# The compose stack in real containers (compose/test.sh, docs/deployment.md): builds the images
+# (offline wheelhouse), provisions, runs Tansu-as-Kafka, mosquitto (mutual TLS), cloud, 2 fogs,
+# 4 edges and Prometheus, kills a fog, restarts the stack, tears it down. Needs root (starts
+# dockerd if none runs, and stops only that one) and several minutes; not part of `make test`.
+compose-test: setup
+	compose/test.sh
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache .mypy_cache
