@@ -1,0 +1,204 @@
+"""What secure aggregation costs in one fog region: hierfl's SecAgg+ core, in process; JSON.
+
+One JSON line per (region size, model) on stdout, from one in-process round driven the way the
+fog and edges will drive it (every message packed and unpacked with msgpack, as the transport
+will carry it), optionally with a share of the edges dropping out after sharing (the costliest
+case for the fog: it reconstructs their secret keys and recomputes their pairwise masks)::
+
+    {"system": "hierfl", "edges": 100, "params": 4810, "k": 14, "t": 11, "dropped": 0,
+     "edge_cpu_ms": {"advertise": .., "share": .., "masked": .., "unmask": ..},   # median edge
+     "edge_cpu_ms_max": {..}, "edge_uplink_bytes": {..}, "edge_downlink_bytes": {..},
+     "fog_cpu_ms": {"advertise": .., "share": .., "masked": .., "unmask": ..},
+     "total_s": .., "parallel_round_s": .., "plain_sum_ms": .., "exact": true}
+
+- ``edge_cpu_ms``: thread CPU of one edge per stage, median over edges (``_max``: the slowest),
+  unpacking the fog's message and packing the edge's answer included.
+- ``edge_uplink_bytes`` / ``edge_downlink_bytes``: msgpack bytes an edge sends / receives per
+  stage (median over edges); the plain update would be ``4 * params`` bytes of float32.
+- ``fog_cpu_ms``: thread CPU of the fog per stage (receiving every edge's message, then closing
+  the stage; ``unmask`` includes reconstructing secrets and removing the masks).
+- ``total_s``: wall time of the whole round run sequentially in this one process (every edge's
+  work and the fog's, one after another): the in-process cost of the protocol.
+- ``parallel_round_s``: sum over stages of (slowest edge + fog), the round's length if the edges
+  ran in parallel and the network were free; what a deployment adds on top is transport.
+- ``plain_sum_ms``: the fog summing the same n float32 updates in the clear, for scale.
+- ``exact``: the unmasked sum equals the plain fixed-point sum of those who sent.
+
+Flower's SecAgg+ (``secaggplus_mod`` with ``SecAggPlusWorkflow``) on the same sizes runs from
+``benchmarks/flower_secagg.py`` in ``.venv-flower`` when that exists (``--flower``); its lines
+carry ``"system": "flwr-1.42.0"``.
+
+Usage: python benchmarks/secagg.py [--edges 5,20,100] [--models digits,wide] [--dropout 0.0]
+       [--flower] [--out benchmarks/results/secagg-<date>.jsonl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from hierfl.secagg import EdgeSecAgg, FixedPoint, FogSecAgg, SecAggParams, SecAggResult
+
+# digits_model() of hierfl/sim/scenarios.py: 64-64-10 and 64-1024-1024-10 MLPs
+MODELS = {"digits": 64 * 64 + 64 + 64 * 10 + 10, "wide": 64 * 1024 + 1024 + 1024 * 1024 + 1024
+          + 1024 * 10 + 10}
+STAGES = ("advertise", "share", "masked", "unmask")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pack(message: Any) -> bytes:
+    return msgpack.packb(message.to_wire(), use_bin_type=True)
+
+
+def _unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False)
+
+
+def run_region(n: int, dim: int, dropout: float = 0.0, seed: int = 0) -> dict[str, Any]:
+    """One full round for ``n`` edges and ``dim`` parameters; see the module docstring."""
+    roster = tuple(f"edge-{i:03d}" for i in range(n))
+    params = SecAggParams("fog-a", 1, roster, dim, FixedPoint.for_region(n, 1.0))
+
+    def update(e: str) -> np.ndarray:
+        # made on demand: 100 wide updates held at once would be 450 MB
+        rng = np.random.default_rng([seed, roster.index(e)])
+        return (rng.normal(size=dim) * 0.001).astype(np.float32)
+
+    n_drop = round(dropout * n)
+    dropped = set(roster[1 : 1 + n_drop])
+    edge_cpu: dict[str, dict[str, float]] = defaultdict(dict)
+    up: dict[str, dict[str, int]] = defaultdict(dict)
+    down: dict[str, dict[str, int]] = defaultdict(dict)
+    fog_cpu: dict[str, float] = {}
+
+    def edge_step(stage: str, e: str, call: Any, incoming: bytes | None) -> bytes:
+        t = time.thread_time()
+        out = _pack(call(_unpack(incoming)) if incoming is not None else call())
+        edge_cpu[stage][e] = time.thread_time() - t
+        up[stage][e] = len(out)
+        if incoming is not None:
+            down[stage][e] = len(incoming)
+        return out
+
+    start = time.perf_counter()
+    clients = {e: EdgeSecAgg(params, e) for e in roster}
+    fog = FogSecAgg(params)
+    alive = [e for e in roster if e not in dropped]
+    calls = {
+        "advertise": lambda e: clients[e].advertise,
+        "share": lambda e: clients[e].on_roster,
+        "masked": lambda e: lambda m: clients[e].on_shares(m, current[0]),
+        "unmask": lambda e: clients[e].on_unmask,
+    }
+    closes = {
+        "advertise": fog.close_advertise, "share": fog.close_share,
+        "masked": fog.close_masked, "unmask": fog.finish,
+    }
+    replies: dict[str, bytes] = {}
+    result = None
+    current = [np.zeros(0, dtype=np.float32)]
+    making_s = 0.0  # time spent making test updates, left out of total_s
+    for stage in STAGES:
+        fog_cpu[stage] = 0.0
+        # the fog receives each message as it comes, so it never holds n masked inputs
+        for e in roster if stage in ("advertise", "share") else alive:
+            if stage == "masked":
+                t = time.perf_counter()
+                current[0] = update(e)
+                making_s += time.perf_counter() - t
+            data = edge_step(stage, e, calls[stage](e), replies.get(e))
+            t = time.thread_time()
+            fog.receive(_unpack(data))
+            fog_cpu[stage] += time.thread_time() - t
+        t = time.thread_time()
+        out = closes[stage]()
+        replies = {} if stage == "unmask" else {e: _pack(m) for e, m in out.items()}
+        fog_cpu[stage] += time.thread_time() - t
+        result = out
+    total_s = time.perf_counter() - start - making_s
+
+    expected = np.zeros(dim, dtype=np.int64)
+    plain = np.zeros(dim, dtype=np.float32)
+    plain_sum_s = 0.0
+    for e in alive:
+        x = update(e)
+        expected += params.codec.quantize(x)
+        t = time.perf_counter()
+        plain += x
+        plain_sum_s += time.perf_counter() - t
+
+    def med(d: dict[str, dict[str, float]], scale: float = 1.0) -> dict[str, float]:
+        return {s: round(statistics.median(d[s].values()) * scale, 3) for s in STAGES if d[s]}
+
+    return {
+        "system": "hierfl", "edges": n, "params": dim, "k": params.k, "t": params.t,
+        "dropped_after_share": len(dropped),
+        "edge_cpu_ms": med(edge_cpu, 1e3),
+        "edge_cpu_ms_max": {s: round(max(edge_cpu[s].values()) * 1e3, 3) for s in STAGES},
+        "edge_uplink_bytes": {s: int(v) for s, v in med(up).items()},  # type: ignore[arg-type]
+        "edge_downlink_bytes": {s: int(v) for s, v in med(down).items()},  # type: ignore[arg-type]
+        "plain_update_bytes": 4 * dim,
+        "fog_cpu_ms": {s: round(v * 1e3, 3) for s, v in fog_cpu.items()},
+        "total_s": round(total_s, 4),
+        "parallel_round_s": round(
+            sum(max(edge_cpu[s].values()) + fog_cpu[s] for s in STAGES), 4
+        ),
+        "plain_sum_ms": round(plain_sum_s * 1e3, 3),
+        "exact": isinstance(result, SecAggResult)
+        and bool(np.array_equal(params.codec.decode_integers(result.total), expected)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--edges", default="5,20,100")
+    ap.add_argument("--models", default="digits,wide")
+    ap.add_argument("--dropout", type=float, nargs="*", default=[0.0, 0.1],
+                    help="fractions of edges dropping after sharing (one run each)")
+    ap.add_argument("--flower", action="store_true",
+                    help="also run Flower's SecAgg+ (benchmarks/flower_secagg.py, .venv-flower)")
+    ap.add_argument("--out", default=str(
+        ROOT / f"benchmarks/results/secagg-{datetime.datetime.now(datetime.UTC).date()}.jsonl"
+    ), help="append the lines here ('' for nowhere)")
+    args = ap.parse_args(argv)
+    lines = []
+    for model in args.models.split(","):
+        for n in map(int, args.edges.split(",")):
+            for dropout in args.dropout:
+                row = {"model": model, **run_region(n, MODELS[model], dropout)}
+                print(json.dumps(row), flush=True)
+                lines.append(row)
+    if args.flower:
+        python = ROOT / ".venv-flower/bin/python"
+        cmd = [str(python), str(ROOT / "benchmarks/flower_secagg.py"),
+               "--edges", args.edges, "--models", args.models]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        for line in proc.stdout.splitlines():
+            if line.startswith("{"):
+                row = json.loads(line)
+                print(json.dumps(row), flush=True)
+                lines.append(row)
+        if proc.returncode:
+            print(proc.stderr[-3000:], file=sys.stderr)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("a") as f:
+            for row in lines:
+                f.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
