@@ -37,7 +37,7 @@ def test_privacy_clip_bounds_every_row_and_zeroes_non_finite() -> None:
 
 
 def _dp_fog(**privacy) -> DPAggregator:
-    s = FogSettings.load(fog_id="f", aggregator="fedavg", min_updates=4, spool_dir="/tmp/x",
+    s = FogSettings.load(fog_id="f", aggregator="fedavg", min_updates=4, spool_dir="spool",
                          privacy={"mode": "trusted_fog", **privacy})
     rule = _fog_rule(s)
     assert isinstance(rule, DPAggregator)
