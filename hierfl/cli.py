@@ -55,8 +55,16 @@ ConfigOpt = Annotated[
     typer.Option("--config", "-c", help="TOML settings file (HIERFL_* env vars override it)."),
 ]
 
+LogFormatOpt = Annotated[
+    str | None,
+    typer.Option("--log-format", metavar="text|json",
+                 help="text (dated lines; never wrapped when not on a terminal) or json (one "
+                      "object per line: timestamp, level, tier, id, event, message, fields). "
+                      "Default: $HIERFL_LOG_FORMAT, else text."),
+]
 
-def _serve_tier(tier: str, config: Path | None) -> None:
+
+def _serve_tier(tier: str, config: Path | None, log_format: str | None = None) -> None:
     """Load a server tier's settings, build its service, expose metrics and run it."""
     from hierfl._memory import limit_malloc_arenas  # noqa: PLC0415
     from hierfl.metrics import serve_prometheus  # noqa: PLC0415
@@ -69,14 +77,15 @@ def _serve_tier(tier: str, config: Path | None) -> None:
             from hierfl.config import CloudSettings  # noqa: PLC0415
 
             cloud_settings = CloudSettings.load(config)
-            _setup_logging(cloud_settings.log_level)
+            _setup_logging(cloud_settings.log_level, log_format, tier="cloud", party="cloud")
             service: Any = CloudService(cloud_settings)
         else:
             from hierfl.config import FogSettings  # noqa: PLC0415
             from hierfl.fog.service import FogService  # noqa: PLC0415
 
             fog_settings = FogSettings.load(config)
-            _setup_logging(fog_settings.log_level)
+            _setup_logging(fog_settings.log_level, log_format, tier="fog",
+                           party=fog_settings.fog_id)
             service = FogService(fog_settings)
     except HierflError as exc:
         fail(exc)
@@ -87,19 +96,19 @@ def _serve_tier(tier: str, config: Path | None) -> None:
 
 
 @app.command()
-def cloud(config: ConfigOpt = None) -> None:
+def cloud(config: ConfigOpt = None, log_format: LogFormatOpt = None) -> None:
     """Run the cloud aggregator: consume fog aggregates, checkpoint and publish global models."""
-    _serve_tier("cloud", config)
+    _serve_tier("cloud", config, log_format)
 
 
 @app.command()
-def fog(config: ConfigOpt = None) -> None:
+def fog(config: ConfigOpt = None, log_format: LogFormatOpt = None) -> None:
     """Run a fog aggregator: collect edge updates over MQTT, aggregate, forward over Kafka."""
-    _serve_tier("fog", config)
+    _serve_tier("fog", config, log_format)
 
 
 @app.command()
-def edge(config: ConfigOpt = None) -> None:
+def edge(config: ConfigOpt = None, log_format: LogFormatOpt = None) -> None:
     """Run an edge device: train on local data from the fog's model, publish deltas."""
     try:
         from hierfl.config import EdgeSettings  # noqa: PLC0415
@@ -107,7 +116,8 @@ def edge(config: ConfigOpt = None) -> None:
         from hierfl.edge.client import load_task  # noqa: PLC0415
 
         settings = EdgeSettings.load(config)
-        _setup_logging(settings.log_level)
+        _setup_logging(settings.log_level, log_format, tier="edge",
+                       party=f"{settings.fog_id}/{settings.edge_id}")
         _cwd_importable()
         task = load_task(settings.task, settings.task_options, settings)
         client = EdgeClient(settings, task)

@@ -232,6 +232,14 @@ async def ensure_topics(settings: KafkaSettings, names: Sequence[str]) -> None:
             await admin.close()
 
 
+def _log_link(role: str, client_id: str, settings: KafkaSettings, what: str,
+              exc: BaseException | None = None) -> None:
+    """One INFO line per connect and disconnect of a Kafka client, naming the brokers."""
+    why = "" if exc is None or isinstance(exc, asyncio.CancelledError) else f" ({exc})"
+    log.info("Kafka %s %s %s %s%s", role, client_id, what, settings.bootstrap, why,
+             extra={"broker": settings.bootstrap, "client_id": client_id})
+
+
 class KafkaProducerTransport:
     """A Kafka producer that sends whole frames as ordered chunks.
 
@@ -247,6 +255,7 @@ class KafkaProducerTransport:
 
     def __init__(self, settings: KafkaSettings, *, client_id: str) -> None:
         self.settings = settings
+        self._client_id = client_id
         self._producer = AIOKafkaProducer(
             bootstrap_servers=settings.bootstrap,
             client_id=client_id,
@@ -267,6 +276,7 @@ class KafkaProducerTransport:
             with contextlib.suppress(KafkaError, OSError, asyncio.TimeoutError):
                 await self._producer.stop()
             raise
+        _log_link("producer", self._client_id, self.settings, "connected to")
         return self
 
     async def __aexit__(
@@ -277,6 +287,7 @@ class KafkaProducerTransport:
     ) -> None:
         with contextlib.suppress(KafkaError, OSError, asyncio.TimeoutError):
             await self._producer.stop()
+        _log_link("producer", self._client_id, self.settings, "disconnected from", exc)
 
     async def send_frame(self, topic: str, *, key: bytes, frame: bytes) -> int:
         """Send one frame as chunks and wait until every chunk is acknowledged by all ISRs.
@@ -335,6 +346,7 @@ class KafkaConsumerTransport:
         self.group_id = group_id
         self.start = start
         self.lookback_records = lookback_records
+        self._client_id = client_id
         self._reassembler = Reassembler(max_frame_bytes=max_frame_bytes)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap,
@@ -360,6 +372,7 @@ class KafkaConsumerTransport:
             with contextlib.suppress(KafkaError, OSError, asyncio.TimeoutError):
                 await self._consumer.stop()
             raise
+        _log_link("consumer", self._client_id, self.settings, "connected to")
         return self
 
     async def __aexit__(
@@ -370,6 +383,7 @@ class KafkaConsumerTransport:
     ) -> None:
         with contextlib.suppress(KafkaError, OSError, asyncio.TimeoutError):
             await self._consumer.stop()
+        _log_link("consumer", self._client_id, self.settings, "disconnected from", exc)
 
     async def _assign(self) -> None:
         parts: set[int] | None = None

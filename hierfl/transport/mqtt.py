@@ -310,7 +310,8 @@ class MqttTransport:
             self._close_socket()
             raise
         self._open = True
-        log.debug("MQTT %s connected to %s", self.client_id, self.settings.url)
+        log.info("MQTT %s connected to %s", self.client_id, self.settings.url,
+                 extra={"broker": self.settings.url, "client_id": self.client_id})
         return self
 
     def _close_socket(self) -> None:
@@ -324,9 +325,13 @@ class MqttTransport:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._open = False
+        was_open, self._open = self._open, False
         with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
             await self._client.__aexit__(exc_type, exc, tb)
+        if was_open:
+            why = "" if exc is None or isinstance(exc, asyncio.CancelledError) else f" ({exc})"
+            log.info("MQTT %s disconnected from %s%s", self.client_id, self.settings.url, why,
+                     extra={"broker": self.settings.url, "client_id": self.client_id})
 
     async def subscribe(self, topic_filter: str, *, qos: int = 1) -> None:
         """Subscribe to a topic filter and to the chunk sub-topics of what it matches.
