@@ -9,7 +9,7 @@ case for the fog: it reconstructs their secret keys and recomputes their pairwis
      "edge_cpu_ms": {"advertise": .., "share": .., "masked": .., "unmask": ..},   # median edge
      "edge_cpu_ms_max": {..}, "edge_uplink_bytes": {..}, "edge_downlink_bytes": {..},
      "fog_cpu_ms": {"advertise": .., "share": .., "masked": .., "unmask": ..},
-     "total_s": .., "parallel_round_s": .., "plain_sum_ms": .., "exact": true}
+     "total_s": .., "total_cpu_s": .., "parallel_round_s": .., "plain_sum_ms": .., "exact": true}
 
 - ``edge_cpu_ms``: thread CPU of one edge per stage, median over edges (``_max``: the slowest),
   unpacking the fog's message and packing the edge's answer included.
@@ -19,6 +19,8 @@ case for the fog: it reconstructs their secret keys and recomputes their pairwis
   the stage; ``unmask`` includes reconstructing secrets and removing the masks).
 - ``total_s``: wall time of the whole round run sequentially in this one process (every edge's
   work and the fog's, one after another): the in-process cost of the protocol.
+- ``total_cpu_s``: the CPU time of the same (this process): ``total_s`` less what other
+  processes on a shared machine took.
 - ``parallel_round_s``: sum over stages of (slowest edge + fog), the round's length if the edges
   ran in parallel and the network were free; what a deployment adds on top is transport.
 - ``plain_sum_ms``: the fog summing the same n float32 updates in the clear, for scale.
@@ -91,7 +93,7 @@ def run_region(n: int, dim: int, dropout: float = 0.0, seed: int = 0) -> dict[st
             down[stage][e] = len(incoming)
         return out
 
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     clients = {e: EdgeSecAgg(params, e) for e in roster}
     fog = FogSecAgg(params)
     alive = [e for e in roster if e not in dropped]
@@ -108,15 +110,16 @@ def run_region(n: int, dim: int, dropout: float = 0.0, seed: int = 0) -> dict[st
     replies: dict[str, bytes] = {}
     result = None
     current = [np.zeros(0, dtype=np.float32)]
-    making_s = 0.0  # time spent making test updates, left out of total_s
+    making_s = making_cpu_s = 0.0  # time spent making test updates, left out of total_s
     for stage in STAGES:
         fog_cpu[stage] = 0.0
         # the fog receives each message as it comes, so it never holds n masked inputs
         for e in roster if stage in ("advertise", "share") else alive:
             if stage == "masked":
-                t = time.perf_counter()
+                t, tc = time.perf_counter(), time.process_time()
                 current[0] = update(e)
                 making_s += time.perf_counter() - t
+                making_cpu_s += time.process_time() - tc
             data = edge_step(stage, e, calls[stage](e), replies.get(e))
             t = time.thread_time()
             fog.receive(_unpack(data))
@@ -127,6 +130,7 @@ def run_region(n: int, dim: int, dropout: float = 0.0, seed: int = 0) -> dict[st
         fog_cpu[stage] += time.thread_time() - t
         result = out
     total_s = time.perf_counter() - start - making_s
+    total_cpu_s = time.process_time() - start_cpu - making_cpu_s
 
     expected = np.zeros(dim, dtype=np.int64)
     plain = np.zeros(dim, dtype=np.float32)
@@ -151,6 +155,7 @@ def run_region(n: int, dim: int, dropout: float = 0.0, seed: int = 0) -> dict[st
         "plain_update_bytes": 4 * dim,
         "fog_cpu_ms": {s: round(v * 1e3, 3) for s, v in fog_cpu.items()},
         "total_s": round(total_s, 4),
+        "total_cpu_s": round(total_cpu_s, 4),
         "parallel_round_s": round(
             sum(max(edge_cpu[s].values()) + fog_cpu[s] for s in STAGES), 4
         ),
