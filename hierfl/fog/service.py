@@ -235,6 +235,8 @@ class FogService:
                     tg.create_task(self._ingest_mqtt(mqtt), name=f"fog[{fog}].mqtt")
                     tg.create_task(self._ingest_models(models), name=f"fog[{fog}].models")
                     tg.create_task(self._core(), name=f"fog[{fog}].core")
+                    if s.privacy.mode in ("record", "untrusted_fog"):
+                        tg.create_task(self._watch_budgets(), name=f"fog[{fog}].budgets")
                     stopper = tg.create_task(self._stop.wait(), name=f"fog[{fog}].stop")
                     await stopper
                     raise _Stopped
@@ -727,6 +729,28 @@ class FogService:
             self.metrics.set("privacy_releases", ledger.releases)
         await self._flush()
         await self._publish_stats()
+
+    async def _watch_budgets(self) -> None:
+        """Count this fog's edges whose own privacy budget is spent (record and
+        untrusted_fog modes): each says so in its retained status (``budget_spent``). Its own
+        MQTT connection, off the update path; only a DP fog opens it."""
+        s = self.settings
+        spent: set[str] = set()
+        async with self.transports.mqtt(
+            s.mqtt, client_id=f"hierfl-fog-{s.federation}-{s.fog_id}-status",
+        ) as link:
+            await link.subscribe(topics.status_filter(s.federation, s.fog_id))
+            async for inbound in link.messages():
+                edge = inbound.topic.rsplit("/", 1)[-1]
+                if edge == s.fog_id:
+                    continue
+                if inbound.payload == b"budget_spent":
+                    if edge not in spent:
+                        log.info("fog %s: edge %s has spent its privacy budget", s.fog_id, edge)
+                    spent.add(edge)
+                else:
+                    spent.discard(edge)  # a new budget (an operator's decision)
+                self.metrics.set("edges_budget_spent", len(spent))
 
     def _forward_timing(self, version: int) -> Callable[[], tuple[TimingSpan, ...]]:
         """The aggregate's timing, read once its body is compressed: the ``fog.forward`` span

@@ -157,3 +157,50 @@ async def test_privacy_budget_stop_survives_cloud_and_fog_restart(
         await wait_for(cloud.finished.is_set, 30, "the stopped cloud to finish at once")
     assert ModelStore(tmp_path / "store").latest().version == stop_at
 
+
+
+async def test_privacy_record_mode_stops_an_edge_whose_budget_is_spent(
+    mqtt_broker, kafka_broker, unique_id, tmp_path
+):
+    # both edges hold 16 records, batch 8: q = 0.5, 2 DP-SGD steps per epoch (one per round)
+    sigma, q, steps = 1.0, 0.5, 2
+    e2 = epsilon_for(noise_multiplier=sigma, sample_rate=q, releases=2 * steps, delta=1e-5)
+    e3 = epsilon_for(noise_multiplier=sigma, sample_rate=q, releases=3 * steps, delta=1e-5)
+    privacy = {"mode": "record", "noise_multiplier": sigma, "clip_norm": 1.0, "delta": 1e-5,
+               "target_epsilon": (e2 + e3) / 2}
+    write_initial(tmp_path / "init.npz")
+    cloud_s, fog_s, edge_s = settings_for(
+        mqtt_broker.url, kafka_broker.bootstrap, unique_id, TOPO, tmp_path / "store",
+        tmp_path / "init.npz", versions=None, signed=False,
+        fog_overrides={"privacy": privacy, "round_timeout_s": 5, "quorum": 1},
+        cloud_overrides={"privacy": privacy},
+    )
+    edges = [
+        EdgeClient(s.model_copy(update={"privacy": fog_s[0].privacy.model_copy(
+            update={"ledger_dir": tmp_path / f"ledger-{s.edge_id}"})}), tiny_task(i, n=16))
+        for i, s in enumerate(edge_s)
+    ]
+    cloud = CloudService(cloud_s)
+    fogs = make_fogs(fog_s)
+    async with (
+        spy_updates(mqtt_broker.url, unique_id, ["north"]) as spy,
+        running(cloud, *fogs, *edges) as tasks,
+    ):
+        await wait_for(lambda: all(t.done() for t in tasks[2:]), 60, "the edges to stop")
+        await wait_for(lambda: fogs[0].metrics.gauges.get("edges_budget_spent") == 2, 30,
+                       "the fog to count both edges as spent")
+        await wait_for(lambda: cloud.version >= 2, 30, "two cloud rounds")
+    for edge in edges:
+        assert edge.budget_spent
+        assert edge.updates_sent == 2  # the third epoch would exceed the target
+        assert edge.metrics.gauges["privacy_budget_spent"] == 1
+    sent = sorted((u.edge_id, u.base_version) for u in spy.updates)
+    assert sent == [("n0", 0), ("n0", 1), ("n1", 0), ("n1", 1)]
+    assert all(u.metrics["dp.epsilon"] <= (e2 + e3) / 2 for u in spy.updates)
+    # the edges' own ledgers hold the steps taken (a restart resumes them)
+    for e in ("n0", "n1"):
+        assert _ledger_releases(tmp_path / f"ledger-{e}") == 2 * steps
+    # the model metadata records the worst edge's epsilon for the region
+    meta = ModelStore(tmp_path / "store").load(2).meta
+    assert meta["privacy"]["regions"]["north"]["epsilon"] == pytest.approx(e2, rel=1e-6)
+    assert meta["metrics"]["dp.epsilon"] == pytest.approx(e2, rel=1e-6)
