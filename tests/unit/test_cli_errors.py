@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,14 @@ def test_init_model_errors_are_one_line_with_exit_2(workdir: Path, args: list[st
     assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
     assert "Traceback" not in res.stderr
     assert not any(p.suffix in (".npz", ".txt") for p in workdir.iterdir())
+
+
+def test_package_metadata_agrees_with_the_version_license_and_changelog() -> None:
+    root = Path(__file__).resolve().parents[2]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert project["version"] == hierfl.__version__
+    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+    license_text = (root / "LICENSE").read_text()
+    assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
+    assert "END OF TERMS AND CONDITIONS" in license_text
+    assert f"## [{hierfl.__version__}]" in (root / "CHANGELOG.md").read_text()
