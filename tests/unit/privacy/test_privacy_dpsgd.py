@@ -39,16 +39,56 @@ def flat(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
-def test_per_sample_grads_match_one_backward_per_record() -> None:
+class Scaled(torch.nn.Module):
+    """A parameter outside nn.Linear: per_sample_grads must take the vmap path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = tiny_model()
+        self.scale = torch.nn.Parameter(torch.tensor(1.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) * self.scale
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("kind", ["mlp", "scaled", "mse"])
+def test_per_sample_grads_match_one_backward_per_record(fast: bool, kind: str) -> None:
     task = tiny_task(n=12)
-    model = task.build_model()
-    per = per_sample_grads(model, task.loss_fn, task.x, task.y)
+    model = Scaled() if kind == "scaled" else task.build_model()
+    loss_fn = task.loss_fn
+    if kind == "mse":  # not cross-entropy: the vmap path, whatever `fast` says
+        def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return ((out.sum(1) - y.float()) ** 2).mean()
+    per = per_sample_grads(model, loss_fn, task.x, task.y, fast=fast)
+    assert list(per) == [k for k, _ in model.named_parameters()]
     for i in range(len(task.x)):
         model.zero_grad()
-        task.loss_fn(model(task.x[i : i + 1]), task.y[i : i + 1]).backward()
+        loss_fn(model(task.x[i : i + 1]), task.y[i : i + 1]).backward()
         for name, p in model.named_parameters():
             assert p.grad is not None
             torch.testing.assert_close(per[name][i], p.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_a_linear_layer_used_twice_takes_the_vmap_path() -> None:
+    lin = torch.nn.Linear(3, 3)
+
+    class Twice(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = lin
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(torch.relu(self.lin(x)))
+
+    model = Twice()
+    x, y = torch.randn(5, 3), torch.tensor([0, 1, 2, 0, 1])
+    per = per_sample_grads(model, torch.nn.functional.cross_entropy, x, y)
+    for i in range(5):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
+        assert lin.weight.grad is not None
+        torch.testing.assert_close(per["lin.weight"][i], lin.weight.grad, rtol=1e-5, atol=1e-6)
 
 
 def test_clipping_bounds_each_records_contribution() -> None:
