@@ -332,6 +332,8 @@ class CloudService:
             if priv["epsilon"] is not None:
                 meta["metrics"] = {**new.metrics, "dp.epsilon": float(priv["epsilon"]),
                                    "dp.delta": float(priv["delta"])}
+            if self.privacy.stopped:  # the final model says so to whoever reads it
+                meta["metrics"] = {**meta["metrics"], "dp.stopped": 1.0}
         signer = self.security.signer
         started = time.time()
         ckpt = await offload(

@@ -99,6 +99,19 @@ def register(app: typer.Typer) -> None:
                          "every frame's compressed body, so two runs give byte-identical "
                          "frames only with the same --federation (docs/benchmarks.md)"),
         ] = None,
+        dp: Annotated[
+            str,
+            typer.Option(help="differential privacy: off, record (DP-SGD at each edge), "
+                         "trusted_fog (DP-FedAvg, the fog noises), untrusted_fog (each edge "
+                         "adds its noise share) (docs/privacy.md)"),
+        ] = "off",
+        dp_epsilon: Annotated[
+            float | None,
+            typer.Option(help="privacy budget: the federation stops before epsilon exceeds it"),
+        ] = None,
+        dp_delta: Annotated[float, typer.Option(help="delta of (epsilon, delta)")] = 1e-5,
+        dp_sigma: Annotated[float, typer.Option(help="noise multiplier sigma")] = 1.0,
+        dp_clip: Annotated[float, typer.Option(help="clip norm C")] = 1.0,
         out: Annotated[Path, typer.Option(help="report directory")] = Path("runs/sim"),
         live: Annotated[bool, typer.Option(help="live progress table")] = True,
     ) -> None:
@@ -136,6 +149,8 @@ def register(app: typer.Typer) -> None:
                 aggregator_params=json.loads(aggregator_params), attack=attack,
                 byzantine=byzantine, out=out, live=live, security=security, zygote=zygote,
                 federation=federation or "",
+                dp=dp, dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_sigma=dp_sigma,
+                dp_clip=dp_clip,
             )
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc

@@ -49,6 +49,8 @@ class RoundRecord:
     accepted: int
     rejected: dict[str, int]
     fogs: dict[str, int] = field(default_factory=dict)
+    #: differential privacy: the federation's epsilon after this version (None: DP off)
+    epsilon: float | None = None
 
 
 class Observer:
@@ -81,6 +83,8 @@ class Observer:
         self.records: list[RoundRecord] = []
         self.initial: tuple[float, float] | None = None
         self.version = -1
+        #: the cloud published its final model: the privacy budget stopped the federation
+        self.privacy_stopped = False
         self.ready = asyncio.Event()
         self._up: Counter[int] = Counter()
         self._updates: Counter[int] = Counter()
@@ -197,7 +201,10 @@ class Observer:
                 accepted=accepted,
                 rejected={k: n for k, n in rej.items() if n},
                 fogs=dict(self._fogs[v - 1]),
+                epsilon=frame.metrics.get("dp.epsilon"),
             )
+            if frame.metrics.get("dp.stopped"):
+                self.privacy_stopped = True
             self._last_t = now
             self.version = v
             self.records.append(rec)

@@ -32,6 +32,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -147,6 +148,12 @@ class SimConfig:
     #: processes mode: fork the edges from one zygote process that imported torch once
     #: (:mod:`hierfl.sim.zygote`); False starts each edge as a plain ``hierfl edge`` process
     zygote: bool = True
+    #: differential privacy (docs/privacy.md): off, record, trusted_fog or untrusted_fog
+    dp: str = "off"
+    dp_epsilon: float | None = None
+    dp_delta: float = 1e-5
+    dp_sigma: float = 1.0
+    dp_clip: float = 1.0
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIO_TASKS:
@@ -160,6 +167,10 @@ class SimConfig:
             raise ValueError("mode must be 'processes' or 'inprocess'")
         if not 1 <= self.fogs <= self.edges:
             raise ValueError("need 1 <= fogs <= edges")
+        if self.dp not in ("off", "record", "trusted_fog", "untrusted_fog"):
+            raise ValueError("--dp must be off, record, trusted_fog or untrusted_fog")
+        if self.dp == "record" and self.dp_epsilon is None:
+            raise ValueError("--dp record needs --dp-epsilon: each edge stops once it is spent")
         self.out = Path(self.out)
         if not self.federation:
             self.federation = f"sim{os.getpid()}{int(time.time()) % 100000}"
@@ -266,15 +277,30 @@ def _edge_id(index: int) -> str:
     return f"e{index:03d}"
 
 
+def _privacy(cfg: SimConfig, party: str, **extra: Any) -> dict[str, Any]:
+    """The ``privacy`` section of one party (the ledger under OUT/privacy/<party>)."""
+    if cfg.dp == "off":
+        return {}
+    return {"privacy": {
+        "mode": cfg.dp, "noise_multiplier": cfg.dp_sigma, "clip_norm": cfg.dp_clip,
+        "delta": cfg.dp_delta, "target_epsilon": cfg.dp_epsilon,
+        "ledger_dir": cfg.out / "privacy" / party, **extra,
+    }}
+
+
 def _tier_settings(
     cfg: SimConfig, mqtt_url: str, bootstrap: str, prov: Provisioned | None = None
 ) -> tuple[CloudSettings, list[FogSettings], list[EdgeSettings]]:
     topo = cfg.topology()
+    if cfg.dp != "off":
+        # a fresh federation: the ledgers of an earlier run in OUT are not this one's
+        shutil.rmtree(cfg.out / "privacy", ignore_errors=True)
     cloud = CloudSettings.load(
         federation=cfg.federation, kafka={"bootstrap": bootstrap}, fogs=list(topo),
         min_fogs=len(topo), round_timeout_s=cfg.round_timeout_s,
         store_dir=cfg.out / "store", initial_model=cfg.out / "initial.npz",
         max_versions=cfg.rounds, aggregator="fedavg", security=security_section(prov, "cloud"),
+        **_privacy(cfg, "cloud"),
     )
     # the fewest updates the fog's rule can combine (nnm_f, krum's f): the default quorum of
     # 1 is raised to it, so that a deadline never closes a round the rule must refuse
@@ -295,6 +321,7 @@ def _tier_settings(
             # Tansu has been seen to skip a chunk record under load (the cloud then waits for
             # one fog's aggregate): re-send after seconds, not the deployed default of minutes
             resend_after_s=_SIM_RESEND_S,
+            **_privacy(cfg, fog),
         ))
     edges = [
         EdgeSettings.load(
@@ -304,6 +331,7 @@ def _tier_settings(
             task=SCENARIO_TASKS[cfg.scenario],
             task_options=_task_options(cfg, i), local_epochs=cfg.k1, codec=cfg.codec,
             error_feedback=cfg.error_feedback,
+            **_privacy(cfg, _edge_id(i), expected_updates=cfg.min_updates or len(idx)),
         )
         for fog, idx in topo.items()
         for i in idx
@@ -316,7 +344,7 @@ def _env(settings: Any, prefix: str = "HIERFL_") -> dict[str, str]:
     out: dict[str, str] = {}
     data = settings.model_dump(mode="json", exclude_none=True)
     for k, v in data.items():
-        if isinstance(v, dict) and k in ("mqtt", "kafka", "limits", "security"):
+        if isinstance(v, dict) and k in ("mqtt", "kafka", "limits", "security", "privacy"):
             for k2, v2 in v.items():
                 out[f"{prefix}{k.upper()}__{k2.upper()}"] = (
                     json.dumps(v2) if isinstance(v2, list | dict | bool) else str(v2)
@@ -808,9 +836,13 @@ async def _run_started(cfg: SimConfig, on_round: Callable[[RoundRecord], None] |
                     services = _inprocess_services(cfg, cloud_s, fog_s, edge_s, bad)
                     tasks = [asyncio.create_task(s.run()) for s in services]
                 stall_after = cfg.stall_timeout_s or max(5 * cfg.round_timeout_s, 300.0)
+                stopped_by: str | None = None
                 progress = (observer.version, time.monotonic())
-                while observer.version < cfg.rounds:
+                while observer.version < cfg.rounds and not observer.privacy_stopped:
                     procs.check()
+                    if cfg.dp == "record" and _edges_finished(procs, tasks, edge_s):
+                        stopped_by = "privacy budget (every edge)"
+                        break
                     if observer.version != progress[0]:
                         progress = (observer.version, time.monotonic())
                     elif time.monotonic() - progress[1] > stall_after:
@@ -857,8 +889,20 @@ async def _run_started(cfg: SimConfig, on_round: Callable[[RoundRecord], None] |
         import resource  # noqa: PLC0415
 
         cloud_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if observer.privacy_stopped:
+        stopped_by = "stopped: privacy budget"
     return _report(cfg, observer, wall, cloud_rss, fog_rss,
-                   _security_report(cfg, setup, observer, services))
+                   _security_report(cfg, setup, observer, services), stopped=stopped_by)
+
+
+def _edges_finished(procs: Any, tasks: list[asyncio.Task[None]],
+                    edge_s: list[EdgeSettings]) -> bool:
+    """Record mode: every edge ended by itself (each spent its own budget)."""
+    if tasks:  # in-process: the edges' tasks come after the cloud's and the fogs'
+        edge_tasks = tasks[-len(edge_s):]
+        return all(t.done() for t in edge_tasks)
+    running = [procs.procs.get(es.edge_id) for es in edge_s]
+    return all(p is not None and p.poll() == 0 for p in running)
 
 
 def _inprocess_services(cfg: SimConfig, cloud_s: CloudSettings, fog_s: list[FogSettings],
@@ -915,6 +959,9 @@ def _report(cfg: SimConfig, observer: Observer, wall: float, cloud_rss: float | 
             fog_rss: dict[str, float], security: dict[str, Any], *,
             stopped: str | None = None) -> dict[str, Any]:
     rounds = [asdict(r) for r in observer.records]
+    if cfg.dp == "off":  # the report of a run without DP is as it was
+        for r in rounds:
+            del r["epsilon"]
     rejected: Counter[str] = Counter()
     for r in observer.records:
         rejected.update(r.rejected)
@@ -956,6 +1003,13 @@ def _report(cfg: SimConfig, observer: Observer, wall: float, cloud_rss: float | 
         # where each round's time went: per-stage spans of every tier, the critical path
         "timeline": timeline,
     }
+    if cfg.dp != "off":
+        eps = [r.epsilon for r in observer.records if r.epsilon is not None]
+        report["privacy"] = {
+            "mode": cfg.dp, "epsilon": eps[-1] if eps else None, "delta": cfg.dp_delta,
+            "target_epsilon": cfg.dp_epsilon, "noise_multiplier": cfg.dp_sigma,
+            "clip_norm": cfg.dp_clip, "budget_stop": bool(stopped and "privacy" in stopped),
+        }
     path = cfg.out / "report.json"
     path.write_text(json.dumps(report, indent=2))
     report["report_path"] = str(path)
@@ -980,6 +1034,14 @@ def _plot(cfg: SimConfig, records: list[RoundRecord],
     a1.set_ylabel("test accuracy")
     a1.set_title(f"{cfg.scenario}: {cfg.fogs} fogs, {cfg.edges} edges, k2={cfg.k2}")
     a1.grid(alpha=0.3)
+    eps = [(x.round, x.epsilon) for x in records if x.epsilon is not None]
+    if eps:  # differential privacy: the budget spent, beside the accuracy it bought
+        a1e = a1.twinx()
+        a1e.plot([p[0] for p in eps], [p[1] for p in eps], color="tab:red", marker=".",
+                 label="epsilon")
+        if cfg.dp_epsilon:
+            a1e.axhline(cfg.dp_epsilon, color="tab:red", linestyle="--", alpha=0.5)
+        a1e.set_ylabel(f"epsilon (delta {cfg.dp_delta:g}, {cfg.dp})", color="tab:red")
     a2.plot(r, [x.edge_fog_bytes / 1e6 for x in records], label="edge -> fog")
     a2.plot(r, [x.fog_cloud_bytes / 1e6 for x in records], label="fog -> cloud")
     a2.plot(r, [x.cloud_edge_bytes / 1e6 for x in records], label="cloud -> edges")

@@ -32,16 +32,23 @@ class LiveView:
         c = self.cfg
         t = Table(title=f"hierfl sim: {c.scenario}{' (wide)' if c.wide else ''} | {c.fogs} fogs, "
                   f"{c.edges} edges, k1={c.k1}, k2={c.k2}, {c.mode}")
-        for col in ("round", "accuracy", "loss", "round s", "edges/fog", "up MB", "fog->cloud MB",
-                    "down MB", "rejected"):
+        dp = getattr(c, "dp", "off") != "off"
+        cols = ["round", "accuracy", "loss", "round s", "edges/fog", "up MB", "fog->cloud MB",
+                "down MB", "rejected"]
+        if dp:
+            cols.insert(3, "epsilon")
+        for col in cols:
             t.add_column(col, justify="right")
         for r in self.rows[-25:]:
-            t.add_row(
+            cells = [
                 f"{r.round}/{c.rounds}", f"{r.accuracy:.4f}", f"{r.loss:.4f}", f"{r.wall_s:.2f}",
                 " ".join(str(n) for _, n in sorted(r.fogs.items())), _mb(r.edge_fog_bytes),
                 _mb(r.fog_cloud_bytes), _mb(r.cloud_edge_bytes),
                 ", ".join(f"{k}={v}" for k, v in r.rejected.items()) or "0",
-            )
+            ]
+            if dp:
+                cells.insert(3, "-" if r.epsilon is None else f"{r.epsilon:.3f}")
+            t.add_row(*cells)
         return t
 
     def __enter__(self) -> LiveView:
@@ -78,6 +85,15 @@ class LiveView:
             f"[bold]final accuracy {report['final_accuracy']:.4f}[/bold] after {tot['rounds']} "
             f"rounds in {tot['wall_s']:.1f}s (median round {tot['median_round_s']:.3f}s)"
         )
+        priv = report.get("privacy")
+        if priv is not None:
+            eps = priv["epsilon"]
+            self.console.print(
+                f"privacy ({priv['mode']}): epsilon {'-' if eps is None else f'{eps:.3f}'} at "
+                f"delta {priv['delta']:g}"
+                + (f", target {priv['target_epsilon']:g}" if priv["target_epsilon"] else "")
+                + (f"; {report['stopped']}" if report.get("stopped") else "")
+            )
         self.console.print(f"report: {report['report_path']}")
         if report.get("plot_path"):
             self.console.print(f"plot:   {report['plot_path']}")
