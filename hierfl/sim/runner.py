@@ -960,8 +960,8 @@ def _report(cfg: SimConfig, observer: Observer, wall: float, cloud_rss: float | 
             stopped: str | None = None) -> dict[str, Any]:
     rounds = [asdict(r) for r in observer.records]
     if cfg.dp == "off":  # the report of a run without DP is as it was
-        for r in rounds:
-            del r["epsilon"]
+        for row in rounds:
+            del row["epsilon"]
     rejected: Counter[str] = Counter()
     for r in observer.records:
         rejected.update(r.rejected)
