@@ -81,20 +81,26 @@ class FederationPrivacy:
                 "sample_rate": float(m.get("dp.sample_rate", 1.0)),
                 "clip_norm": float(m.get("dp.clip_norm", 0.0)),
                 "k2": float(m.get("dp.k2", 1.0)),
-                "epsilon": float(m.get("dp.epsilon", math.inf)),
+                "epsilon": float(m.get("dp.epsilon", 0.0)),
                 "target_epsilon": float(m.get("dp.target_epsilon", 0.0)),
+                "delta": float(m.get("dp.delta", self.delta)),
             }
 
     def _epsilon(self, r: dict[str, float], extra: int = 0) -> float:
         if "releases" not in r:
             return r.get("epsilon", 0.0)
         try:
-            return epsilon_for(noise_multiplier=r["noise_multiplier"],
-                               sample_rate=r["sample_rate"],
-                               releases=int(r["releases"]) + extra, delta=self.delta,
-                               method=self.method)
+            eps = epsilon_for(noise_multiplier=r["noise_multiplier"],
+                              sample_rate=r["sample_rate"],
+                              releases=int(r["releases"]) + extra, delta=self.delta,
+                              method=self.method)
         except ConfigError:
             return math.inf  # a region reporting nonsense is not private
+        if r.get("delta") == self.delta:
+            # the fog's own figure composes every parameter set its ledger holds (sigma
+            # changed between restarts): never report less than it
+            eps = max(eps, r.get("epsilon", 0.0))
+        return eps
 
     def epsilon(self) -> float:
         """The federation's epsilon at ``delta``: the worst region's (0 before any)."""
