@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -47,10 +48,22 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+# One BLAS thread, as an edge or fog process handling one round would run and as Ray gives
+# each Flower ClientApp actor (OMP_NUM_THREADS = num_cpus = 1): OpenBLAS threads spinning in
+# np.linalg.norm otherwise double the CPU time on a 2-core machine.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import msgpack
 import numpy as np
 
-from hierfl.secagg import EdgeSecAgg, FixedPoint, FogSecAgg, SecAggParams, SecAggResult
+from hierfl.secagg import (
+    EdgeSecAgg,
+    FixedPoint,
+    FogSecAgg,
+    SecAggParams,
+    SecAggResult,
+)
 
 # digits_model() of hierfl/sim/scenarios.py: 64-64-10 and 64-1024-1024-10 MLPs
 MODELS = {"digits": 64 * 64 + 64 + 64 * 10 + 10, "wide": 64 * 1024 + 1024 + 1024 * 1024 + 1024
