@@ -236,6 +236,53 @@ def _with_overhead(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def record_level_sim(rounds: int, epsilons: list[float], clip: float = 1.0,
+                     mode: str = "inprocess") -> list[dict[str, Any]]:
+    """The same record-level runs through ``hierfl sim --dp record`` (brokers, frames, fogs).
+
+    ``hierfl sim`` gives every edge one sigma: the largest of the per-edge calibrated sigmas,
+    so that no edge's budget runs out before the last round (an edge whose budget is spent
+    stops sending, and its fog then waits for it until the round deadline).
+    """
+    data = digits_data(20, 0)
+    rows = []
+    for eps in [None, *epsilons]:
+        cmd = [sys.executable, "-m", "hierfl", "sim", "digits", "--fogs", "4", "--edges", "20",
+               "--rounds", str(rounds), "--mode", mode, "--no-live"]
+        sigma = None
+        if eps is not None:
+            sigma = max(calibrate_sigma(eps, sample_rate=min(1.0, 16 / len(x)),
+                                        releases=rounds * 2 * math.ceil(len(x) / 16))
+                        for x, _ in data.parts)
+            cmd += ["--dp", "record", "--dp-epsilon", repr(eps), "--dp-sigma", repr(sigma),
+                    "--dp-clip", repr(clip), "--dp-delta", repr(DELTA)]
+        with tempfile.TemporaryDirectory(prefix="privacy-sim-") as work:
+            t0 = time.perf_counter()
+            proc = subprocess.run([*cmd, "--out", work], check=False, cwd=ROOT,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            wall = time.perf_counter() - t0
+            report_path = Path(work) / "report.json"
+            if proc.returncode != 0 or not report_path.exists():
+                raise RuntimeError(f"hierfl sim failed ({proc.returncode}): {proc.stderr[-2000:]}")
+            rep = json.loads(report_path.read_text())
+        priv = rep.get("privacy") or {}
+        row = {
+            "bench": "privacy", "part": "sim", "scenario": "digits-20", "mode": "record",
+            "sim_mode": mode, "target_epsilon": eps, "delta": DELTA,
+            "epsilon": priv.get("epsilon"), "sigma": sigma,
+            "clip_norm": clip if eps is not None else None, "rounds": rounds,
+            "final_acc": rep["final_accuracy"],
+            "acc_by_round": [round(r["accuracy"], 4) for r in rep["rounds"]],
+            "updates_by_round": [r["updates"] for r in rep["rounds"]],
+            "stopped": rep.get("stopped"), "median_round_s": rep["totals"]["median_round_s"],
+            "wall_s": wall,
+        }
+        _log(f"sim record eps={eps}: sigma {sigma} acc {row['final_acc']:.4f} "
+             f"eps {row['epsilon']} round {row['median_round_s']:.3f} s")
+        rows.append(row)
+    return _with_overhead(rows)
+
+
 # --- (a) device level: DP-FedAvg with trusted fogs over a population ---------------------------
 
 
@@ -448,7 +495,8 @@ def flower_compare(rounds: int, epsilons: list[float], *, n_edges: int = 100,
 def main(argv: list[str] | None = None) -> int:
     """Run the selected parts and print one JSON line per run."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=["record", "device", "flower", "all"], default="all")
+    ap.add_argument("--part", choices=["record", "sim", "device", "flower", "all"],
+                    default="all")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 2 rounds, epsilon 8 only, 200 edges, no Flower")
     ap.add_argument("--rounds", type=int, default=None, help="override every part's rounds")
@@ -463,13 +511,18 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out
     if out is None and not args.quick:
         out = ROOT / "benchmarks" / "results" / f"privacy-{dt.datetime.now(dt.UTC):%Y-%m-%d}.jsonl"
-    parts = ["record", "device", "flower"] if args.part == "all" else [args.part]
+    parts = ["record", "sim", "device", "flower"] if args.part == "all" else [args.part]
     if args.quick and args.part == "all":
         parts = ["record", "device"]
-    machine = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    machine = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+               "load_avg_1m_at_start": os.getloadavg()[0]}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=False,
+                            capture_output=True, text=True).stdout.strip() or None
     for part in parts:
         if part == "record":
             rows = record_level(args.rounds or (2 if args.quick else 30), epsilons)
+        elif part == "sim":
+            rows = record_level_sim(args.rounds or (2 if args.quick else 30), epsilons)
         elif part == "device":
             rows = device_level(args.rounds or (2 if args.quick else 40), epsilons,
                                 n_edges=200 if args.quick else 1000)
@@ -478,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
                                   seeds=1 if args.quick else args.seeds)
         for row in rows:
             row["machine"] = machine
+            row["commit"] = commit
             line = json.dumps(row)
             print(line, flush=True)
             if out is not None:
