@@ -11,6 +11,12 @@ Four measurements, each printed as JSON lines (and appended to
       the accountant so that its planned steps (rounds x epochs x ceil(n / 16)) end exactly at
       the target: a record lives on one edge only, so the federation's record-level epsilon is
       the largest edge's (parallel composition over disjoint data).
+    * ``record-small``: the same with only each edge's first 10 records and 40 local epochs
+      per round, a model that overfits its 200 training records: where a membership-inference
+      attack finds something without DP.
+    * ``sim``: the same through ``hierfl sim digits --fogs 4 --edges 20 --dp record``
+      (in-process mode: real brokers, signed frames, fogs and cloud), with one sigma for every
+      edge (``hierfl sim`` takes one): the largest per-edge calibrated sigma.
     * ``device``: device-level DP-FedAvg with a trusted fog on the ``sensors`` population of
       1,000 edges (each a sensor with 40-160 readings, four districts), flat (one fog, k2 = 1)
       and hierarchical (four fogs of 250 edges, k2 = 2); Poisson sampling of edges per fog
@@ -44,7 +50,7 @@ Four measurements, each printed as JSON lines (and appended to
 
 Usage::
 
-    python benchmarks/privacy.py [--part record|device|flower|all] [--quick] [--out FILE]
+    python benchmarks/privacy.py [--part record|sim|device|flower|all] [--quick] [--out FILE]
         [--rounds N] [--epsilons 1,3,8]
 
 Needs the ``sim`` extra (torch, scikit-learn); ``--part flower`` also needs
@@ -164,10 +170,20 @@ def _median_round(times: list[float]) -> float:
 # --- (a) record level: DP-SGD at the edges of digits-20 ---------------------------------------
 
 
-def record_level(rounds: int, epsilons: list[float], clip: float = 1.0) -> list[dict[str, Any]]:
-    """Flat FedAvg over the 20 digits edges, each training with DP-SGD (or without)."""
+def record_level(rounds: int, epsilons: list[float], clip: float = 1.0, *,
+                 records_per_edge: int | None = None,
+                 epochs: int = 2) -> list[dict[str, Any]]:
+    """Flat FedAvg over the 20 digits edges, each training with DP-SGD (or without).
+
+    ``records_per_edge``: keep only each edge's first records (a small training set that the
+    model overfits: where membership inference has something to find).
+    """
     data = digits_data(20, 0)
-    epochs, batch = 2, 16
+    if records_per_edge is not None:
+        data = type(data)([(x[:records_per_edge], y[:records_per_edge]) for x, y in data.parts],
+                          data.x_test, data.y_test)
+    batch = 16
+    scenario = "digits-20" if records_per_edge is None else f"digits-20-first{records_per_edge}"
     members = (np.concatenate([p[0] for p in data.parts]),
                np.concatenate([p[1] for p in data.parts]))
     nonmembers = (data.x_test, data.y_test)
@@ -208,7 +224,7 @@ def record_level(rounds: int, epsilons: list[float], clip: float = 1.0) -> list[
         spent = [t.epsilon for t in tasks] if eps is not None else []
         eps_max = max(spent) if spent else None
         row: dict[str, Any] = {
-            "bench": "privacy", "part": "record", "scenario": "digits-20", "mode": "record",
+            "bench": "privacy", "part": "record", "scenario": scenario, "mode": "record",
             "target_epsilon": eps, "delta": DELTA, "epsilon": eps_max,
             "epsilon_median_edge": statistics.median(spent) if spent else None,
             "clip_norm": clip if eps is not None else None,
@@ -219,7 +235,7 @@ def record_level(rounds: int, epsilons: list[float], clip: float = 1.0) -> list[
             "median_round_s": _median_round(times), "calibration_s": cal_s,
             "attack": attacks(model, members, nonmembers, eps_max),
         }
-        _log(f"record eps={eps}: acc {accs[-1]:.4f} eps_max {eps_max} "
+        _log(f"record {scenario} eps={eps}: acc {accs[-1]:.4f} eps_max {eps_max} "
              f"round {row['median_round_s']:.3f} s; loss-attack AUC "
              f"{row['attack']['loss']['auc']:.3f}")
         results.append(row)
@@ -495,7 +511,7 @@ def flower_compare(rounds: int, epsilons: list[float], *, n_edges: int = 100,
 def main(argv: list[str] | None = None) -> int:
     """Run the selected parts and print one JSON line per run."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=["record", "sim", "device", "flower", "all"],
+    ap.add_argument("--part", choices=["record", "record-small", "sim", "device", "flower", "all"],
                     default="all")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 2 rounds, epsilon 8 only, 200 edges, no Flower")
@@ -511,7 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out
     if out is None and not args.quick:
         out = ROOT / "benchmarks" / "results" / f"privacy-{dt.datetime.now(dt.UTC):%Y-%m-%d}.jsonl"
-    parts = ["record", "sim", "device", "flower"] if args.part == "all" else [args.part]
+    parts = (["record", "record-small", "sim", "device", "flower"] if args.part == "all"
+             else [args.part])
     if args.quick and args.part == "all":
         parts = ["record", "device"]
     machine = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -521,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
     for part in parts:
         if part == "record":
             rows = record_level(args.rounds or (2 if args.quick else 30), epsilons)
+        elif part == "record-small":  # 10 records per edge, 40 local epochs: it overfits
+            rows = record_level(args.rounds or (2 if args.quick else 30), epsilons,
+                                records_per_edge=10, epochs=40)
         elif part == "sim":
             rows = record_level_sim(args.rounds or (2 if args.quick else 30), epsilons)
         elif part == "device":
