@@ -295,3 +295,25 @@ def test_garbage_that_is_not_a_message() -> None:
         parse({**ok, "c_pk": b"short"})
     with pytest.raises(SecAggMessageError):
         parse({**ok, "round": True})
+
+
+def test_a_fog_lying_differently_to_each_edge_gets_fewer_than_t_of_either_secret() -> None:
+    # edge-002 sent its masked input. The fog tells edge-000, edge-002 and edge-004 that it
+    # survived (asking for its self-mask share) and edge-003 that it dropped (asking for its
+    # key share), each request consistent on its own, then asks everyone again the other way.
+    # With t = 4 of m = 5 holders, all honest, it never holds t shares of either secret.
+    st_ = _Staged()
+    v = "edge-002"
+    truth = ("edge-000", "edge-002", "edge-003", "edge-004")
+    lie = ("edge-000", "edge-001", "edge-003", "edge-004")  # v "dropped", edge-001 "sent"
+    requests = {e: UnmaskRequest("fog-a", 7, e, truth, (v,), ()) for e in truth}
+    requests["edge-003"] = UnmaskRequest("fog-a", 7, "edge-003", lie, (), (v,))
+    answers = {e: st_.region.clients[e].on_unmask(wire(r)) for e, r in requests.items()}
+    self_mask = sum(v in a.self_mask_shares for a in answers.values())
+    secret_key = sum(v in a.secret_key_shares for a in answers.values())
+    assert (self_mask, secret_key) == (3, 1)
+    for e in truth:  # second requests, the other way round: all refused
+        with pytest.raises(SecAggPrivacyError, match="second"):
+            st_.region.clients[e].on_unmask(wire(UnmaskRequest("fog-a", 7, e, lie, (), (v,))))
+    assert self_mask < st_.params.t
+    assert secret_key < st_.params.t
