@@ -46,7 +46,10 @@ Four measurements, each printed as JSON lines (and appended to
     could reach at that epsilon.
 
 (d) **Overhead**: median round time of each DP run against the non-private run of the same
-    configuration, measured in the same process, one after the other.
+    configuration, measured in the same process, one after the other; and ``overhead``: the
+    same work with and without DP interleaved in one process, minimum over repeats (robust
+    when the machine is shared): an edge's local epoch (DP-SGD against SGD) and a fog's
+    aggregation (``DPAggregator`` against ``FedAvg``).
 
 Usage::
 
@@ -299,6 +302,78 @@ def record_level_sim(rounds: int, epsilons: list[float], clip: float = 1.0,
     return _with_overhead(rows)
 
 
+def overhead(repeats: int = 7) -> list[dict[str, Any]]:
+    """DP's cost per unit of work, interleaved in one process (robust to a loaded machine).
+
+    Edge: one local epoch on each digits-20 edge, plain ``SupervisedTask`` and ``DPSGDTask``
+    (sigma 1, C 1) alternately, ``repeats`` times; the minimum over repeats of the whole
+    20-edge pass is the figure (the least disturbed). Fog: ``FedAvg`` against
+    ``DPAggregator(FedAvg())`` on stacks of the sizes the benchmarks aggregate.
+    """
+    data = digits_data(20, 0)
+    plain = [SupervisedTask(digits_model, torch.from_numpy(x), torch.from_numpy(y),
+                            batch_size=16, lr=0.05, seed=1000 + i)
+             for i, (x, y) in enumerate(data.parts)]
+    private = [DPSGDTask(SupervisedTask(digits_model, torch.from_numpy(x), torch.from_numpy(y),
+                                        batch_size=16, lr=0.05, seed=1000 + i),
+                         noise_multiplier=1.0, clip_norm=1.0, delta=DELTA,
+                         target_epsilon=1e6, seed=i)
+               for i, (x, y) in enumerate(data.parts)]
+    model = digits_model()
+    vec = model_to_vector(model)
+
+    def one_pass(tasks: list[Any]) -> float:
+        t0 = time.perf_counter()
+        for task in tasks:
+            vector_to_model(model, vec)
+            task.train(model, 1)
+        return time.perf_counter() - t0
+
+    edge = {"plain": [], "dpsgd": []}
+    for _ in range(repeats):
+        edge["plain"].append(one_pass(plain))
+        edge["dpsgd"].append(one_pass(private))
+    # what one uncached accountant evaluation costs (each train call needs one or two)
+    acct_s = []
+    for k in range(repeats):
+        t0 = time.perf_counter()
+        epsilon_for(noise_multiplier=1.0, sample_rate=0.25, releases=10_000 + k, delta=DELTA)
+        acct_s.append(time.perf_counter() - t0)
+    rows: list[dict[str, Any]] = [{
+        "bench": "privacy", "part": "overhead", "what": "edge: 1 epoch on each digits-20 edge",
+        "accountant_eval_min_s": min(acct_s),
+        "target_epsilon": None, "plain_min_s": min(edge["plain"]),
+        "dpsgd_min_s": min(edge["dpsgd"]), "plain_median_s": statistics.median(edge["plain"]),
+        "dpsgd_median_s": statistics.median(edge["dpsgd"]),
+        "ratio_min": min(edge["dpsgd"]) / min(edge["plain"]),
+    }]
+    rng = np.random.default_rng(0)
+    for n, d, label in ((100, 515, "sensors fog round (100 updates)"),
+                        (20, 4810, "digits-20 fog round (20 updates)"),
+                        (20, 1_126_410, "digits-20-wide fog round (20 updates)")):
+        stack = rng.normal(0, 0.1, size=(n, d)).astype(np.float32)
+        weights = np.ones(n)
+        dp = DPAggregator(inner=FedAvg(), clip_norm=0.25, noise_multiplier=1.0,
+                          expected_updates=n, rng=np.random.default_rng(1))
+        times: dict[str, list[float]] = {"fedavg": [], "dp": []}
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            FedAvg()(stack, weights)
+            times["fedavg"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            dp(stack, weights)
+            times["dp"].append(time.perf_counter() - t0)
+        rows.append({
+            "bench": "privacy", "part": "overhead", "what": label, "target_epsilon": None,
+            "updates": n, "params": d, "fedavg_min_s": min(times["fedavg"]),
+            "dp_min_s": min(times["dp"]),
+            "ratio_min": min(times["dp"]) / min(times["fedavg"]),
+        })
+    for r in rows:
+        _log(f"overhead {r['what']}: ratio {r['ratio_min']:.2f}")
+    return rows
+
+
 # --- (a) device level: DP-FedAvg with trusted fogs over a population ---------------------------
 
 
@@ -511,7 +586,8 @@ def flower_compare(rounds: int, epsilons: list[float], *, n_edges: int = 100,
 def main(argv: list[str] | None = None) -> int:
     """Run the selected parts and print one JSON line per run."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=["record", "record-small", "sim", "device", "flower", "all"],
+    ap.add_argument("--part", choices=["record", "record-small", "sim", "device", "flower",
+                                       "overhead", "all"],
                     default="all")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 2 rounds, epsilon 8 only, 200 edges, no Flower")
@@ -527,7 +603,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out
     if out is None and not args.quick:
         out = ROOT / "benchmarks" / "results" / f"privacy-{dt.datetime.now(dt.UTC):%Y-%m-%d}.jsonl"
-    parts = (["record", "record-small", "sim", "device", "flower"] if args.part == "all"
+    parts = (["record", "record-small", "sim", "device", "flower", "overhead"]
+             if args.part == "all"
              else [args.part])
     if args.quick and args.part == "all":
         parts = ["record", "device"]
@@ -541,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
         elif part == "record-small":  # 10 records per edge, 40 local epochs: it overfits
             rows = record_level(args.rounds or (2 if args.quick else 30), epsilons,
                                 records_per_edge=10, epochs=40)
+        elif part == "overhead":
+            rows = overhead(3 if args.quick else 7)
         elif part == "sim":
             rows = record_level_sim(args.rounds or (2 if args.quick else 30), epsilons)
         elif part == "device":
