@@ -85,6 +85,9 @@ class FederationPrivacy:
                 "target_epsilon": float(m.get("dp.target_epsilon", 0.0)),
                 "delta": float(m.get("dp.delta", self.delta)),
             }
+            if "dp.local_epsilon" in m:
+                # untrusted_fog: the worst edge's local DP, its guarantee against its own fog
+                self.regions[fog]["local_epsilon"] = float(m["dp.local_epsilon"])
 
     def _epsilon(self, r: dict[str, float], extra: int = 0) -> float:
         if "releases" not in r:
