@@ -33,7 +33,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
        python3 python3-venv ca-certificates \
-    && rm -rf /var/lib/apt/lists/* \
+    && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
     && useradd --system --uid 10001 --user-group --home-dir /var/lib/hierfl \
        --shell /usr/sbin/nologin hierfl \
     && mkdir -p /etc/hierfl /var/lib/hierfl/store /var/lib/hierfl/fog-spool \
@@ -61,7 +61,7 @@ FROM os AS server
 # Prometheus, when METRICS_FORWARD_PORT is set (compose/hierfl-start.sh).
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends socat \
-    && rm -rf /var/lib/apt/lists/*
+    && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 COPY --from=build-server /opt/hierfl /opt/hierfl
 COPY compose/hierfl-start.sh /usr/local/bin/hierfl-start
 ENV PATH=/opt/hierfl/bin:$PATH

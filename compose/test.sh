@@ -94,7 +94,8 @@ if ! "$DOCKER" image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm \
         "$WORK/rootfs" "$mirror" >"$WORK/debootstrap.log" 2>&1 \
         || fail "debootstrap failed: $(tail -5 "$WORK/debootstrap.log")"
-    rm -rf "$WORK/rootfs/var/cache/apt/archives/"*.deb "$WORK/rootfs/var/lib/apt/lists/"*
+    rm -rf "$WORK/rootfs/var/cache/apt/archives/"*.deb "$WORK/rootfs/var/cache/apt/"*.bin \
+        "$WORK/rootfs/var/lib/apt/lists/"*
     tar -C "$WORK/rootfs" -c . | "$DOCKER" import -c 'CMD ["/bin/bash"]' - "$BASE_IMAGE" >/dev/null \
         || fail "docker import failed"
     rm -rf "$WORK/rootfs"
