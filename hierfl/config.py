@@ -342,6 +342,9 @@ class PrivacySettings(_Section):
         1.0, description="q: the probability that an edge is in a fog round's release "
         "(1.0: every edge of the region in every release)"
     )
+    sampling: Literal["poisson", "fixed"] = Field(
+        "poisson", description="how a fog samples its edges when sample_rate < 1"
+    )
     population: int | None = Field(
         None, ge=1, description="edges of the region (fog; default: len(allowed_edges)) or "
         "records of the edge (record mode); delta must be below 1/population"
@@ -776,6 +779,9 @@ class FogSettings(_TierSettings):
                 "(privacy.ledger_dir, spool_dir or security.state_dir): a restart must never "
                 "reset the spent budget"
             )
+        if p.sampling == "fixed" and p.accountant != "rdp":
+            raise ValueError("privacy.sampling = 'fixed' is accounted with accountant = 'rdp' "
+                             "only (dp-accounting's PLD has no sampling without replacement)")
         if p.sample_rate < 1.0 and not self.allowed_edges:
             raise ValueError(
                 f"privacy.sample_rate = {p.sample_rate} needs the region's edges listed in "

@@ -875,7 +875,7 @@ def _expected_updates(s: FogSettings) -> int:
     if p.expected_updates is not None:
         return p.expected_updates
     if p.sample_rate < 1.0 and s.allowed_edges:
-        return max(1, round(p.sample_rate * len(s.allowed_edges)))
+        return max(1, round(p.sample_rate * len(s.allowed_edges)))  # = the fixed sample size
     return s.min_updates
 
 
@@ -897,7 +897,9 @@ def _region_privacy(s: FogSettings) -> Any:
     # the region's sum then carries sigma C, accounted here as in trusted_fog
     ledger = PrivacyLedger(folder / LEDGER_FILE, population=s.fog_id,
                            noise_multiplier=p.noise_multiplier, sample_rate=p.sample_rate,
-                           delta=p.delta, method=p.accountant)
+                           delta=p.delta, method=p.accountant,
+                           fixed_from=(len(s.allowed_edges) if p.sampling == "fixed"
+                                       and p.sample_rate < 1.0 else 0))
     return RegionPrivacy(ledger, clip_norm=p.clip_norm, target_epsilon=p.target_epsilon,
                          k2=s.k2, population=tuple(sorted(s.allowed_edges)))
 

@@ -22,7 +22,15 @@ from typing import Literal
 
 from hierfl.errors import ConfigError
 
-__all__ = ["METHODS", "Accountant", "Method", "check_params", "epsilon_composed", "epsilon_for"]
+__all__ = [
+    "METHODS",
+    "Accountant",
+    "Method",
+    "check_params",
+    "epsilon_composed",
+    "epsilon_for",
+    "fixed_sample_size",
+]
 
 Method = Literal["rdp", "pld"]
 METHODS: tuple[str, ...] = ("rdp", "pld")
@@ -62,29 +70,45 @@ def check_params(
         raise ConfigError(f"privacy: accountant method must be one of {METHODS}, got {method!r}")
 
 
+def fixed_sample_size(sample_rate: float, population: int) -> int:
+    """m of a fixed-size sample: ``round(q * N)``, at least 1."""
+    return max(1, round(sample_rate * population))
+
+
 @functools.lru_cache(maxsize=4096)
-def _epsilon_cached(sigma: float, q: float, releases: int, delta: float, method: str) -> float:
-    return _epsilon_groups(((sigma, q, releases),), delta, method)
+def _epsilon_cached(sigma: float, q: float, releases: int, delta: float, method: str,
+                    fixed_from: int = 0) -> float:
+    return _epsilon_groups(((sigma, q, releases, fixed_from),), delta, method)
 
 
-def _epsilon_groups(groups: tuple[tuple[float, float, int], ...], delta: float,
+def _epsilon_groups(groups: tuple[tuple[float, float, int, int], ...], delta: float,
                     method: str) -> float:
     # Lazy: dp_accounting imports scipy (~1 s); only a DP federation pays it.
     import dp_accounting  # noqa: PLC0415
 
     events: list[dp_accounting.DpEvent] = []
-    for sigma, q, releases in groups:
+    fixed = False
+    for sigma, q, releases, fixed_from in groups:
         if releases == 0:
             continue
         event: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(sigma)
-        if q < 1.0:
+        if fixed_from > 0 and q < 1.0:
+            # a fixed-size sample without replacement: dp-accounting accounts it under the
+            # replace-one relation only (Wang, Balle, Kasiviswanathan 2019), with RDP
+            event = dp_accounting.SampledWithoutReplacementDpEvent(
+                fixed_from, fixed_sample_size(q, fixed_from), event)
+            fixed = True
+        elif q < 1.0:
             event = dp_accounting.PoissonSampledDpEvent(q, event)
         events.append(dp_accounting.SelfComposedDpEvent(event, releases))
     if not events:
         return 0.0
     composed = events[0] if len(events) == 1 else dp_accounting.ComposedDpEvent(events)
     accountant: dp_accounting.PrivacyAccountant
-    if method == "rdp":
+    if fixed:
+        accountant = dp_accounting.rdp.RdpAccountant(
+            neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+    elif method == "rdp":
         accountant = dp_accounting.rdp.RdpAccountant()
     else:
         accountant = dp_accounting.pld.PLDAccountant(
@@ -110,6 +134,7 @@ def epsilon_for(
     releases: int,
     delta: float,
     method: Method = "rdp",
+    fixed_from: int = 0,
 ) -> float:
     """Epsilon at ``delta`` after ``releases`` sampled Gaussian releases.
 
@@ -119,6 +144,9 @@ def epsilon_for(
         releases: how many releases compose (>= 0; 0 gives epsilon 0).
         delta: in (0, 1).
         method: "rdp" (default) or "pld".
+        fixed_from: N > 0: each release samples exactly ``round(q N)`` of N participants
+            without replacement (accounted with RDP under the replace-one relation, the only
+            one dp-accounting supports for it); 0 (default): Poisson sampling, add-or-remove.
 
     Returns:
         epsilon, a finite float >= 0 (``math.inf`` when the accountant finds no finite bound).
@@ -131,13 +159,25 @@ def epsilon_for(
     )
     if releases < 0:
         raise ConfigError(f"privacy: releases must be >= 0, got {releases}")
+    _check_fixed(fixed_from, method)
     return _epsilon_cached(
-        float(noise_multiplier), float(sample_rate), int(releases), float(delta), method
+        float(noise_multiplier), float(sample_rate), int(releases), float(delta), method,
+        int(fixed_from),
     )
 
 
+def _check_fixed(fixed_from: int, method: str) -> None:
+    if fixed_from < 0:
+        raise ConfigError(f"privacy: fixed-size sampling needs a population >= 1, got "
+                          f"{fixed_from}")
+    if fixed_from > 0 and method != "rdp":
+        raise ConfigError("privacy: fixed-size sampling is accounted with the RDP accountant "
+                          "only (dp-accounting's PLD has no sampling without replacement)")
+
+
 def epsilon_composed(
-    groups: list[tuple[float, float, int]], *, delta: float, method: Method = "rdp"
+    groups: list[tuple[float, float, int]] | list[tuple[float, float, int, int]], *,
+    delta: float, method: Method = "rdp",
 ) -> float:
     """Epsilon of releases made with different parameters, composed.
 
@@ -145,21 +185,28 @@ def epsilon_composed(
     per parameter set; their releases compose like any others.
 
     Args:
-        groups: ``(noise_multiplier, sample_rate, releases)`` triples.
+        groups: ``(noise_multiplier, sample_rate, releases[, fixed_from])`` tuples
+            (``fixed_from``: see :func:`epsilon_for`; 0 or absent: Poisson sampling).
         delta: in (0, 1).
         method: "rdp" or "pld".
 
     Raises:
-        ConfigError: for nonsense parameters in any group.
+        ConfigError: for nonsense parameters in any group, or Poisson and fixed-size groups
+            mixed (their neighbouring relations differ: no one epsilon composes them).
     """
-    for sigma, q, n in groups:
+    key = tuple((float(g[0]), float(g[1]), int(g[2]), int(g[3]) if len(g) > 3 else 0)
+                for g in groups)
+    for sigma, q, n, fixed_from in key:
         check_params(noise_multiplier=sigma, sample_rate=q, delta=delta, method=method)
         if n < 0:
             raise ConfigError(f"privacy: releases must be >= 0, got {n}")
-    if len(groups) == 1:
-        sigma, q, n = groups[0]
-        return _epsilon_cached(float(sigma), float(q), int(n), float(delta), method)
-    key = tuple((float(s), float(q), int(n)) for s, q, n in groups)
+        _check_fixed(fixed_from, method)
+    kinds = {f > 0 and q < 1.0 for _, q, n, f in key if n > 0}
+    if len(kinds) > 1:
+        raise ConfigError("privacy: releases with Poisson and with fixed-size sampling cannot "
+                          "be composed into one epsilon (add-or-remove vs replace-one)")
+    if len(key) == 1:
+        return _epsilon_cached(key[0][0], key[0][1], key[0][2], float(delta), method, key[0][3])
     return _epsilon_groups(key, float(delta), method)
 
 
@@ -182,8 +229,10 @@ class Accountant:
         delta: float,
         method: Method = "rdp",
         releases: int = 0,
+        fixed_from: int = 0,
     ) -> None:
-        """Validate the parameters and start at ``releases`` (a restored ledger's count).
+        """Validate the parameters and start at ``releases`` (a restored ledger's count);
+        ``fixed_from``: see :func:`epsilon_for`.
 
         Raises:
             ConfigError: for nonsense parameters or negative ``releases``.
@@ -198,6 +247,8 @@ class Accountant:
         self.delta = float(delta)
         self.method: Method = method
         self.releases = int(releases)
+        _check_fixed(fixed_from, method)
+        self.fixed_from = int(fixed_from)
 
     def epsilon(self, releases: int | None = None) -> float:
         """Epsilon after ``releases`` releases (default: the releases accounted so far)."""
@@ -208,6 +259,7 @@ class Accountant:
             releases=n,
             delta=self.delta,
             method=self.method,
+            fixed_from=self.fixed_from,
         )
 
     def spend(self, n: int = 1) -> float:

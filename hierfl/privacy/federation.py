@@ -84,6 +84,7 @@ class FederationPrivacy:
                 "epsilon": float(m.get("dp.epsilon", 0.0)),
                 "target_epsilon": float(m.get("dp.target_epsilon", 0.0)),
                 "delta": float(m.get("dp.delta", self.delta)),
+                "fixed_from": float(m.get("dp.fixed_from", 0.0)),
             }
             if "dp.local_epsilon" in m:
                 # untrusted_fog: the worst edge's local DP, its guarantee against its own fog
@@ -96,7 +97,8 @@ class FederationPrivacy:
             eps = epsilon_for(noise_multiplier=r["noise_multiplier"],
                               sample_rate=r["sample_rate"],
                               releases=int(r["releases"]) + extra, delta=self.delta,
-                              method=self.method)
+                              method="rdp" if r.get("fixed_from") else self.method,
+                              fixed_from=int(r.get("fixed_from", 0)))
         except ConfigError:
             return math.inf  # a region reporting nonsense is not private
         if r.get("delta") == self.delta:

@@ -13,7 +13,10 @@ File format (``version`` 1)::
      "groups": [{"noise_multiplier": 1.1, "sample_rate": 1.0, "releases": 12}],
      "epsilon": 3.91, "updated_at": 1796000000.0}
 
-``epsilon`` is informative (recomputed on load from the groups).
+``epsilon`` is informative (recomputed on load from the groups). A group of fixed-size sampling
+(m of N without replacement) also holds ``"fixed_from": N``; Poisson and fixed-size groups cannot
+be composed into one epsilon (their neighbouring relations differ), so a ledger refuses to mix
+them.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hierfl.errors import StoreError
+from hierfl.errors import ConfigError, StoreError
 from hierfl.privacy.accountant import Method, check_params, epsilon_composed
 
 __all__ = ["LEDGER_FILE", "LedgerCorruptError", "PrivacyLedger"]
@@ -68,7 +71,8 @@ class PrivacyLedger:
     """
 
     def __init__(self, path: Path | None, *, population: str, noise_multiplier: float,
-                 sample_rate: float, delta: float, method: Method = "rdp") -> None:
+                 sample_rate: float, delta: float, method: Method = "rdp",
+                 fixed_from: int = 0) -> None:
         check_params(noise_multiplier=noise_multiplier, sample_rate=sample_rate, delta=delta,
                      method=method)
         self.path = path
@@ -77,12 +81,26 @@ class PrivacyLedger:
         self.sample_rate = float(sample_rate)
         self.delta = float(delta)
         self.method: Method = method
-        # [sigma, q, releases]; the last group is the current parameter set
+        #: N > 0: each release samples exactly round(q N) of N without replacement
+        self.fixed_from = int(fixed_from)
+        # [sigma, q, releases, fixed_from]; the last group is the current parameter set
         self._groups: list[list[Any]] = []
         if path is not None and path.exists():
             self._load(path)
-        if not self._groups or self._groups[-1][:2] != [self.noise_multiplier, self.sample_rate]:
-            self._groups.append([self.noise_multiplier, self.sample_rate, 0])
+        current = [self.noise_multiplier, self.sample_rate]
+        if not self._groups or [*self._groups[-1][:2], self._groups[-1][3]] != [
+                *current, self.fixed_from]:
+            self._groups.append([*current, 0, self.fixed_from])
+        last = len(self._groups) - 1
+        kinds = {bool(g[3]) and g[1] < 1.0 for i, g in enumerate(self._groups)
+                 if g[2] > 0 or i == last}
+        if len(kinds) > 1:
+            raise ConfigError(
+                f"privacy: the ledger of {population} holds releases with "
+                f"{'fixed-size' if self._groups[0][3] else 'Poisson'} sampling; releases with "
+                "Poisson and with fixed-size sampling cannot be composed into one epsilon "
+                "(add-or-remove vs replace-one): keep the ledger's sampling"
+            )
 
     # --- queries ------------------------------------------------------------------------
 
@@ -94,9 +112,9 @@ class PrivacyLedger:
     def epsilon(self, extra: int = 0) -> float:
         """Epsilon at ``delta`` after the releases so far plus ``extra`` more (current
         parameters)."""
-        groups = [(float(s), float(q), int(n)) for s, q, n in self._groups]
-        s, q, n = groups[-1]
-        groups[-1] = (s, q, n + extra)
+        groups = [(float(s), float(q), int(n), int(f)) for s, q, n, f in self._groups]
+        s, q, n, f = groups[-1]
+        groups[-1] = (s, q, n + extra, f)
         return epsilon_composed(groups, delta=self.delta, method=self.method)
 
     def would_exceed(self, target_epsilon: float | None, n: int = 1) -> bool:
@@ -150,10 +168,12 @@ class PrivacyLedger:
             parsed: list[list[Any]] = []
             for g in groups:
                 s, q, n = float(g["noise_multiplier"]), float(g["sample_rate"]), g["releases"]
+                f = g.get("fixed_from", 0)
                 if (not isinstance(n, int) or isinstance(n, bool) or n < 0
+                        or not isinstance(f, int) or f < 0
                         or not (math.isfinite(s) and s > 0) or not 0 < q <= 1):
                     raise ValueError(f"bad release group {g!r}")
-                parsed.append([s, q, n])
+                parsed.append([s, q, n, f])
         except (KeyError, TypeError, ValueError) as exc:
             raise LedgerCorruptError(
                 f"privacy ledger {path} is malformed ({exc}); it is never reset silently: "
@@ -167,8 +187,9 @@ class PrivacyLedger:
         data = {
             "version": _FORMAT, "population": self.population, "delta": self.delta,
             "method": self.method,
-            "groups": [{"noise_multiplier": s, "sample_rate": q, "releases": int(n)}
-                       for s, q, n in self._groups],
+            "groups": [{"noise_multiplier": s, "sample_rate": q, "releases": int(n),
+                        **({"fixed_from": int(f)} if f else {})}
+                       for s, q, n, f in self._groups],
             "epsilon": eps if math.isfinite(eps) else None, "updated_at": time.time(),
         }
         folder = self.path.parent

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hierfl.errors import PrivacyBudgetExhaustedError, ValidationError
+from hierfl.privacy.accountant import fixed_sample_size
 from hierfl.privacy.ledger import PrivacyLedger
 
 __all__ = ["DP_METRIC_PREFIX", "NotSampledError", "RegionPrivacy", "dp_metrics"]
@@ -101,11 +102,16 @@ class RegionPrivacy:
         return self.ledger.spend(1)
 
     def draw_sample(self) -> frozenset[str] | None:
-        """Draw the edges of the next fog round (Poisson: each with probability q);
-        None when every edge is in (q = 1)."""
+        """Draw the edges of the next fog round (Poisson: each with probability q; fixed-size:
+        exactly round(q N) of the N, uniformly without replacement); None when every edge is
+        in (q = 1)."""
         q = self.sample_rate
         if q >= 1.0 or not self.population:
             self.sampled = None
+        elif self.ledger.fixed_from:
+            m = fixed_sample_size(q, len(self.population))
+            chosen = self.rng.choice(len(self.population), size=m, replace=False)
+            self.sampled = frozenset(self.population[int(i)] for i in chosen)
         else:
             pick = self.rng.random(len(self.population)) < q
             self.sampled = frozenset(e for e, p in zip(self.population, pick, strict=True) if p)
@@ -127,6 +133,8 @@ class RegionPrivacy:
             "dp.clip_norm": float(self.clip_norm),
             "dp.sample_rate": self.sample_rate,
             "dp.k2": float(self.k2),
+            **({"dp.fixed_from": float(self.ledger.fixed_from)} if self.ledger.fixed_from
+               else {}),
             "dp.target_epsilon": (float(self.target_epsilon)
                                   if self.target_epsilon is not None else 0.0),
         }

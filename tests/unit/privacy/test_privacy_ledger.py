@@ -229,3 +229,43 @@ def test_privacy_federation_epsilon_is_the_worst_regions_and_it_stops() -> None:
     resumed = FederationPrivacy.restore(meta, mode="trusted_fog", delta=1e-5,
                                         target_epsilon=fed.target_epsilon)
     assert resumed.stopped and resumed.epsilon() == pytest.approx(eb[3])
+
+
+def test_privacy_fixed_size_sampling_draws_exactly_m_and_is_accounted_replace_one(
+    tmp_path: Path,
+) -> None:
+    """Fixed-size sampling (m of N without replacement) is accounted with dp-accounting's
+    SampledWithoutReplacementDpEvent under the replace-one relation (RDP only): a different,
+    larger epsilon than Poisson sampling at the same q, never silently the Poisson one."""
+    edges = tuple(f"e{i}" for i in range(40))
+    led = ledger(tmp_path / LEDGER_FILE, sample_rate=0.25, fixed_from=40)
+    priv = RegionPrivacy(led, clip_norm=1.0, target_epsilon=None, population=edges,
+                         rng=np.random.default_rng(2))
+    r = dp_round(priv, min_updates=10)
+    r.on_global_model(model(0), 0.0)
+    draws = []
+    for v in range(5):
+        sampled = priv.sampled
+        assert sampled is not None and len(sampled) == 10  # exactly round(0.25 x 40)
+        draws.append(sampled)
+        seq = r.seq
+        for e in sorted(sampled):
+            acts = r.on_update(upd(e, seq, v), 0.0)
+        assert any(isinstance(a, Forward) for a in acts)
+        r.on_global_model(model(v + 1), 0.0)
+    assert len(set(draws)) > 1  # a fresh draw every round
+    fixed = epsilon_for(noise_multiplier=1.0, sample_rate=0.25, releases=5, delta=1e-5,
+                        fixed_from=40)
+    poisson = epsilon_for(noise_multiplier=1.0, sample_rate=0.25, releases=5, delta=1e-5)
+    assert led.epsilon() == pytest.approx(fixed)
+    assert fixed > poisson
+    assert json.loads((tmp_path / LEDGER_FILE).read_text())["groups"][0]["fixed_from"] == 40
+    # a ledger cannot mix the two relations; PLD cannot account fixed-size samples
+    with pytest.raises(ConfigError, match="cannot be composed"):
+        ledger(tmp_path / LEDGER_FILE, sample_rate=0.25)
+    with pytest.raises(ConfigError, match="RDP accountant only"):
+        epsilon_for(noise_multiplier=1.0, sample_rate=0.25, releases=1, delta=1e-5,
+                    method="pld", fixed_from=40)
+    with pytest.raises(ConfigError, match="accountant = 'rdp'"):
+        fog(privacy={"mode": "trusted_fog", "sampling": "fixed", "sample_rate": 0.5,
+                     "accountant": "pld"}, allowed_edges=["a", "b"])
