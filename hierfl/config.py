@@ -311,7 +311,7 @@ class SecuritySettings(_Section):
 #: aggregation rules whose result moves by at most C / m when one edge's clipped update
 #: changes (m: the fixed denominator), the bound the Gaussian noise is calibrated to
 DP_RULES: dict[str, str] = {
-    "fedavg": "uniform weights under DP (claimed sample counts are unverified)",
+    "fedavg": "with uniform weights: claimed sample counts are unverified",
     "norm_bounded": "with a fixed max_norm and weighted = false",
 }
 
@@ -421,9 +421,10 @@ def _check_dp_rule(privacy: PrivacySettings, aggregator: str, params: dict[str, 
     if not ok:
         allowed = "; ".join(f"{k} ({v})" for k, v in DP_RULES.items())
         raise ValueError(
-            f"privacy.mode = {privacy.mode!r} cannot use aggregator {aggregator!r} "
-            f"{params or ''}: the noise is calibrated to a sum in which one edge moves the "
-            "result by at most clip_norm / m, and this rule's result can move by more when one "
+            f"privacy.mode = {privacy.mode!r} cannot use aggregator {aggregator!r}"
+            f"{' ' + str(params) if params else ''}: the noise is calibrated to a sum in "
+            "which one edge moves the result by at most clip_norm / m, and this rule's "
+            "result can move by more when one "
             "edge's update changes (an order statistic, a selection, a data-dependent bound or "
             f"a claimed weight), which breaks the accounting. Allowed under DP: {allowed}. "
             "Robust rules stay available at the cloud, whose inputs are already private"
