@@ -520,7 +520,7 @@ def _flower_run(py: Path, n_edges: int, rounds: int, sigma: float, clip: float,
 
 
 def flower_compare(rounds: int, epsilons: list[float], *, n_edges: int = 100,
-                   clip: float = 0.25, seeds: int = 3,
+                   clip: float = 0.25, seeds: int = 3, seed_start: int = 0,
                    flower_python: Path | None = None) -> list[dict[str, Any]]:
     """Flat, every edge every round, the same sigma: hierfl here, Flower in its own venv.
 
@@ -540,7 +540,7 @@ def flower_compare(rounds: int, epsilons: list[float], *, n_edges: int = 100,
     for eps in epsilons:
         sigma = calibrate_sigma(eps, sample_rate=1.0, releases=rounds)
         sides: dict[str, list[dict[str, Any]]] = {"hierfl": [], "flower": []}
-        for seed in range(seeds):
+        for seed in range(seed_start, seed_start + seeds):
             res = device_federation(data=data, fogs=1, k2=1, cloud_rounds=rounds, q=1.0,
                                     sigma=sigma, clip=clip, seed=seed)
             sides["hierfl"].append({
@@ -600,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=None, help="override every part's rounds")
     ap.add_argument("--epsilons", default=None, help="comma-separated (default 1,3,8)")
     ap.add_argument("--seeds", type=int, default=3, help="noise seeds per side (Flower part)")
+    ap.add_argument("--seed-start", type=int, default=0, help="first noise seed (Flower part)")
     ap.add_argument("--out", type=Path, default=None, help="append JSON lines here too")
     args = ap.parse_args(argv)
     logging.getLogger("absl").setLevel(logging.ERROR)
@@ -633,7 +634,8 @@ def main(argv: list[str] | None = None) -> int:
                                 n_edges=200 if args.quick else 1000)
         else:
             rows = flower_compare(args.rounds or (2 if args.quick else 20), epsilons,
-                                  seeds=1 if args.quick else args.seeds)
+                                  seeds=1 if args.quick else args.seeds,
+                                  seed_start=args.seed_start)
         for row in rows:
             row["machine"] = machine
             row["commit"] = commit
