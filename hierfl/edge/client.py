@@ -270,8 +270,11 @@ class EdgeClient:
             self.updates_sent += 1
             self.metrics.inc("updates_sent")
             self.metrics.inc("bytes_up", len(data))
-            log.debug("edge %s: sent update for v%d seq %d (%d bytes)", s.edge_id,
-                      frame.version, frame.seq, len(data))
+            # once per round at INFO: model received, trained, sent (what the edge is doing)
+            loss = update.metrics.get("train_loss")
+            log.info("edge %s: model v%d seq %d received, trained on %d samples%s, update "
+                     "sent (%d bytes)", s.edge_id, frame.version, frame.seq, update.num_samples,
+                     "" if loss is None else f" (loss {loss:.4f})", len(data))
 
     async def _resend_in_flight(self, mqtt: MqttLink, kind: str, frame: Any) -> None:
         """Publish the last update again when the fog announces, once more, the very model it
