@@ -408,6 +408,22 @@ class PrivacySettings(_Section):
                 effective_noise_multiplier(self.noise_multiplier, self.count_noise_multiplier)
             except ConfigError as exc:
                 raise ValueError(str(exc).removeprefix("privacy: ")) from None
+        if (self.mode in ("trusted_fog", "untrusted_fog") and self.target_epsilon is not None
+                and self.sampling == "poisson" and not self.adaptive_clip):
+            # A budget that cannot pay for one release would stop every region before its
+            # first aggregate: the federation could never make a version. Refuse it here.
+            from hierfl.privacy.accountant import epsilon_for  # noqa: PLC0415
+
+            first = epsilon_for(noise_multiplier=self.noise_multiplier,
+                                sample_rate=self.sample_rate, releases=1, delta=self.delta,
+                                method=self.accountant)
+            if first > self.target_epsilon:
+                raise ValueError(
+                    f"target_epsilon {self.target_epsilon} cannot pay for a single release: "
+                    f"one release at noise_multiplier {self.noise_multiplier} (sample_rate "
+                    f"{self.sample_rate}, delta {self.delta}) already costs epsilon "
+                    f"{first:.3f}; raise noise_multiplier or target_epsilon"
+                )
         return self
 
 
