@@ -8,6 +8,9 @@ MQTT (edge <-> fog), for federation ``F``, fog ``G``, edge ``E``:
 - ``hierfl/F/G/update/E``     QoS 1: edge E's update frame (broker ACLs can pin E to it)
 - ``hierfl/F/G/status/E``     retained ``online``/``offline`` (last will), for liveness
 - ``hierfl/F/G/stats``        retained JSON counters of fog G (monitoring; never aggregated)
+- ``hierfl/F/G/secagg/begin``     QoS 1: fog G opens a secure-aggregation round (signed)
+- ``hierfl/F/G/secagg/up/E``      QoS 1: edge E's signed SecAgg+ messages to fog G
+- ``hierfl/F/G/secagg/down/E``    QoS 1: fog G's signed SecAgg+ messages addressed to edge E
 
 Kafka (fog <-> cloud):
 
@@ -31,6 +34,10 @@ __all__ = [
     "model_delta",
     "models",
     "parse_mqtt",
+    "secagg_begin",
+    "secagg_down",
+    "secagg_up",
+    "secagg_up_filter",
     "stats",
     "status",
     "status_filter",
@@ -98,6 +105,26 @@ def status_filter(federation: str, fog: str) -> str:
 def stats(federation: str, fog: str) -> str:
     """MQTT topic where fog ``fog`` publishes its counters (retained JSON, for monitoring)."""
     return f"{PREFIX}/{federation}/{fog}/stats"
+
+
+def secagg_begin(federation: str, fog: str) -> str:
+    """MQTT topic on which fog ``fog`` opens each secure-aggregation round."""
+    return f"{PREFIX}/{federation}/{fog}/secagg/begin"
+
+
+def secagg_up(federation: str, fog: str, edge: str) -> str:
+    """MQTT topic of edge ``edge``'s secure-aggregation messages to its fog."""
+    return f"{PREFIX}/{federation}/{fog}/secagg/up/{edge}"
+
+
+def secagg_up_filter(federation: str, fog: str) -> str:
+    """MQTT filter matching every edge's secure-aggregation topic of one fog."""
+    return f"{PREFIX}/{federation}/{fog}/secagg/up/+"
+
+
+def secagg_down(federation: str, fog: str, edge: str) -> str:
+    """MQTT topic of the fog's secure-aggregation messages addressed to edge ``edge``."""
+    return f"{PREFIX}/{federation}/{fog}/secagg/down/{edge}"
 
 
 def aggregates(federation: str) -> str:
