@@ -46,6 +46,7 @@ __all__ = [
     "MqttSettings",
     "PrivacySettings",
     "SecuritySettings",
+    "ServerOptSettings",
     "resolve_path",
 ]
 
@@ -427,6 +428,43 @@ class PrivacySettings(_Section):
         return self
 
 
+class ServerOptSettings(_Section):
+    """Server optimiser at the cloud (FedOpt, docs/learning.md): off (``none``) by default.
+
+    Applied to the combined fog delta; parameters left unset take the optimiser's defaults
+    (``hierfl.optim.server.DEFAULTS``). Its state is checkpointed with every version.
+    """
+
+    name: Literal["none", "fedavgm", "fedadam", "fedyogi", "fedadagrad"] = Field(
+        "none", description="none | fedavgm | fedadam | fedyogi | fedadagrad"
+    )
+    server_lr: float | None = Field(None, gt=0, description="server learning rate (default: "
+                                    "fedavgm 1.0, fedadam 0.1, fedyogi 0.01, fedadagrad 0.1)")
+    momentum: float | None = Field(None, ge=0, lt=1, description="fedavgm momentum (0.9)")
+    beta1: float | None = Field(None, ge=0, lt=1, description="first-moment decay (0.9)")
+    beta2: float | None = Field(None, ge=0, lt=1, description="second-moment decay (0.99)")
+    tau: float | None = Field(None, gt=0, description="adaptivity (fedadam 1e-9, fedyogi "
+                              "1e-3, fedadagrad 1e-9)")
+    bias_correction: bool | None = Field(
+        None, description="Kingma-Ba bias correction of the step (default: on for fedadam, "
+        "as Flower does; off otherwise, as the paper)"
+    )
+
+    def params(self) -> dict[str, Any]:
+        """The parameters that were set (the rest take the optimiser's defaults)."""
+        return {k: v for k, v in self.model_dump().items() if k != "name" and v is not None}
+
+    @model_validator(mode="after")
+    def _valid(self) -> Self:
+        from hierfl.optim.server import ServerOptConfig  # noqa: PLC0415
+
+        try:
+            ServerOptConfig.build(self.name, **self.params())
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
 def _check_dp_rule(privacy: PrivacySettings, aggregator: str, params: dict[str, Any]) -> None:
     """Refuse a fog rule whose sensitivity to one edge is not bounded by C / m under DP."""
     if privacy.mode not in ("trusted_fog", "untrusted_fog"):
@@ -599,6 +637,21 @@ def _rule_floor(aggregator: str, params: dict[str, Any], quorum_field: str, quor
     )
 
 
+def _check_buffered(privacy_mode: str, buffer_size: int, listed: int, what: str) -> None:
+    """Refuse a buffered (FedBuff) aggregator that could never fill its buffer, or that
+    would release outside the privacy accounting (which counts synchronous rounds).
+
+    Raises:
+        ValueError: naming the conflict.
+    """
+    if privacy_mode in ("trusted_fog", "untrusted_fog"):
+        raise ValueError(f"aggregation = 'buffered' cannot run with privacy.mode = "
+                         f"{privacy_mode!r}: the region's accounting counts synchronous rounds")
+    if listed and buffer_size > listed:
+        raise ValueError(f"buffer_size ({buffer_size}) exceeds the {listed} {what}: the "
+                         "buffer could never fill")
+
+
 def _explain(tier: str, exc: PydanticValidationError, path: Path | None) -> str:
     lines = [f"invalid {tier} settings" + (f" (file {path})" if path else "") + ":"]
     for err in exc.errors():
@@ -687,6 +740,15 @@ class FogSettings(_TierSettings):
     max_staleness: int = Field(
         0, ge=0, description="accept updates trained this many changed fog models behind "
         "(skipped rounds re-publish the same model and do not count)"
+    )
+    aggregation: Literal["sync", "buffered"] = Field(
+        "sync", description="sync: a fog round waits for min_updates; buffered (FedBuff): "
+        "combine every buffer_size arrivals, stale ones weighted down (docs/scale.md)"
+    )
+    buffer_size: int = Field(1, ge=1, description="buffered: updates combined at once (K)")
+    staleness_exponent: float = Field(
+        0.5, ge=0, le=10, description="buffered: an update s models behind weighs "
+        "(1 + s) ** -staleness_exponent of its samples"
     )
     allowed_edges: list[str] = Field(default_factory=list, description="empty = any edge")
     spool_dir: Path | None = Field(
@@ -778,6 +840,13 @@ class FogSettings(_TierSettings):
         return self
 
     @model_validator(mode="after")
+    def _buffered(self) -> Self:
+        if self.aggregation == "buffered":
+            _check_buffered(self.privacy.mode, self.buffer_size, len(self.allowed_edges),
+                            "allowed_edges")
+        return self
+
+    @model_validator(mode="after")
     def _privacy(self) -> Self:
         p = self.privacy
         if p.mode in ("off", "record"):
@@ -819,6 +888,18 @@ class CloudSettings(_TierSettings):
     )
     min_fogs: int = Field(1, ge=1, description="quorum of fogs needed after the timeout")
     round_timeout_s: float = Field(60.0, gt=0, description="wait after the first aggregate")
+    aggregation: Literal["sync", "buffered"] = Field(
+        "sync", description="sync: a round waits for every fog (min_fogs at the deadline); "
+        "buffered (FedBuff): combine every buffer_size fog aggregates (docs/scale.md)"
+    )
+    buffer_size: int = Field(1, ge=1, description="buffered: fog aggregates combined at once")
+    staleness_exponent: float = Field(
+        0.5, ge=0, le=10, description="buffered: an aggregate s versions behind weighs "
+        "(1 + s) ** -staleness_exponent of its samples"
+    )
+    max_staleness: int = Field(
+        0, ge=0, description="buffered: accept fog aggregates this many global versions behind"
+    )
     store_dir: Path = Field(Path("hierfl-store"), description="checkpoint directory")
     initial_model: Path | None = Field(
         None, description="npz/safetensors with the version-0 weights (when the store is empty)"
@@ -829,6 +910,7 @@ class CloudSettings(_TierSettings):
         "contributing edge (larger: refused); bounds a compromised fog's weight; None: no bound"
     )
     aggregator_params: dict[str, Any] = Field(default_factory=dict)
+    server_opt: ServerOptSettings = ServerOptSettings()
     max_versions: int | None = Field(None, ge=1, description="stop after producing this version")
     keep_versions: int | None = Field(None, ge=1, description="prune older checkpoints")
     model_codec: str = Field("raw", description="codec of the global model fan-out")
@@ -863,4 +945,6 @@ class CloudSettings(_TierSettings):
         if self.fogs and self.min_fogs > len(self.fogs):
             raise ValueError(f"min_fogs ({self.min_fogs}) exceeds the {len(self.fogs)} fogs")
         _rule_floor(self.aggregator, self.aggregator_params, "min_fogs", self.min_fogs)
+        if self.aggregation == "buffered":
+            _check_buffered(self.privacy.mode, self.buffer_size, len(self.fogs), "fogs")
         return self

@@ -28,6 +28,8 @@ import numpy as np
 
 from hierfl.aggregation import validation as checks
 from hierfl.errors import DuplicateUpdateError, StaleUpdateError, WrongRecipientError
+from hierfl.fog.buffered import BufferPolicy, staleness_weights
+from hierfl.optim.server import ServerOptimizer
 from hierfl.types import Float32Matrix, Float32Vector, Float64Vector
 from hierfl.wire.frames import AggregateFrame, LayoutEntry
 
@@ -49,6 +51,8 @@ class CloudRoundConfig:
     max_samples: int = 10**12
     #: a fog may claim at most this many samples per contributing edge (None: no bound)
     max_samples_per_edge: int | None = None
+    #: buffered (FedBuff) aggregation (hierfl.fog.buffered); None: synchronous rounds
+    buffer: BufferPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,7 @@ CloudAction = NewGlobal | Commit
 class _Pending:
     frames: dict[str, AggregateFrame] = field(default_factory=dict)
     last_position: Any = None  # of the newest aggregate held
+    staleness: dict[str, int] = field(default_factory=dict)  # buffered: versions behind
     first_at: float | None = None
     expired: bool = False  # deadline passed below min_fogs: close on the quorum-making aggregate
 
@@ -91,6 +96,8 @@ class CloudRound:
         version: the current global version.
         weights: its weights.
         layout: its layout.
+        server_opt: a server optimiser (FedOpt, :mod:`hierfl.optim.server`) turning the
+            combined delta into the step applied; None applies the delta as it is.
     """
 
     def __init__(
@@ -101,13 +108,17 @@ class CloudRound:
         version: int,
         weights: Float32Vector,
         layout: tuple[LayoutEntry, ...],
+        server_opt: ServerOptimizer | None = None,
     ) -> None:
         self.config = config
+        self.server_opt = server_opt
         self._aggregate = aggregate
         self.version = version
         self.weights = weights.astype(np.float32, copy=True)
         self.layout = layout
         self._pending = _Pending()
+        # buffered: the aggregates applied lately (a fog's re-send of one must not apply twice)
+        self._applied: dict[str, None] = {}
 
     @property
     def deadline(self) -> float | None:
@@ -137,7 +148,13 @@ class CloudRound:
         if frame.federation != cfg.federation:
             raise WrongRecipientError(f"aggregate for federation {frame.federation}")
         checks.check_sender(frame.fog_id, cfg.fogs)
-        if frame.base_version != self.version:
+        buffer = cfg.buffer if cfg.buffer is not None and cfg.buffer.buffered else None
+        stale = self.version - frame.base_version
+        if buffer is not None and frame.aggregate_id in self._applied:
+            raise DuplicateUpdateError(f"aggregate {frame.aggregate_id} was already applied")
+        if buffer is not None and 0 < stale <= buffer.max_staleness:
+            pass  # FedBuff: used, weighted down at the close
+        elif frame.base_version != self.version:
             raise StaleUpdateError(
                 f"aggregate {frame.aggregate_id} is against v{frame.base_version}; "
                 f"current is v{self.version}"
@@ -151,10 +168,13 @@ class CloudRound:
         checks.check_shape(frame.delta, self.weights.size)
         checks.check_finite(frame.delta)
         self._pending.frames[frame.fog_id] = frame
+        self._pending.staleness[frame.fog_id] = stale
         if position is not None:
             self._pending.last_position = position
         if self._pending.first_at is None:
             self._pending.first_at = now
+        if buffer is not None and len(self._pending.frames) >= buffer.buffer_size:
+            return self._close(timed_out=False)
         if cfg.fogs and set(self._pending.frames) >= cfg.fogs:
             return self._close(timed_out=False)
         if self._pending.expired and len(self._pending.frames) >= cfg.min_fogs:
@@ -191,7 +211,20 @@ class CloudRound:
         frames = [self._pending.frames[f] for f in fogs]
         stack = np.stack([f.delta for f in frames])
         weights = np.array([f.num_samples for f in frames], dtype=np.float64)
-        delta = self._aggregate(stack, weights)
+        buffer = self.config.buffer
+        if buffer is not None and buffer.buffered:
+            # FedBuff: an aggregate s versions behind counts (1 + s) ** -exponent of its samples
+            delta = self._aggregate(stack, staleness_weights(
+                weights, [self._pending.staleness.get(f, 0) for f in fogs],
+                buffer.staleness_exponent))
+            for f in frames:
+                self._applied[f.aggregate_id] = None
+            while len(self._applied) > 4096:
+                del self._applied[next(iter(self._applied))]
+        else:
+            delta = self._aggregate(stack, weights)
+        if self.server_opt is not None:
+            delta = self.server_opt.step(delta)
         parent = self.version
         self.weights = (self.weights + delta).astype(np.float32)
         self.version += 1

@@ -25,6 +25,7 @@ from hierfl.errors import (
     SignatureError,
     WireFormatError,
 )
+from hierfl.fog.buffered import buffer_policy
 from hierfl.metrics import ServiceMetrics
 from hierfl.model.store import Checkpoint, ModelStore, load_weights_file
 from hierfl.offload import Steps, offload
@@ -87,6 +88,7 @@ class CloudService:
             log.info("cloud: resuming from checkpoint v%d", ckpt.version)
         if self.security.verifier is not None:
             self.security.verifier.replay.seed(dict(ckpt.meta.get("replay") or {}))
+        server_opt = _server_optimizer(settings, ckpt)
         self._sigs: dict[str, SigBlock] = {}  # fog -> signature of its held aggregate
         self._provenance: dict[str, tuple[EdgeProof, ...]] = {}
         self.round = CloudRound(
@@ -96,11 +98,14 @@ class CloudService:
                 min_fogs=settings.min_fogs,
                 round_timeout_s=settings.round_timeout_s,
                 max_samples_per_edge=settings.max_samples_per_edge,
+                buffer=buffer_policy(settings.aggregation, settings.buffer_size,
+                                     settings.staleness_exponent, settings.max_staleness),
             ),
             make_aggregator(settings.aggregator, settings.aggregator_params),
             version=ckpt.version,
             weights=ckpt.weights,
             layout=ckpt.layout,
+            server_opt=server_opt,
         )
         self._latest: Checkpoint = ckpt
         # differential privacy: the worst region's account, resumed from the checkpoint
@@ -334,6 +339,11 @@ class CloudService:
                                    "dp.delta": float(priv["delta"])}
             if self.privacy.stopped:  # the final model says so to whoever reads it
                 meta["metrics"] = {**meta["metrics"], "dp.stopped": 1.0}
+        if self.round.server_opt is not None:  # its state first: the record names it
+            from hierfl.optim.checkpoint import save_state  # noqa: PLC0415
+
+            meta["server_opt"] = await offload(save_state, self.settings.store_dir,
+                                               new.version, self.round.server_opt)
         signer = self.security.signer
         started = time.time()
         ckpt = await offload(
@@ -426,6 +436,22 @@ class CloudService:
         if suppressed is not None:
             log.info("cloud: rejected record at offset %d: %s: %s%s", inbound.offset,
                      exc.reason, exc, suppressed_note(suppressed, exc.reason))
+
+
+def _server_optimizer(settings: CloudSettings, ckpt: Checkpoint) -> Any:
+    """The configured server optimiser (None: off), resumed from ``ckpt``'s saved state.
+
+    Raises:
+        StoreError: the state ``ckpt`` names is missing or altered.
+    """
+    from hierfl.optim.checkpoint import restore_state  # noqa: PLC0415
+    from hierfl.optim.server import make_server_optimizer  # noqa: PLC0415
+
+    so = settings.server_opt
+    opt = make_server_optimizer(so.name, int(ckpt.weights.size), **so.params())
+    if opt is not None and restore_state(settings.store_dir, ckpt.meta, opt):
+        log.info("cloud: server optimiser %s resumed at step %d", so.name, opt.t)
+    return opt
 
 
 def _check_provenance(trust: TrustStore, frame: AggregateFrame) -> None:

@@ -59,6 +59,7 @@ from hierfl.errors import (
     StateError,
     WrongRecipientError,
 )
+from hierfl.fog.buffered import BufferPolicy, ModelClock, staleness_weights
 from hierfl.privacy.region import RegionPrivacy
 from hierfl.types import Float32Matrix, Float32Vector, Float64Vector
 from hierfl.wire.frames import AggregateFrame, LayoutEntry, ModelFrame, UpdateFrame
@@ -190,6 +191,13 @@ class FogRoundConfig:
     resend_after_s: float | None = None
     #: updates kept while the fog waits for its first model (then judged in order)
     early_limit: int = 1000
+    #: buffered (FedBuff) aggregation (hierfl.fog.buffered); None or mode "sync": rounds
+    buffer: BufferPolicy | None = None
+
+    @property
+    def buffered(self) -> bool:
+        """True when the fog combines every ``buffer.buffer_size`` arrivals (FedBuff)."""
+        return self.buffer is not None and self.buffer.buffered
 
     def policy(self, expected_size: int) -> ValidationPolicy:
         """The validation policy for a model of ``expected_size`` parameters.
@@ -216,6 +224,7 @@ class _Accepted:
     delta: Float32Vector
     metrics: dict[str, float]
     base_seq: int = 0
+    staleness: int = 0  # buffered mode: fog models published since base_seq
 
 
 @dataclass(slots=True)
@@ -279,6 +288,11 @@ class FogRound:
         config.policy(1)  # fail fast on a bad policy; the real one needs the model size
         self._validator: UpdateValidator | None = None
         self._early: list[Admit] = []  # updates that came before the first model
+        # buffered mode: the fog's models across global versions (staleness), and the newest
+        # base seq folded per edge (an edge's updates come in seq order: an older or equal
+        # one again is a duplicate, whatever global version it names)
+        self._clock = ModelClock()
+        self._last_folded: dict[str, int] = {}
 
     # --- queries ------------------------------------------------------------------------
 
@@ -315,11 +329,17 @@ class FogRound:
         if self._cycle is not None and frame.version <= self._cycle.version:
             return []
         w = frame.weights.astype(np.float32, copy=True)
+        carried = (self._updates if self.config.buffered and self.state is FogState.COLLECTING
+                   and self._cycle is not None and self._cycle.weights.size == w.size else {})
         self._cycle = _Cycle(frame.version, w.copy(), w, frame.layout, np.zeros_like(w))
         self._ensure_validator(w.size)
         if self.privacy is not None and not self.privacy.can_start(self.config.k2):
             return self._with_early(self._budget_spent())
-        return self._with_early(self._open_round(now))
+        actions = self._open_round(now)
+        # buffered: a newer global model (the cloud did not wait for this fog) keeps the
+        # buffer: its deltas apply to the new model as they would have to the old one
+        self._updates.update(carried)
+        return self._with_early(actions)
 
     def resume(self, global_frame: ModelFrame, fog_frame: ModelFrame, now: float, *,
                forwarded: AggregateFrame | None = None,
@@ -353,6 +373,7 @@ class FogRound:
         self._ensure_validator(w.size)
         self.seq = fog_frame.seq
         self._cycle.model_starts.append(self.seq)
+        self._clock.changed(self.seq)
         self._cycle.folded = set(folded)
         if (forwarded is not None and forwarded.base_version == global_frame.version
                 and forwarded.fog_id == self.config.fog_id
@@ -387,7 +408,7 @@ class FogRound:
         Raises:
             StateError: the fog has a model (call :meth:`on_update`).
         """
-        if self.state is not FogState.WAITING_MODEL:
+        if self.state is not FogState.WAITING_MODEL and not self.holds_updates:
             raise StateError(f"fog {self.config.fog_id} has a model: judge the update now")
         if len(self._early) >= self.config.early_limit:
             return False
@@ -409,6 +430,13 @@ class FogRound:
         if (version, seq) == (self.version, self.seq):
             return "readmit"
         return "judge"
+
+    @property
+    def holds_updates(self) -> bool:
+        """Buffered mode, forwarded: an update that arrives while the fog waits for the next
+        global model is held (:meth:`on_early`) and judged against it, not refused (FedBuff
+        uses a slow edge's update late, weighted down, rather than losing it)."""
+        return self.config.buffered and self.state is FogState.FORWARDED
 
     @property
     def early(self) -> int:
@@ -442,7 +470,7 @@ class FogRound:
         assert validator is not None
         validator.accept_norm(norm)
         self._updates[frame.edge_id] = _Accepted(frame.num_samples, frame.delta, frame.metrics,
-                                                 frame.base_seq)
+                                                 frame.base_seq, self._staleness(frame))
         if proof is not None:
             assert self._cycle is not None
             self._cycle.proofs[(frame.edge_id, frame.base_seq)] = proof
@@ -450,6 +478,8 @@ class FogRound:
         sampled = self.privacy.sampled if self.privacy is not None else None
         if sampled:  # privacy sampling: the round waits for its sample only
             need = min(need, len(sampled))
+        if self.config.buffer is not None and self.config.buffered:
+            need = self.config.buffer.buffer_size  # FedBuff: every K arrivals
         if len(self._updates) >= need:
             return self._close(now, timed_out=False)
         return []
@@ -477,6 +507,8 @@ class FogRound:
             raise StaleUpdateError(
                 f"edge {frame.edge_id}: fog is {self.state.value}, not collecting"
             )
+        if cfg.buffered:
+            return self._check_buffered(frame, c, validator)
         if frame.base_version != c.version:
             raise StaleUpdateError(
                 f"edge {frame.edge_id} trained from ({frame.base_version}, seq "
@@ -503,6 +535,43 @@ class FogRound:
         except StaleUpdateError as exc:
             raise StaleUpdateError(f"{exc} [fog model seqs of global v{c.version}]") from None
         return norm
+
+    def _staleness(self, frame: UpdateFrame) -> int:
+        """Buffered mode: changed fog models published since ``frame.base_seq`` (0 in sync
+        mode, where staleness only gates)."""
+        if not self.config.buffered:
+            return 0
+        return self._clock.staleness(frame.base_seq, self.seq)
+
+    def _check_buffered(self, frame: UpdateFrame, c: _Cycle, validator: UpdateValidator) -> float:
+        """The checks of buffered mode after recipient, sender and state.
+
+        An update may come from an older global version (its delta is applied to the current
+        model, weighted down, as FedBuff does); staleness counts the changed fog models
+        published since its base seq, across global versions, and is bounded by
+        ``max_staleness``. An update from a model this fog has not published, or one not
+        newer than the last update of its edge folded in, is refused.
+        """
+        if frame.base_version > c.version or frame.base_seq > self.seq:
+            raise StaleUpdateError(
+                f"edge {frame.edge_id} trained from ({frame.base_version}, seq "
+                f"{frame.base_seq}), which this fog has not published (current: "
+                f"({c.version}, seq {self.seq}))"
+            )
+        if (frame.edge_id, frame.base_seq) in c.folded or (
+                frame.base_seq <= self._last_folded.get(frame.edge_id, -1)):
+            raise DuplicateUpdateError(
+                f"edge {frame.edge_id}: its update from seq {frame.base_seq} is already in an "
+                "earlier buffer"
+            )
+        stale = self._staleness(frame)
+        try:
+            return validator.validate(frame.edge_id, self.seq - stale, self.seq,
+                                      frame.num_samples, frame.delta,
+                                      already_seen=self._updates)
+        except StaleUpdateError as exc:
+            raise StaleUpdateError(f"{exc} [buffered: {stale} fog models behind, "
+                                   f"max_staleness {self.config.max_staleness}]") from None
 
     def on_sent(self, frame: AggregateFrame, now: float) -> None:
         """The aggregate ``frame`` (of a :class:`Forward`) is written to Kafka: the resend
@@ -559,6 +628,7 @@ class FogRound:
         if c is not None and (changed or not c.model_starts):
             c.model_starts.append(self.seq)
             del c.model_starts[:-64]
+            self._clock.changed(self.seq)
         self._updates = {}
         self.state = FogState.COLLECTING
         self.deadline = now + self.config.round_timeout_s
@@ -617,8 +687,13 @@ class FogRound:
         edges = tuple(sorted(self._updates))
         stack = np.stack([self._updates[e].delta for e in edges])
         weights = np.array([self._updates[e].num_samples for e in edges], dtype=np.float64)
+        factors = weights
+        if self.config.buffer is not None and self.config.buffered:
+            # FedBuff: a stale update counts (1 + s) ** -exponent of its samples
+            factors = staleness_weights(weights, [self._updates[e].staleness for e in edges],
+                                        self.config.buffer.staleness_exponent)
         try:
-            delta = self._aggregate(stack, weights)
+            delta = self._aggregate(stack, factors)
         except AggregationError as exc:
             if not timed_out:
                 # Before the deadline, keep collecting: more updates may satisfy the rule, and
@@ -644,6 +719,8 @@ class FogRound:
         for e in edges:
             u = self._updates[e]
             c.folded.add((e, u.base_seq))
+            if self.config.buffered:
+                self._last_folded[e] = max(self._last_folded.get(e, -1), u.base_seq)
             c.samples[e] = max(c.samples.get(e, 0), u.num_samples)
             c.metrics.append((u.num_samples, u.metrics))
         total = int(weights.sum())

@@ -35,6 +35,7 @@ from hierfl import topics
 from hierfl.aggregation import make_aggregator
 from hierfl.config import FogSettings
 from hierfl.errors import HierflError, TransportError, UnknownSenderError
+from hierfl.fog.buffered import buffer_policy
 from hierfl.fog.round import (
     Admit,
     FogRound,
@@ -122,6 +123,8 @@ class FogService:
                 allowed_edges=frozenset(s.allowed_edges),
                 resend_after_s=s.resend_after_s,
                 early_limit=s.mqtt.queue_size,
+                buffer=buffer_policy(s.aggregation, s.buffer_size, s.staleness_exponent,
+                                     s.max_staleness),
             ),
             _fog_rule(s),
             privacy=_region_privacy(s),
@@ -630,8 +633,9 @@ class FogService:
     async def _on_update(self, frame: UpdateFrame, raw: bytes = b"",
                          sig: SigBlock | None = None, *, replay: bool = False,
                          readmit: bool = False) -> None:
-        if self.round.state is FogState.WAITING_MODEL:
-            # the model has not arrived yet: the round keeps it, unjudged (bounded)
+        if self.round.state is FogState.WAITING_MODEL or self.round.holds_updates:
+            # the model has not arrived yet (or, buffered, the next global model): the round
+            # keeps it, unjudged (bounded)
             if not self.round.on_early(frame, (raw, sig)):
                 self.metrics.inc("dropped_queue_full")
             return

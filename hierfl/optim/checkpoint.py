@@ -1,0 +1,94 @@
+"""A server optimiser's state saved beside the cloud's model versions (npz, no pickle).
+
+Version ``v``'s state is ``<store_dir>/optim/v<v:08d>.npz``, written atomically *before* the
+version's record; the record's ``server_opt`` entry names the file and its sha256::
+
+    "server_opt": {"name": "fedadam", "step": 12, "file": "optim/v00000012.npz",
+                   "sha256": "...", "config": {...}}
+
+so a version exists with the optimiser state it was produced with, and a restart resumes from
+the newest version's state. Older state files than the newest ``keep`` are removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hierfl.errors import StoreError
+from hierfl.optim.server import ServerOptimizer
+
+__all__ = ["restore_state", "save_state"]
+
+log = logging.getLogger(__name__)
+_DIR = "optim"
+
+
+def save_state(store_dir: Path, version: int, opt: ServerOptimizer,
+               keep: int = 3) -> dict[str, Any]:
+    """Write ``opt``'s state for ``version``; return the record's ``server_opt`` entry.
+
+    Raises:
+        StoreError: if it cannot be written.
+    """
+    folder = Path(store_dir) / _DIR
+    rel = f"{_DIR}/v{version:08d}.npz"
+    buf = io.BytesIO()
+    np.savez(buf, **opt.state())  # type: ignore[arg-type]
+    data = buf.getvalue()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz.tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        Path(tmp).replace(Path(store_dir) / rel)
+    except OSError as exc:
+        raise StoreError(f"cannot write the server optimiser state of v{version}: {exc}") from exc
+    old = sorted(p for p in folder.glob("v*.npz"))[:-keep]
+    for p in old:
+        p.unlink(missing_ok=True)
+    return {"name": opt.config.name, "step": opt.t, "file": rel,
+            "sha256": hashlib.sha256(data).hexdigest(), "config": opt.config.to_json()}
+
+
+def restore_state(store_dir: Path, meta: dict[str, Any], opt: ServerOptimizer) -> bool:
+    """Load into ``opt`` the state a version's record names (its ``server_opt`` entry).
+
+    Returns:
+        True when restored; False when the record has no state of this optimiser (a store
+        from a run without it, or with another optimiser: ``opt`` starts fresh, logged).
+
+    Raises:
+        StoreError: the named state file is missing, altered (sha256) or malformed.
+    """
+    entry = meta.get("server_opt")
+    if not isinstance(entry, dict):
+        return False
+    if entry.get("name") != opt.config.name:
+        log.warning("cloud: the checkpoint's server optimiser is %s, now %s: starting fresh",
+                    entry.get("name"), opt.config.name)
+        return False
+    path = Path(store_dir) / str(entry.get("file", ""))
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise StoreError(f"server optimiser state {path} is unreadable: {exc}") from exc
+    if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        raise StoreError(f"server optimiser state {path} fails its sha256 check")
+    try:
+        # SAFETY: allow_pickle stays False: a state file must never run code.
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"server optimiser state {path} is malformed: {exc}") from exc
+    opt.load_state(arrays)
+    return True
