@@ -165,7 +165,8 @@ class EdgeSecAgg:
         return ShareKeys(self.params.region, self.params.round, self.edge_id, ciphertexts)
 
     def on_shares(
-        self, msg: ForwardedShares | dict[str, Any], update: npt.ArrayLike
+        self, msg: ForwardedShares | dict[str, Any], update: npt.ArrayLike, *,
+        integer_noise: Callable[[npt.NDArray[np.int64]], npt.NDArray[np.int64]] | None = None,
     ) -> MaskedInput:
         """Stage 2: keep the neighbours' shares, then send the clipped, encoded update plus the
         self mask plus the signed pairwise masks of every neighbour whose shares arrived.
@@ -173,6 +174,9 @@ class EdgeSecAgg:
         Args:
             msg: the shares relayed to this edge.
             update: the float update of length ``params.dim`` (clipped here).
+            integer_noise: distributed DP's hook: given the clipped, quantised update
+                (int64, not reduced), returns it with this edge's integer noise share added
+                (it is then reduced mod 2^32 and masked, so the noise survives the sum).
 
         Raises:
             SecAggMessageError: on shares from non-neighbours or an update of the wrong size.
@@ -187,7 +191,13 @@ class EdgeSecAgg:
         x = np.asarray(update)
         if x.shape != (self.params.dim,):
             raise SecAggMessageError(f"update has shape {x.shape}, expected ({self.params.dim},)")
-        encoded = self.params.codec.encode(x)
+        if integer_noise is None:
+            encoded = self.params.codec.encode(x)
+        else:
+            noised = np.asarray(integer_noise(self.params.codec.quantize(x)), dtype=np.int64)
+            if noised.shape != (self.params.dim,):
+                raise SecAggMessageError(f"noised update has shape {noised.shape}")
+            encoded = noised.astype(np.uint32)
         context = self.params.context()
         held: dict[str, tuple[int, int]] = {}
         for v, ct in m.ciphertexts.items():
