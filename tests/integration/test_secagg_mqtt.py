@@ -60,7 +60,7 @@ async def test_dropouts_at_each_stage_at_and_below_the_threshold(
     ids = edge_ids(5)
     gone = ids[1:1 + drops]
     async with region(mqtt_broker.url, unique_id, tmp_path / "pki", 5, 64,
-                      stop_after={e: stage for e in gone},
+                      stop_after=dict.fromkeys(gone, stage),
                       deadlines=StageDeadlines(3, 3, 3, 3)) as reg:
         run = reg.fog.run_round(1, ids, 64)
         if drops == 2 and stage != "masked":
