@@ -33,7 +33,7 @@ from typing import Any
 from hierfl.errors import ConfigError, StoreError
 from hierfl.privacy.accountant import Method, check_params, epsilon_composed
 
-__all__ = ["LEDGER_FILE", "LedgerCorruptError", "PrivacyLedger"]
+__all__ = ["LEDGER_FILE", "LedgerCorruptError", "PrivacyLedger", "write_json_atomic"]
 
 LEDGER_FILE = "privacy-ledger.json"
 _FORMAT = 1
@@ -52,6 +52,31 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON to ``path`` atomically: a temporary file in the same folder,
+    fsync, rename over ``path``, fsync of the folder (a crash leaves the old or the new file).
+
+    Raises:
+        StoreError: the file cannot be written.
+    """
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".ledger-", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            Path(tmp).replace(path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(folder)
+    except OSError as exc:
+        raise StoreError(f"privacy ledger {path} cannot be written: {exc}") from exc
 
 
 class PrivacyLedger:
@@ -192,19 +217,4 @@ class PrivacyLedger:
                        for s, q, n, f in self._groups],
             "epsilon": eps if math.isfinite(eps) else None, "updated_at": time.time(),
         }
-        folder = self.path.parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".ledger-", suffix=".tmp", dir=folder)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    json.dump(data, f, sort_keys=True)
-                    f.flush()
-                    os.fsync(f.fileno())
-                Path(tmp).replace(self.path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            _fsync_dir(folder)
-        except OSError as exc:
-            raise StoreError(f"privacy ledger {self.path} cannot be written: {exc}") from exc
+        write_json_atomic(self.path, data)
