@@ -112,6 +112,29 @@ def register(app: typer.Typer) -> None:
         dp_delta: Annotated[float, typer.Option(help="delta of (epsilon, delta)")] = 1e-5,
         dp_sigma: Annotated[float, typer.Option(help="noise multiplier sigma")] = 1.0,
         dp_clip: Annotated[float, typer.Option(help="clip norm C")] = 1.0,
+        server_opt: Annotated[
+            str,
+            typer.Option(help="server optimiser at the cloud (FedOpt): none, fedavgm, fedadam, "
+                         "fedyogi, fedadagrad (docs/learning.md)"),
+        ] = "none",
+        server_lr: Annotated[
+            float | None, typer.Option(help="server learning rate (default: the optimiser's)")
+        ] = None,
+        server_momentum: Annotated[
+            float | None, typer.Option(help="fedavgm's momentum (default 0.9)")
+        ] = None,
+        server_beta1: Annotated[float | None, typer.Option(help="FedAdam/Yogi beta1 (0.9)")] = None,
+        server_beta2: Annotated[
+            float | None, typer.Option(help="FedAdam/Yogi beta2 (0.99)")
+        ] = None,
+        server_tau: Annotated[
+            float | None, typer.Option(help="FedAdam/Yogi adaptivity tau (default: the "
+                                       "optimiser's)")
+        ] = None,
+        fedprox_mu: Annotated[
+            float, typer.Option(help="FedProx: weight mu of the edges' proximal term "
+                                "mu/2 ||w - w_global||^2 (0: off)")
+        ] = 0.0,
         out: Annotated[Path, typer.Option(help="report directory")] = Path("runs/sim"),
         live: Annotated[bool, typer.Option(help="live progress table")] = True,
     ) -> None:
@@ -151,6 +174,10 @@ def register(app: typer.Typer) -> None:
                 federation=federation or "",
                 dp=dp, dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_sigma=dp_sigma,
                 dp_clip=dp_clip,
+                server_opt=server_opt, fedprox_mu=fedprox_mu,
+                server_opt_params={k: v for k, v in {
+                    "server_lr": server_lr, "momentum": server_momentum, "beta1": server_beta1,
+                    "beta2": server_beta2, "tau": server_tau}.items() if v is not None},
             )
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc

@@ -49,6 +49,7 @@ import numpy as np
 from hierfl import __version__, topics
 from hierfl.config import CloudSettings, EdgeSettings, FogSettings, KafkaSettings, MqttSettings
 from hierfl.errors import BrokerUnavailableError, ConfigError
+from hierfl.sim.learning import check_learning, learning_cloud, learning_task_options
 from hierfl.sim.observer import Observer, RoundRecord
 from hierfl.sim.pki import (
     mqtt_section,
@@ -154,6 +155,11 @@ class SimConfig:
     dp_delta: float = 1e-5
     dp_sigma: float = 1.0
     dp_clip: float = 1.0
+    #: learning quality (docs/learning.md): the cloud's server optimiser and its parameters
+    #: (None: the optimiser's default), FedProx's mu at the edges (0: off)
+    server_opt: str = "none"
+    server_opt_params: dict[str, Any] = field(default_factory=dict)
+    fedprox_mu: float = 0.0
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIO_TASKS:
@@ -169,6 +175,7 @@ class SimConfig:
             raise ValueError("need 1 <= fogs <= edges")
         if self.dp not in ("off", "record", "trusted_fog", "untrusted_fog"):
             raise ValueError("--dp must be off, record, trusted_fog or untrusted_fog")
+        check_learning(self)
         if self.dp == "record" and self.dp_epsilon is None:
             raise ValueError("--dp record needs --dp-epsilon: each edge stops once it is spent")
         self.out = Path(self.out)
@@ -265,6 +272,7 @@ def _task_options(cfg: SimConfig, index: int) -> dict[str, Any]:
         opts["num_fogs"] = cfg.fogs
     if index in cfg.byzantine_edges() and cfg.attack == "label-flip":
         opts["label_flip"] = True
+    opts.update(learning_task_options(cfg))
     return opts
 
 
@@ -300,7 +308,7 @@ def _tier_settings(
         min_fogs=len(topo), round_timeout_s=cfg.round_timeout_s,
         store_dir=cfg.out / "store", initial_model=cfg.out / "initial.npz",
         max_versions=cfg.rounds, aggregator="fedavg", security=security_section(prov, "cloud"),
-        **_privacy(cfg, "cloud"),
+        **_privacy(cfg, "cloud"), **learning_cloud(cfg),
     )
     # the fewest updates the fog's rule can combine (nnm_f, krum's f): the default quorum of
     # 1 is raised to it, so that a deadline never closes a round the rule must refuse
@@ -344,7 +352,8 @@ def _env(settings: Any, prefix: str = "HIERFL_") -> dict[str, str]:
     out: dict[str, str] = {}
     data = settings.model_dump(mode="json", exclude_none=True)
     for k, v in data.items():
-        if isinstance(v, dict) and k in ("mqtt", "kafka", "limits", "security", "privacy"):
+        if isinstance(v, dict) and k in ("mqtt", "kafka", "limits", "security", "privacy",
+                                         "server_opt"):
             for k2, v2 in v.items():
                 out[f"{prefix}{k.upper()}__{k2.upper()}"] = (
                     json.dumps(v2) if isinstance(v2, list | dict | bool) else str(v2)
