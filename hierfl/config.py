@@ -45,6 +45,7 @@ __all__ = [
     "LimitsSettings",
     "MqttSettings",
     "PrivacySettings",
+    "SecAggSettings",
     "SecuritySettings",
     "ServerOptSettings",
     "resolve_path",
@@ -485,6 +486,68 @@ def _check_dp_rule(privacy: PrivacySettings, aggregator: str, params: dict[str, 
         )
 
 
+class SecAggSettings(_Section):
+    """Secure aggregation per fog region (SecAgg+, docs/secure-aggregation.md). A fog's
+    ``mode`` decides whether it sees its edges' updates: ``robust`` (the default) aggregates
+    them in the clear with its robust rule; ``secure`` learns only their sum, so its rule is
+    the masked sum (``aggregator = "fedavg"``) and edges clip to ``clip_norm`` before masking.
+    An edge follows its fog: the fog opens each secure round with a signed announcement of
+    these parameters, and an edge refuses one whose ``clip_norm`` differs from its own."""
+
+    mode: Literal["robust", "secure"] = Field(
+        "robust", description="robust: updates in the clear, robust rule at the fog; secure: "
+        "the fog learns only the region's sum (SecAgg+)"
+    )
+    clip_norm: float = Field(1.0, gt=0, description="L2 bound each edge clips its update to "
+                             "before masking")
+    scale: float | None = Field(
+        None, gt=0, description="fixed-point scale, a power of two (None: the largest that "
+        "cannot overflow the region's sum mod 2^32)"
+    )
+    degree: int | None = Field(None, ge=1, description="k, neighbours per edge (None: the "
+                               "complete graph up to 32 edges, else 2 ceil(log2 n))")
+    threshold: int | None = Field(
+        None, ge=2, description="t, shares needed to unmask (None: floor(2 (k+1)/3) + 1, "
+        "safe against a fog that lies about dropouts)"
+    )
+    min_roster: int = Field(3, ge=2, description="edge: refuse rounds with fewer edges "
+                            "(the crowd an update hides in)")
+    advertise_s: float = Field(10.0, gt=0, description="fog: deadline of the key stage, s")
+    share_s: float = Field(10.0, gt=0, description="fog: deadline of the share stage, s")
+    masked_s: float = Field(60.0, gt=0, description="fog: deadline of the masked-input "
+                            "stage (covers local training), s")
+    unmask_s: float = Field(10.0, gt=0, description="fog: deadline of the unmasking stage, s")
+
+    @field_validator("scale")
+    @classmethod
+    def _power_of_two(cls, v: float | None) -> float | None:
+        import math  # noqa: PLC0415
+
+        if v is not None and math.frexp(v)[0] != 0.5:
+            raise ValueError(f"secagg.scale must be a power of two, got {v}")
+        return v
+
+
+def _check_secure_rule(s: SecAggSettings, aggregator: str, signing: str) -> None:
+    """Refuse a secure-mode fog configured with a rule it cannot run on masked inputs."""
+    if s.mode != "secure":
+        return
+    if aggregator != "fedavg":
+        raise ValueError(
+            f"secagg.mode = 'secure' cannot use aggregator {aggregator!r}: a secure fog sees "
+            "only the masked sum of its region, never an update, so it cannot take a median, "
+            "trim, select (Krum) or weigh updates; its rule is the masked sum divided by the "
+            "survivors (set aggregator = 'fedavg'). Robustness moves to the edges' clipping "
+            "(secagg.clip_norm) and to the cloud's robust rule across fogs; or use "
+            "secagg.mode = 'robust'"
+        )
+    if signing != "required":
+        raise ValueError(
+            "secagg.mode = 'secure' needs security.signing = 'required': key advertisements "
+            "are signed by each edge's identity key, or a fog could substitute its own keys"
+        )
+
+
 class _TierSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="HIERFL_",
@@ -687,6 +750,7 @@ class EdgeSettings(_TierSettings):
     )
     max_rounds: int | None = Field(None, ge=1, description="exit after this many updates")
     threads: int = Field(1, ge=1, le=256, description="torch intra-op threads")
+    secagg: SecAggSettings = SecAggSettings()
 
     @field_validator("fog_id", "edge_id")
     @classmethod
@@ -707,6 +771,13 @@ class EdgeSettings(_TierSettings):
     def _codec_feedback(self) -> Self:
         if self.error_feedback:
             _feedback_codec_spec(self.codec, alternative=" or set error_feedback = false")
+        return self
+
+    @model_validator(mode="after")
+    def _secagg_signed(self) -> Self:
+        if self.secagg.mode == "secure" and self.security.signing != "required":
+            raise ValueError("secagg.mode = 'secure' needs security.signing = 'required' "
+                             "(every SecAgg+ message is signed; docs/secure-aggregation.md)")
         return self
 
 
@@ -783,6 +854,7 @@ class FogSettings(_TierSettings):
     flood_quarantine_max_s: float = Field(
         300.0, gt=0, description="the longest quarantine, seconds"
     )
+    secagg: SecAggSettings = SecAggSettings()
     ingest_connections: int = Field(
         1, ge=1, le=16, description="MQTT connections the fog's edges' update topics are "
         "spread over (by a stable hash of the edge id), when the fog knows its edges (trust "
@@ -844,6 +916,11 @@ class FogSettings(_TierSettings):
         if self.aggregation == "buffered":
             _check_buffered(self.privacy.mode, self.buffer_size, len(self.allowed_edges),
                             "allowed_edges")
+        return self
+
+    @model_validator(mode="after")
+    def _secagg(self) -> Self:
+        _check_secure_rule(self.secagg, self.aggregator, self.security.signing)
         return self
 
     @model_validator(mode="after")
