@@ -51,6 +51,8 @@ class RoundRecord:
     fogs: dict[str, int] = field(default_factory=dict)
     #: differential privacy: the federation's epsilon after this version (None: DP off)
     epsilon: float | None = None
+    #: per region (fog): accuracy and loss of the model its edges use, on its held-out data
+    regions: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class Observer:
@@ -63,6 +65,10 @@ class Observer:
         kafka: Kafka connection settings.
         evaluate: ``weights -> (accuracy, loss)``, run off the event loop.
         on_round: called with each new :class:`RoundRecord`.
+        evaluate_regions: ``weights -> {fog: (accuracy, loss)}`` (per-region metrics,
+            :mod:`hierfl.sim.regions`); None: none.
+        regional_model: ``(fog, global weights) -> weights`` of the model that fog's edges
+            use (personalisation); None: the global model everywhere.
     """
 
     def __init__(
@@ -73,7 +79,11 @@ class Observer:
         kafka: KafkaSettings,
         evaluate: Callable[[np.ndarray], tuple[float, float]],
         on_round: Callable[[RoundRecord], None] | None = None,
+        evaluate_regions: Callable[[np.ndarray], dict[str, tuple[float, float]]] | None = None,
+        regional_model: Callable[[str, np.ndarray], np.ndarray] | None = None,
     ) -> None:
+        self.evaluate_regions = evaluate_regions
+        self.regional_model = regional_model
         self.federation = federation
         self.fog_edges = fog_edges
         self.mqtt = mqtt
@@ -202,6 +212,7 @@ class Observer:
                 rejected={k: n for k, n in rej.items() if n},
                 fogs=dict(self._fogs[v - 1]),
                 epsilon=frame.metrics.get("dp.epsilon"),
+                regions=await asyncio.to_thread(self._regions, frame.weights),
             )
             if frame.metrics.get("dp.stopped"):
                 self.privacy_stopped = True
@@ -211,6 +222,21 @@ class Observer:
             if self.on_round:
                 self.on_round(rec)
             self.changed.set()
+
+    def _regions(self, weights: np.ndarray) -> dict[str, dict[str, float]]:
+        """Each region's accuracy and loss with the model its edges use."""
+        if self.evaluate_regions is None:
+            return {}
+        shared = self.evaluate_regions(weights) if self.regional_model is None else None
+        out: dict[str, dict[str, float]] = {}
+        for fog in self.fog_edges:
+            if shared is not None:
+                acc, loss = shared[fog]
+            else:
+                assert self.regional_model is not None
+                acc, loss = self.evaluate_regions(self.regional_model(fog, weights))[fog]
+            out[fog] = {"accuracy": acc, "loss": loss}
+        return out
 
     def diagnosis(self) -> str:
         """Where every fog stands, from its stats topic and the aggregates seen (for a stall)."""

@@ -58,6 +58,8 @@ from hierfl.sim.pki import (
     security_section,
     tls_material,
 )
+from hierfl.sim.regions import lazy_region_evaluator, plot_regions
+from hierfl.sim.regions import summarise as summarise_regions
 
 if TYPE_CHECKING:
     from hierfl.provision import Provisioned
@@ -775,7 +777,7 @@ async def _run_started(cfg: SimConfig, on_round: Callable[[RoundRecord], None] |
     store = cfg.out / "store"
     if store.exists():
         for p in store.iterdir():
-            p.unlink()
+            shutil.rmtree(p) if p.is_dir() else p.unlink()  # optim/: server optimiser state
     if cfg.mode != "processes":
         _write_initial(cfg, cfg.out / "initial.npz")
     # processes: the initial model is written while the fogs start (see below)
@@ -792,7 +794,7 @@ async def _run_started(cfg: SimConfig, on_round: Callable[[RoundRecord], None] |
         observer = Observer(
             cfg.federation, {f: len(i) for f, i in topo.items()},
             setup.observer_mqtt, KafkaSettings(bootstrap=setup.bootstrap), _lazy_evaluator(cfg),
-            on_round,
+            on_round, evaluate_regions=lazy_region_evaluator(cfg, _DATA_LOCK),
         )
         from hierfl.transport.kafka import ensure_topics  # noqa: PLC0415
 
@@ -1006,6 +1008,8 @@ def _report(cfg: SimConfig, observer: Observer, wall: float, cloud_rss: float | 
             "rejected": dict(rejected),
         },
         "final_accuracy": observer.records[-1].accuracy if observer.records else None,
+        # per region (fog): the model its edges use on its held-out data (docs/learning.md)
+        "regions": summarise_regions(rounds),
         "cloud_peak_rss_mb": cloud_rss,
         # processes mode only: each fog's peak RSS (in-process, everything shares one process)
         "fog_peak_rss_mb": dict(fog_rss),
@@ -1042,6 +1046,7 @@ def _plot(cfg: SimConfig, records: list[RoundRecord],
     a1.set_xlabel("round")
     a1.set_ylabel("test accuracy")
     a1.set_title(f"{cfg.scenario}: {cfg.fogs} fogs, {cfg.edges} edges, k2={cfg.k2}")
+    plot_regions(a1, records)
     a1.grid(alpha=0.3)
     eps = [(x.round, x.epsilon) for x in records if x.epsilon is not None]
     if eps:  # differential privacy: the budget spent, beside the accuracy it bought
