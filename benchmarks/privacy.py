@@ -88,7 +88,7 @@ from hierfl.edge.trainer import SupervisedTask  # noqa: E402
 from hierfl.model.torch_adapter import model_to_vector, vector_to_model  # noqa: E402
 from hierfl.privacy.accountant import Accountant, epsilon_for  # noqa: E402
 from hierfl.privacy.dpsgd import DPSGDTask  # noqa: E402
-from hierfl.privacy.mechanisms import gaussian_noise  # noqa: E402
+from hierfl.privacy.mechanisms import csprng, gaussian_noise  # noqa: E402
 from hierfl.privacy.mia import dp_auc_bound, entropy_attack, loss_threshold_attack  # noqa: E402
 from hierfl.privacy.wrappers import DPAggregator  # noqa: E402
 from hierfl.sim.scenarios import (  # noqa: E402
@@ -442,7 +442,7 @@ def device_federation(
                     vec = vec + aggs[f](chosen_deltas, weights)
                 elif sigma is not None:  # noise alone (DPAggregator needs one update)
                     noise = gaussian_noise(vec.size, noise_multiplier=sigma, clip_norm=clip,
-                                           rng=aggs[f].rng)
+                                           rng=aggs[f].rng or csprng())
                     vec = vec + (noise / aggs[f].expected_updates).astype(np.float32)
                 acct = accountants[f]
                 if acct is not None:

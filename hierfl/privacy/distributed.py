@@ -51,7 +51,6 @@ threat by passing the honest count (``k`` minus the colluders). Every edge is in
 from __future__ import annotations
 
 import math
-import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,6 +62,7 @@ import numpy.typing as npt
 
 from hierfl.errors import ConfigError, NormBoundError
 from hierfl.privacy.ledger import LedgerCorruptError, write_json_atomic
+from hierfl.privacy.mechanisms import csprng
 
 __all__ = [
     "DISTRIBUTED_LEDGER_FILE",
@@ -91,16 +91,6 @@ _MAX_ROUNDING_TRIES = 1000
 MAX_MU = 2.0**36
 DISTRIBUTED_LEDGER_FILE = "privacy-ledger-distributed.json"
 _FORMAT = 1
-
-
-def csprng() -> np.random.Generator:
-    """A fresh generator seeded with 256 bits from :mod:`secrets` (the OS's CSPRNG).
-
-    Call it once per release: the stream (PCG64DXSM) is a statistical generator, the seed is
-    what makes each release's noise unpredictable.
-    """
-    seed = int.from_bytes(secrets.token_bytes(32), "big")
-    return np.random.Generator(np.random.PCG64DXSM(np.random.SeedSequence(seed)))
 
 
 def _bad(msg: str) -> ConfigError:

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from hierfl.errors import PrivacyBudgetExhaustedError
 from hierfl.privacy.ledger import PrivacyLedger
-from hierfl.privacy.mechanisms import clip_vector, gaussian_noise
+from hierfl.privacy.mechanisms import clip_vector, csprng, gaussian_noise
 from hierfl.types import Float32Vector
 
 __all__ = ["EdgePrivacy"]
@@ -43,7 +43,8 @@ class EdgePrivacy:
         ledger: the edge's own ledger (untrusted_fog), whose noise multiplier is
             ``sigma / sqrt(n)``.
         target_epsilon: the edge's budget (None: account only).
-        rng: the noise generator (default: seeded from the OS).
+        rng: the noise generator; None (production): a fresh :func:`csprng` per update. A
+            fixed seed is for tests only.
     """
 
     mode: str
@@ -52,7 +53,7 @@ class EdgePrivacy:
     shares: int = 1
     ledger: PrivacyLedger | None = None
     target_epsilon: float | None = None
-    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    rng: np.random.Generator | None = None
     clipped: int = 0
 
     @classmethod
@@ -96,7 +97,7 @@ class EdgePrivacy:
         ledger = self.ledger
         noisy = out.astype(np.float64) + gaussian_noise(
             out.size, noise_multiplier=self.noise_multiplier, clip_norm=self.clip_norm,
-            rng=self.rng, share=self.shares)
+            rng=self.rng if self.rng is not None else csprng(), share=self.shares)
         if ledger is not None:
             ledger.spend(1)  # on disk before the update leaves
         return noisy.astype(np.float32)

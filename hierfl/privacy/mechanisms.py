@@ -1,8 +1,8 @@
 """The Gaussian mechanism's parts: L2 clipping, calibrated noise, adaptive clipping.
 
 Pure numpy (fog and cloud run them without torch). Every function takes the random generator
-it draws from, so a test can fix a seed; the tiers pass ``numpy.random.default_rng()`` (seeded
-from the operating system's entropy).
+it draws from, so a test can fix a seed; in production the tiers pass :func:`csprng`, a fresh
+generator per release seeded with 256 bits from :mod:`secrets` (the operating system's CSPRNG).
 
 - :func:`clip_rows` / :func:`clip_vector`: scale to L2 norm at most ``C`` (an update above
   ``C`` never contributes more than ``C``; a non-finite row contributes zero).
@@ -19,6 +19,7 @@ from the operating system's entropy).
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,10 +31,24 @@ __all__ = [
     "AdaptiveClip",
     "clip_rows",
     "clip_vector",
+    "csprng",
     "effective_noise_multiplier",
     "gaussian_noise",
     "local_noise_std",
 ]
+
+
+def csprng() -> np.random.Generator:
+    """A fresh generator seeded with 256 bits from :mod:`secrets` (the OS's CSPRNG).
+
+    DP noise must be unpredictable: the tiers call this once per release (an aggregate, a
+    noised update, a sample of edges) unless a test passes a seeded generator. The stream
+    itself (PCG64DXSM) is a statistical generator, not a cryptographic one; what makes each
+    release's noise unpredictable is its fresh seed, never reused and never derived from
+    another release's.
+    """
+    seed = int.from_bytes(secrets.token_bytes(32), "big")
+    return np.random.Generator(np.random.PCG64DXSM(np.random.SeedSequence(seed)))
 
 
 def _check_clip(clip_norm: float) -> None:
@@ -41,35 +56,64 @@ def _check_clip(clip_norm: float) -> None:
         raise ConfigError(f"privacy: clip_norm (C) must be > 0, got {clip_norm}")
 
 
-def clip_rows(updates: Float32Matrix, clip_norm: float) -> tuple[Float32Matrix, np.ndarray]:
+def clip_rows(updates: Float32Matrix, clip_norm: float, *,
+              out: Float32Matrix | None = None) -> tuple[Float32Matrix, np.ndarray]:
     """Scale each row of ``updates`` to L2 norm at most ``clip_norm``.
 
+    Works in float32 (the updates' own precision; the norms are accumulated in float64, so a
+    row of a million coordinates still gets an exact-enough norm) and copies at most once:
+    ``out=updates`` clips a float32 stack in place with no copy at all.
+
     Args:
-        updates: (n, d) float array; not modified.
+        updates: (n, d) float array; not modified unless it is ``out``.
         clip_norm: C > 0.
+        out: a C-contiguous float32 (n, d) array to write the result into (may be
+            ``updates`` itself); None: a new array.
 
     Returns:
-        ``(clipped, norms)``: a new float32 (n, d) array whose rows have norm <= C, and the
+        ``(clipped, norms)``: the float32 (n, d) result whose rows have norm <= C, and the
         (n,) float64 norms before clipping (``inf`` for a row holding NaN/Inf, which is
         replaced by zeros: it contributes nothing).
 
     Raises:
-        ConfigError: if ``clip_norm`` is not a positive finite number.
+        ConfigError: if ``clip_norm`` is not a positive finite number, or a bad ``out``.
     """
     _check_clip(clip_norm)
-    x = np.asarray(updates, dtype=np.float64)
+    x = np.asarray(updates)
     if x.ndim != 2:
         raise ConfigError(f"privacy: clip_rows needs a 2-D stack, got shape {x.shape}")
-    finite: np.ndarray = np.asarray(np.isfinite(x).all(axis=1), dtype=bool)
-    norms = np.full(x.shape[0], np.inf)
-    if finite.any():
-        norms[finite] = np.sqrt(np.einsum("ij,ij->i", x[finite], x[finite]))
-    scale = np.zeros(x.shape[0])
-    ok = finite & (norms > 0)
-    scale[ok] = np.minimum(1.0, clip_norm / norms[ok])
-    scale[finite & (norms == 0)] = 1.0
-    out = np.where(finite[:, None], x, 0.0) * scale[:, None]
-    return out.astype(np.float32), norms
+    if out is None:
+        res = np.array(x, dtype=np.float32, order="C")  # the one copy
+    else:
+        if out.dtype != np.float32 or out.shape != x.shape or not out.flags.c_contiguous:
+            raise ConfigError("privacy: clip_rows out= must be a C-contiguous float32 array "
+                              "of the updates' shape")
+        if out is not x:
+            np.copyto(out, x, casting="same_kind")
+        res = out
+    # float64 accumulation through einsum's buffered casting: no float64 copy of the stack.
+    # A float32 value squared never overflows float64, so a row's sum of squares is finite
+    # exactly when the row is (no n x d boolean mask either).
+    norms = np.sqrt(np.einsum("ij,ij->i", res, res, dtype=np.float64))
+    finite: np.ndarray = np.asarray(np.isfinite(norms), dtype=bool)
+    res[~finite] = 0.0
+    norms[~finite] = np.inf
+    scale = np.ones(res.shape[0])
+    over = finite & (norms > clip_norm)
+    scale[over] = clip_norm / norms[over]
+    if over.any():
+        res *= scale.astype(np.float32)[:, None]
+        # float32 rounding can leave a scaled row a hair above C: never let it
+        # (a factor just under 1 rounds to 1.0 in float32: step it down one float32 ulp)
+        for _ in range(4):
+            after = np.sqrt(np.einsum("ij,ij->i", res, res, dtype=np.float64))
+            high = after > clip_norm
+            if not high.any():
+                break
+            for i in np.flatnonzero(high):  # row views: no copy of the selected rows
+                f = np.float32(clip_norm / after[i])
+                res[i] *= np.nextafter(f, np.float32(0.0))
+    return res, norms
 
 
 def clip_vector(update: Float32Vector, clip_norm: float) -> tuple[Float32Vector, float]:

@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from hierfl.errors import PrivacyBudgetExhaustedError, ValidationError
 from hierfl.privacy.accountant import fixed_sample_size
 from hierfl.privacy.ledger import PrivacyLedger
+from hierfl.privacy.mechanisms import csprng
 
 __all__ = ["DP_METRIC_PREFIX", "NotSampledError", "RegionPrivacy", "dp_metrics"]
 
@@ -50,7 +51,8 @@ class RegionPrivacy:
         target_epsilon: the budget (None: account only).
         k2: releases per cloud round.
         population: the region's edges, to sample from when ``sample_rate < 1``.
-        rng: the sampling generator.
+        rng: the sampling generator; None (production): a fresh :func:`csprng` per draw
+            (the sample is secret: amplification by sampling assumes nobody can predict it).
     """
 
     ledger: PrivacyLedger
@@ -58,7 +60,7 @@ class RegionPrivacy:
     target_epsilon: float | None
     k2: int = 1
     population: Sequence[str] = ()
-    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    rng: np.random.Generator | None = None
     exhausted: bool = False
     sampled: frozenset[str] | None = None
 
@@ -106,14 +108,15 @@ class RegionPrivacy:
         exactly round(q N) of the N, uniformly without replacement); None when every edge is
         in (q = 1)."""
         q = self.sample_rate
+        rng = self.rng if self.rng is not None else csprng()
         if q >= 1.0 or not self.population:
             self.sampled = None
         elif self.ledger.fixed_from:
             m = fixed_sample_size(q, len(self.population))
-            chosen = self.rng.choice(len(self.population), size=m, replace=False)
+            chosen = rng.choice(len(self.population), size=m, replace=False)
             self.sampled = frozenset(self.population[int(i)] for i in chosen)
         else:
-            pick = self.rng.random(len(self.population)) < q
+            pick = rng.random(len(self.population)) < q
             self.sampled = frozenset(e for e, p in zip(self.population, pick, strict=True) if p)
         return self.sampled
 

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from hierfl.errors import AggregationError, ConfigError
-from hierfl.privacy.mechanisms import AdaptiveClip, clip_rows, gaussian_noise
+from hierfl.privacy.mechanisms import AdaptiveClip, clip_rows, csprng, gaussian_noise
 from hierfl.types import Float32Matrix, Float32Vector, Float64Vector
 
 __all__ = ["DPAggregator", "check_dp_rule"]
@@ -57,7 +57,8 @@ class DPAggregator:
         expected_updates: m, the fixed denominator.
         add_noise: False when the edges added the noise (``untrusted_fog``): the fog then
             only clips (an update above C still never counts for more than C).
-        rng: the generator of the noise (default: seeded from the OS).
+        rng: the generator of the noise; None (production): a fresh :func:`csprng` per
+            release. A fixed seed is for tests only.
         adaptive: adaptive clipping state (trusted fog only), or None for a fixed C.
 
     Raises:
@@ -72,7 +73,7 @@ class DPAggregator:
     noise_multiplier: float
     expected_updates: int
     add_noise: bool = True
-    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    rng: np.random.Generator | None = None
     adaptive: AdaptiveClip | None = None
     #: the norms (before clipping) of the last call's updates, and how many were clipped
     last_norms: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -102,6 +103,7 @@ class DPAggregator:
         if x.ndim != 2 or x.shape[0] < 1:
             raise AggregationError(f"dp: need a non-empty 2-D stack, got shape {x.shape}")
         c = self.clip_norm
+        rng = self.rng if self.rng is not None else csprng()
         clipped, norms = clip_rows(x, c)
         self.last_norms = norms
         self.clipped_total += int(np.count_nonzero(norms > c))
@@ -111,10 +113,10 @@ class DPAggregator:
         if self.add_noise:
             sigma = self.noise_multiplier_updates or self.noise_multiplier
             total = total + gaussian_noise(total.size, noise_multiplier=sigma, clip_norm=c,
-                                           rng=self.rng)
+                                           rng=rng)
         out = (total / self.expected_updates).astype(np.float32)
         if not np.isfinite(out).all():
             raise AggregationError("dp: non-finite aggregate")
         if self.adaptive is not None:
-            self.clip_norm = self.adaptive.update(norms, self.expected_updates, self.rng)
+            self.clip_norm = self.adaptive.update(norms, self.expected_updates, rng)
         return out

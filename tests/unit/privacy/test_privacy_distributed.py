@@ -15,6 +15,7 @@ from scipy.special import logsumexp
 
 from hierfl.errors import ConfigError, StoreError
 from hierfl.privacy import distributed as dd
+from hierfl.privacy import mechanisms
 from hierfl.privacy.distributed import (
     RDP_ORDERS,
     DistributedDP,
@@ -232,7 +233,7 @@ def test_privacy_distributed_csprng_draws_its_seed_from_secrets(
         calls.append(n)
         return b"\x01" * n
 
-    monkeypatch.setattr(dd.secrets, "token_bytes", fixed)
+    monkeypatch.setattr(mechanisms.secrets, "token_bytes", fixed)
     p = _params(n=2, dim=16)
     one = p.encode(np.ones(16) * 0.1)
     two = p.encode(np.ones(16) * 0.1)

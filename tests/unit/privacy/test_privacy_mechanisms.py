@@ -117,3 +117,52 @@ def test_privacy_adaptive_clip_follows_the_quantile() -> None:
     assert effective_noise_multiplier(1.0, 10.0) > 1.0
     with pytest.raises(ConfigError, match="count noise"):
         effective_noise_multiplier(1.0, 0.4)
+
+
+def test_privacy_clip_rows_in_float32_without_a_float64_copy() -> None:
+    import tracemalloc
+
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=(40, 50_000)) * rng.uniform(0.01, 30, size=(40, 1))).astype(np.float32)
+    before = np.linalg.norm(x.astype(np.float64), axis=1)
+    tracemalloc.start()
+    out, norms = clip_rows(x, 0.7)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert out.dtype == np.float32 and out is not x
+    assert peak < 1.5 * x.nbytes  # one float32 copy (a float64 copy alone would be 2x)
+    np.testing.assert_allclose(norms, before, rtol=1e-6)
+    after = np.linalg.norm(out.astype(np.float64), axis=1)
+    assert after.max() <= 0.7  # exactly, in float64: float32 rounding never leaves a row above C
+    np.testing.assert_allclose(after[before > 0.7], 0.7, rtol=1e-6)
+    # in place: no copy at all, same result
+    y = x.copy()
+    same, _ = clip_rows(y, 0.7, out=y)
+    assert same is y
+    np.testing.assert_array_equal(same, out)
+    with pytest.raises(ConfigError, match="float32"):
+        clip_rows(x, 0.7, out=np.zeros(x.shape))
+
+
+def test_privacy_fog_noise_comes_from_a_fresh_secrets_seed_per_release(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from hierfl.aggregation.fedavg import FedAvg
+    from hierfl.privacy import mechanisms
+
+    agg = DPAggregator(FedAvg(), clip_norm=1.0, noise_multiplier=1.0, expected_updates=2)
+    assert agg.rng is None  # production default: no fixed generator
+    u = np.zeros((2, 1000), dtype=np.float32)
+    w = np.ones(2)
+    a, b = agg(u, w), agg(u, w)
+    assert not np.array_equal(a, b)  # independent noise per release
+    seeds: list[int] = []
+
+    def token_bytes(n: int) -> bytes:
+        seeds.append(n)
+        return bytes([len(seeds)]) * n
+
+    monkeypatch.setattr(mechanisms.secrets, "token_bytes", token_bytes)
+    c = agg(u, w)
+    assert seeds == [32]  # one 256-bit seed from secrets for this release
+    seeds.clear()
+    np.testing.assert_array_equal(agg(u, w), c)  # the noise is that seed's, nothing else's
