@@ -65,9 +65,8 @@ LogFormatOpt = Annotated[
 
 
 def _serve_tier(tier: str, config: Path | None, log_format: str | None = None) -> None:
-    """Load a server tier's settings, build its service, expose metrics and run it."""
+    """Load a server tier's settings, build its service and run it."""
     from hierfl._memory import limit_malloc_arenas  # noqa: PLC0415
-    from hierfl.metrics import serve_prometheus  # noqa: PLC0415
 
     limit_malloc_arenas()  # before any worker thread: one arena keeps a gateway's RSS down
 
@@ -90,9 +89,7 @@ def _serve_tier(tier: str, config: Path | None, log_format: str | None = None) -
     except HierflError as exc:
         fail(exc)
         return
-    if service.settings.metrics_port is not None:
-        serve_prometheus(service.metrics, service.settings.metrics_port)
-    _run_service(service)
+    _run_service(service)  # metrics_port: the service serves its endpoints (hierfl/health.py)
 
 
 @app.command()

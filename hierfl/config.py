@@ -43,6 +43,7 @@ __all__ = [
     "FogSettings",
     "KafkaSettings",
     "LimitsSettings",
+    "MonitoringSettings",
     "MqttSettings",
     "PrivacySettings",
     "SecAggSettings",
@@ -548,6 +549,24 @@ def _check_secure_rule(s: SecAggSettings, aggregator: str, signing: str) -> None
         )
 
 
+class MonitoringSettings(_Section):
+    """Where a service serves `/metrics`, `/healthz` and `/readyz` (with `metrics_port`) and
+    when `/readyz` calls it stalled (hierfl/health.py)."""
+
+    bind: str = Field(
+        "127.0.0.1", min_length=1, description="address the metrics port listens on "
+        "(0.0.0.0: every interface, e.g. inside a container)"
+    )
+    stall_rounds: float = Field(
+        3.0, gt=0, description="a fog or cloud with no progress for this many round_timeout_s "
+        "is not ready (/readyz 503)"
+    )
+    stall_after_s: float | None = Field(
+        None, gt=0, description="seconds without progress that make the service not ready; "
+        "overrides stall_rounds (the edge, which has no round_timeout_s, checks only this)"
+    )
+
+
 class _TierSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="HIERFL_",
@@ -561,7 +580,10 @@ class _TierSettings(BaseSettings):
     federation: str = Field("default", description="federation id shared by all tiers")
     limits: LimitsSettings = LimitsSettings()
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
-    metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus port")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="serve /metrics, /healthz and /readyz on this port"
+    )
+    monitoring: MonitoringSettings = MonitoringSettings()
     security: SecuritySettings = SecuritySettings()
     privacy: PrivacySettings = PrivacySettings()
 
@@ -921,6 +943,15 @@ class FogSettings(_TierSettings):
     @model_validator(mode="after")
     def _secagg(self) -> Self:
         _check_secure_rule(self.secagg, self.aggregator, self.security.signing)
+        g = self.secagg
+        stages = g.advertise_s + g.share_s + g.masked_s + g.unmask_s
+        if g.mode == "secure" and self.round_timeout_s <= stages:
+            raise ValueError(
+                f"secagg.mode = 'secure': round_timeout_s ({self.round_timeout_s}) must exceed "
+                f"the secure round's stage deadlines together ({stages} s: advertise_s + "
+                "share_s + masked_s + unmask_s), or the fog round is skipped before its sum "
+                "arrives"
+            )
         return self
 
     @model_validator(mode="after")

@@ -47,7 +47,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,12 +93,16 @@ class Timeline:
         party: who records (``cloud``, the fog id, ``fog/edge``).
         keep: how many versions to keep (older ones are dropped first).
         clock: wall clock (seconds since the epoch).
+        observer: called with ``(name, version, start, end)`` for every span added (the
+            service's metrics: :meth:`hierfl.metrics.ServiceMetrics.on_span`).
     """
 
-    def __init__(self, party: str, *, keep: int = 8, clock: Any = time.time) -> None:
+    def __init__(self, party: str, *, keep: int = 8, clock: Any = time.time,
+                 observer: Callable[[str, int, float, float], None] | None = None) -> None:
         self.party = party
         self.keep = keep
         self.clock = clock
+        self.observer = observer
         self._spans: dict[int, list[Span]] = {}
 
     def add(self, name: str, version: int | None, start: float, end: float | None = None,
@@ -109,8 +113,11 @@ class Timeline:
         spans = self._spans.setdefault(version, [])
         if len(spans) >= 50_000:  # bounded even against a flood of one round
             return
-        spans.append(Span(name, party or self.party, version, start,
-                          start if end is None else max(start, end)))
+        span = Span(name, party or self.party, version, start,
+                    start if end is None else max(start, end))
+        spans.append(span)
+        if self.observer is not None:
+            self.observer(name, version, span.start, span.end)
         while len(self._spans) > self.keep:
             del self._spans[min(self._spans)]
 

@@ -26,6 +26,7 @@ from hierfl.errors import (
     WireFormatError,
 )
 from hierfl.fog.buffered import buffer_policy
+from hierfl.health import monitoring
 from hierfl.metrics import ServiceMetrics
 from hierfl.model.store import Checkpoint, ModelStore, load_weights_file
 from hierfl.offload import Steps, offload
@@ -123,7 +124,10 @@ class CloudService:
         self._steps = Steps()  # round steps a reconnect cannot cut in half
         self._published_version = -1
         # every tier's spans per version; one RoundTimeline per round (hierfl.timeline)
-        self.timeline = Timeline("cloud", keep=4)
+        self.timeline = Timeline("cloud", keep=4, observer=self.metrics.on_span)
+        self.metrics.gauge_fn("model_version", lambda: self.round.version)
+        self.metrics.gauge_fn("round_number", lambda: self.round.version + 1)  # being built
+        self.metrics.gauge_fn("fogs_reported", lambda: len(self.round.reported))
         self._publish_started: dict[int, float] = {}
         self._timeline_log = (TimelineLog(settings.store_dir / "timeline.jsonl",
                                           settings.timeline_keep) if settings.timeline else None)
@@ -165,10 +169,13 @@ class CloudService:
             )
             await self._run_connected()
 
-        await reconnect_loop(
-            "cloud", connected, links=[Link("kafka", s.kafka.bootstrap, s.kafka.connect_attempts)],
-            ready=self.ready, stop=self._stop, on_retry=lambda: self.metrics.inc("reconnects"),
-        )
+        async with monitoring(self):  # metrics_port: /metrics, /healthz, /readyz
+            await reconnect_loop(
+                "cloud", connected,
+                links=[Link("kafka", s.kafka.bootstrap, s.kafka.connect_attempts)],
+                ready=self.ready, stop=self._stop,
+                on_retry=lambda: self.metrics.inc("reconnects"),
+            )
 
     async def _run_connected(self) -> None:
         s = self.settings
@@ -212,6 +219,8 @@ class CloudService:
                         new = self.round.on_tick(self.clock())
                         if any(isinstance(a, NewGlobal) for a in new):
                             self.timeline.add("cloud.combine", version, started, time.time())
+                        elif self.round.deadline is None and self.round.reported:
+                            self.metrics.inc("quorum_missed")  # deadline passed below min_fogs
                         actions = await self._steps.run(self._carry_out_saves(new))
                         await self._carry_out(actions, producer)
                         continue

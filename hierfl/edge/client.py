@@ -27,6 +27,7 @@ from hierfl import topics
 from hierfl.compression import PreEncoded, make_codec
 from hierfl.config import EdgeSettings
 from hierfl.edge.feedback import UplinkFeedback
+from hierfl.edge.hooks import EvaluateHook, ModelHook, ModelHooks
 from hierfl.edge.model_feed import DELTA, FULL, ModelFeed
 from hierfl.edge.vector import VectorModel
 from hierfl.errors import (
@@ -36,6 +37,7 @@ from hierfl.errors import (
     ShapeMismatchError,
     TransportError,
 )
+from hierfl.health import monitoring
 from hierfl.metrics import ServiceMetrics
 from hierfl.offload import offload
 from hierfl.ratelimit import REJECT_LOG_INTERVAL_S, LogThrottle, suppressed_note
@@ -84,6 +86,11 @@ class EdgeClient:
         task: what to train: a model factory plus a training function or data
             (see :class:`~hierfl.edge.trainer.SupervisedTask`).
         transports: opens the MQTT link (default: the broker of ``settings.mqtt``).
+        on_model: ``on_model(version, weights)``, called on the event loop when a new model
+            arrives (weights: the parameters as one float32 vector; hierfl/edge/hooks.py).
+        evaluate: ``evaluate(model) -> dict[str, float]``, called in the training thread on
+            the received model before training; its results are the edge's
+            ``hierfl_evaluation`` gauges and end its INFO line.
 
     Usage::
 
@@ -93,7 +100,8 @@ class EdgeClient:
     """
 
     def __init__(self, settings: EdgeSettings, task: EdgeTask, *,
-                 transports: Transports | None = None) -> None:
+                 transports: Transports | None = None, on_model: ModelHook | None = None,
+                 evaluate: EvaluateHook | None = None) -> None:
         self.settings = settings
         self.transports: Transports = transports or BrokerTransports()
         self.task, self._record_ledger = _private_task(settings, task)
@@ -121,7 +129,13 @@ class EdgeClient:
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
         # this edge's spans per round (hierfl.timeline): sent with each update
-        self.timeline = Timeline(f"{settings.fog_id}/{settings.edge_id}", keep=4)
+        self.timeline = Timeline(f"{settings.fog_id}/{settings.edge_id}", keep=4,
+                                 observer=self.metrics.on_span)
+        self.hooks = ModelHooks(f"edge {settings.edge_id}", self.metrics, on_model=on_model,
+                                evaluate=evaluate)
+        self.metrics.gauge_fn("model_version",
+                              lambda: None if self._latest is None else self._latest.version)
+        self.metrics.gauge_fn("round_number", lambda: self.updates_sent)
         # (version, seq) -> (arrived, decoded) of the model the trainer will take next
         self._received: dict[tuple[int, int], tuple[float, float]] = {}
 
@@ -139,11 +153,14 @@ class EdgeClient:
         """
         s = self.settings
         try:
-            await reconnect_loop(
-                f"edge {s.edge_id}", self._run_connected,
-                links=[Link("mqtt", s.mqtt.url, s.mqtt.connect_attempts)], ready=self.ready,
-                stop=self._stop, base_s=s.mqtt.reconnect_base_s, max_s=s.mqtt.reconnect_max_s,
-            )
+            async with monitoring(self):  # metrics_port: /metrics, /healthz, /readyz
+                await reconnect_loop(
+                    f"edge {s.edge_id}", self._run_connected,
+                    links=[Link("mqtt", s.mqtt.url, s.mqtt.connect_attempts)],
+                    ready=self.ready, stop=self._stop, base_s=s.mqtt.reconnect_base_s,
+                    max_s=s.mqtt.reconnect_max_s,
+                    on_retry=lambda: self.metrics.inc("reconnects"),
+                )
         except* ConfigError as eg:
             log.error("%s", eg.exceptions[0])
             raise eg.exceptions[0] from None
@@ -216,6 +233,7 @@ class EdgeClient:
                                  else "models_from_full")
                 self._latest = model
                 self._new_model.set()
+                await self.hooks.model_arrived(model.version, model.weights)
 
     async def _sync_subscriptions(self, mqtt: MqttLink, feed: ModelFeed) -> None:
         """Follow the full model topic exactly while the feed needs it."""
@@ -259,7 +277,9 @@ class EdgeClient:
                 log.warning("edge %s: cannot train on v%d: %s", s.edge_id, frame.version, exc)
                 continue
             try:
+                publishing = time.time()
                 await mqtt.publish(topics.update(s.federation, s.fog_id, s.edge_id), data)
+                self.metrics.observe("stage", time.time() - publishing, "publish")
             except BaseException:
                 if self.feedback is not None and sent is not None:
                     self.feedback.restore(sent)  # not delivered: its mass goes out later
@@ -272,9 +292,12 @@ class EdgeClient:
             self.metrics.inc("bytes_up", len(data))
             # once per round at INFO: model received, trained, sent (what the edge is doing)
             loss = update.metrics.get("train_loss")
+            last = self.hooks.last
             log.info("edge %s: model v%d seq %d received, trained on %d samples%s, update "
-                     "sent (%d bytes)", s.edge_id, frame.version, frame.seq, update.num_samples,
-                     "" if loss is None else f" (loss {loss:.4f})", len(data))
+                     "sent (%d bytes)%s", s.edge_id, frame.version, frame.seq,
+                     update.num_samples, "" if loss is None else f" (loss {loss:.4f})",
+                     len(data), "" if last is None or last[0] != frame.version else
+                     "; evaluated: " + ", ".join(f"{k} {v:.4g}" for k, v in last[1].items()))
 
     async def _resend_in_flight(self, mqtt: MqttLink, kind: str, frame: Any) -> None:
         """Publish the last update again when the fog announces, once more, the very model it
@@ -331,6 +354,7 @@ class EdgeClient:
     def _train_on(self, frame: ModelFrame) -> UpdateFrame:
         base = frame.weights
         _load(self.model, base, self.settings.threads)
+        self.hooks.run_evaluate(frame.version, self.model)  # the received model, untrained
         if self.privacy is not None:
             self.privacy.check_budget()  # untrusted_fog: nothing is trained past the budget
         result = self.task.train(self.model, self.settings.local_epochs)
@@ -343,6 +367,9 @@ class EdgeClient:
         _persist_record_account(self.task, self._record_ledger)
         if self.settings.privacy.mode == "record" and "epsilon" in metrics:
             metrics["dp.epsilon"] = metrics["epsilon"]  # the fog and cloud keep the worst
+        epsilon = metrics.get("dp.epsilon", metrics.get("dp.local_epsilon"))
+        if epsilon is not None:
+            self.metrics.set("privacy_epsilon", epsilon)
         return UpdateFrame(
             federation=self.settings.federation,
             fog_id=self.settings.fog_id,

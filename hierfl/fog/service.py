@@ -48,6 +48,7 @@ from hierfl.fog.round import (
     RoundSkipped,
 )
 from hierfl.fog.spool import Spool
+from hierfl.health import monitoring
 from hierfl.metrics import ServiceMetrics
 from hierfl.offload import Steps, offload
 from hierfl.ratelimit import REJECT_LOG_INTERVAL_S, LogThrottle, suppressed_note
@@ -169,7 +170,12 @@ class FogService:
         self._steps = Steps()  # round steps a reconnect cannot cut in half
         # this fog's spans and its edges' per global version (hierfl.timeline), sent up with
         # each aggregate
-        self.timeline = Timeline(s.fog_id, keep=4)
+        self.timeline = Timeline(s.fog_id, keep=4, observer=self.metrics.on_span)
+        self.metrics.gauge_fn("model_version", lambda: self.round.version)
+        self.metrics.gauge_fn("round_number", lambda: self.round.seq)
+        if self._spool is not None:
+            spool = self._spool
+            self.metrics.gauge_fn("spool_depth", lambda: len(spool.entries()))
 
     def stop(self) -> None:
         """Ask :meth:`run` to return."""
@@ -193,13 +199,14 @@ class FogService:
                                                 [topics.aggregates(fed), topics.models(fed)])
             await self._run_connected()
 
-        await reconnect_loop(
-            f"fog {s.fog_id}", connected,
-            links=[Link("mqtt", s.mqtt.url, s.mqtt.connect_attempts),
-                   Link("kafka", s.kafka.bootstrap, s.kafka.connect_attempts)],
-            ready=self.ready, stop=self._stop, base_s=s.mqtt.reconnect_base_s,
-            max_s=s.mqtt.reconnect_max_s, on_retry=lambda: self.metrics.inc("reconnects"),
-        )
+        async with monitoring(self):  # metrics_port: /metrics, /healthz, /readyz
+            await reconnect_loop(
+                f"fog {s.fog_id}", connected,
+                links=[Link("mqtt", s.mqtt.url, s.mqtt.connect_attempts),
+                       Link("kafka", s.kafka.bootstrap, s.kafka.connect_attempts)],
+                ready=self.ready, stop=self._stop, base_s=s.mqtt.reconnect_base_s,
+                max_s=s.mqtt.reconnect_max_s, on_retry=lambda: self.metrics.inc("reconnects"),
+            )
 
     async def _run_connected(self) -> None:
         s = self.settings
@@ -692,6 +699,7 @@ class FogService:
         if closed:
             tl.add("fog.aggregate", version, admitted, done)
         self.metrics.inc("accepted")
+        self.metrics.seen(frame.edge_id)
         self._count_for_version("accepted")
         if self.security.verifier is not None and not replay:
             # Replay counters become durable after the update they cover (spooled above): a
