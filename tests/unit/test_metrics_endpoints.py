@@ -90,9 +90,9 @@ async def test_the_bind_address_is_honoured() -> None:
     async with monitoring(_service(s, "fog")) as server:
         assert server is not None
         assert (await _get("127.0.0.2", port, "/healthz"))[0] == 200
-        with pytest.raises(OSError):  # nothing listens on 127.0.0.1:port
+        with pytest.raises(ConnectionRefusedError):  # nothing listens on 127.0.0.1:port
             await _get("127.0.0.1", port, "/healthz")
-    with pytest.raises(OSError):  # closed with the block
+    with pytest.raises(ConnectionRefusedError):  # closed with the block
         await _get("127.0.0.2", port, "/healthz")
 
 
