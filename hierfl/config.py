@@ -1006,7 +1006,9 @@ class CloudSettings(_TierSettings):
         "(1 + s) ** -staleness_exponent of its samples"
     )
     max_staleness: int = Field(
-        0, ge=0, description="buffered: accept fog aggregates this many global versions behind"
+        0, ge=0, description="buffered: accept fog aggregates this many global versions "
+        "behind; also how many versions older than its aggregate an edge update in a signed "
+        "provenance may be (fogs in buffered mode use late updates)"
     )
     store_dir: Path = Field(Path("hierfl-store"), description="checkpoint directory")
     initial_model: Path | None = Field(

@@ -266,7 +266,8 @@ class CloudService:
             if not isinstance(frame, AggregateFrame):
                 raise WireFormatError(f"a {type(frame).__name__} on the aggregates topic")
             if self.security.trust is not None:
-                await offload(_check_provenance, self.security.trust, frame)
+                await offload(_check_provenance, self.security.trust, frame,
+                              self.settings.max_staleness)
             fog, v = frame.fog_id, frame.base_version
             decoded = time.time()
             actions = await self._steps.run(self._accept(frame, verified.sig, position))
@@ -463,9 +464,11 @@ def _server_optimizer(settings: CloudSettings, ckpt: Checkpoint) -> Any:
     return opt
 
 
-def _check_provenance(trust: TrustStore, frame: AggregateFrame) -> None:
+def _check_provenance(trust: TrustStore, frame: AggregateFrame, max_lag: int = 0) -> None:
     """A signed aggregate must prove each contributor: one signed update or more per edge,
-    against this aggregate's base version, by an edge of this fog (no invented edge ids).
+    against this aggregate's base version (or at most ``max_lag`` versions before it: the
+    cloud's ``max_staleness``, for fogs in buffered mode that use a slow edge's update from an
+    older version), by an edge of this fog (no invented edge ids).
     An edge revoked after its update was accepted still proves it: the fog enforces the
     revocation list on what arrives; refusing a forwarded aggregate would stall the region.
 
@@ -474,7 +477,7 @@ def _check_provenance(trust: TrustStore, frame: AggregateFrame) -> None:
     """
     proven = set()
     for proof in frame.provenance:
-        if proof.base_version != frame.base_version:
+        if not 0 <= frame.base_version - proof.base_version <= max_lag:
             raise SignatureError(
                 f"aggregate {frame.aggregate_id}: provenance of {proof.edge_id} is against "
                 f"v{proof.base_version}"

@@ -135,6 +135,31 @@ def register(app: typer.Typer) -> None:
             float, typer.Option(help="FedProx: weight mu of the edges' proximal term "
                                 "mu/2 ||w - w_global||^2 (0: off)")
         ] = 0.0,
+        aggregation: Annotated[
+            str, typer.Option(help="fog aggregation: sync (rounds) or buffered (FedBuff: "
+                              "every --buffer-size updates, stale ones weighted down; "
+                              "docs/scale.md)"),
+        ] = "sync",
+        buffer_size: Annotated[
+            int | None, typer.Option(help="buffered: updates per fog aggregation (default: "
+                                     "3/4 of the fog's edges)"),
+        ] = None,
+        max_staleness: Annotated[
+            int, typer.Option(help="accept updates this many fog models behind")
+        ] = 0,
+        cloud_buffer: Annotated[
+            int, typer.Option(help="buffered cloud: combine every K fog aggregates (0: wait "
+                              "for every fog)"),
+        ] = 0,
+        stragglers: Annotated[
+            str | None, typer.Option(help="slow edges FRACTION:SLOWDOWN[:BASE_S], e.g. 0.25:5 "
+                                     "(a quarter of the edges 5x slower; every pass takes at "
+                                     "least BASE_S, default 0.5 s)"),
+        ] = None,
+        intermittent: Annotated[
+            str | None, typer.Option(help="P[:OFFLINE_S]: each edge is offline OFFLINE_S "
+                                     "(default 5) before a pass with probability P"),
+        ] = None,
         out: Annotated[Path, typer.Option(help="report directory")] = Path("runs/sim"),
         live: Annotated[bool, typer.Option(help="live progress table")] = True,
     ) -> None:
@@ -174,6 +199,8 @@ def register(app: typer.Typer) -> None:
                 federation=federation or "",
                 dp=dp, dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_sigma=dp_sigma,
                 dp_clip=dp_clip,
+                aggregation=aggregation, buffer_size=buffer_size, max_staleness=max_staleness,
+                cloud_buffer=cloud_buffer, stragglers=stragglers, intermittent=intermittent,
                 server_opt=server_opt, fedprox_mu=fedprox_mu,
                 server_opt_params={k: v for k, v in {
                     "server_lr": server_lr, "momentum": server_momentum, "beta1": server_beta1,

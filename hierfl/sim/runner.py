@@ -49,6 +49,7 @@ import numpy as np
 from hierfl import __version__, topics
 from hierfl.config import CloudSettings, EdgeSettings, FogSettings, KafkaSettings, MqttSettings
 from hierfl.errors import BrokerUnavailableError, ConfigError
+from hierfl.sim.asyncfl import async_cloud, async_fog, async_task, check_async
 from hierfl.sim.learning import check_learning, learning_cloud, learning_task_options
 from hierfl.sim.observer import Observer, RoundRecord
 from hierfl.sim.pki import (
@@ -157,6 +158,15 @@ class SimConfig:
     dp_delta: float = 1e-5
     dp_sigma: float = 1.0
     dp_clip: float = 1.0
+    #: asynchronous fogs (docs/scale.md): "sync" or "buffered" (FedBuff: every buffer_size
+    #: updates, default 3/4 of the fog's edges), the staleness bound, the cloud's buffer of
+    #: fog aggregates (0: synchronous), and slow / intermittent edges ("0.25:5", "0.1:5")
+    aggregation: str = "sync"
+    buffer_size: int | None = None
+    max_staleness: int = 0
+    cloud_buffer: int = 0
+    stragglers: str | None = None
+    intermittent: str | None = None
     #: learning quality (docs/learning.md): the cloud's server optimiser and its parameters
     #: (None: the optimiser's default), FedProx's mu at the edges (0: off)
     server_opt: str = "none"
@@ -177,6 +187,7 @@ class SimConfig:
             raise ValueError("need 1 <= fogs <= edges")
         if self.dp not in ("off", "record", "trusted_fog", "untrusted_fog"):
             raise ValueError("--dp must be off, record, trusted_fog or untrusted_fog")
+        check_async(self)
         check_learning(self)
         if self.dp == "record" and self.dp_epsilon is None:
             raise ValueError("--dp record needs --dp-epsilon: each edge stops once it is spent")
@@ -310,6 +321,7 @@ def _tier_settings(
         min_fogs=len(topo), round_timeout_s=cfg.round_timeout_s,
         store_dir=cfg.out / "store", initial_model=cfg.out / "initial.npz",
         max_versions=cfg.rounds, aggregator="fedavg", security=security_section(prov, "cloud"),
+        **async_cloud(cfg),
         **_privacy(cfg, "cloud"), **learning_cloud(cfg),
     )
     # the fewest updates the fog's rule can combine (nnm_f, krum's f): the default quorum of
@@ -331,15 +343,16 @@ def _tier_settings(
             # Tansu has been seen to skip a chunk record under load (the cloud then waits for
             # one fog's aggregate): re-send after seconds, not the deployed default of minutes
             resend_after_s=_SIM_RESEND_S,
-            **_privacy(cfg, fog),
+            **_privacy(cfg, fog), **async_fog(cfg, len(idx)),
         ))
     edges = [
         EdgeSettings.load(
             federation=cfg.federation, fog_id=fog, edge_id=_edge_id(i),
             mqtt=mqtt_section(mqtt_url, prov, f"edge/{fog}/{_edge_id(i)}"),
             security=security_section(prov, f"edge/{fog}/{_edge_id(i)}"),
-            task=SCENARIO_TASKS[cfg.scenario],
-            task_options=_task_options(cfg, i), local_epochs=cfg.k1, codec=cfg.codec,
+            **async_task(cfg, i, SCENARIO_TASKS[cfg.scenario], _task_options(cfg, i),
+                         list(topo.values())),
+            local_epochs=cfg.k1, codec=cfg.codec,
             error_feedback=cfg.error_feedback,
             **_privacy(cfg, _edge_id(i), expected_updates=cfg.min_updates or len(idx)),
         )
