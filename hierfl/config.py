@@ -363,6 +363,11 @@ class PrivacySettings(_Section):
     count_noise_multiplier: float = Field(
         10.0, gt=0, description="adaptive clipping: std of the noise on the unclipped count"
     )
+    report_samples: int | None = Field(
+        None, ge=1, description="the sample count every edge reports with its update instead "
+        "of its dataset size, which DP does not protect (FedAvg then weighs edges equally); "
+        "None: the true count"
+    )
     ledger_dir: Path | None = Field(
         None, description="folder of the persisted privacy ledger (default: the fog's "
         "spool_dir, else security.state_dir; the edge's security.state_dir)"

@@ -40,6 +40,7 @@ from hierfl.errors import (
 from hierfl.health import monitoring
 from hierfl.metrics import ServiceMetrics
 from hierfl.offload import offload
+from hierfl.privacy.record import LAST_UPDATE_METRIC, is_last_update, reported_samples
 from hierfl.ratelimit import REJECT_LOG_INTERVAL_S, LogThrottle, suppressed_note
 from hierfl.security.tier import tier_security
 from hierfl.security.trust import edge_party
@@ -367,6 +368,8 @@ class EdgeClient:
         _persist_record_account(self.task, self._record_ledger)
         if self.settings.privacy.mode == "record" and "epsilon" in metrics:
             metrics["dp.epsilon"] = metrics["epsilon"]  # the fog and cloud keep the worst
+            if is_last_update(self.task, self.settings.local_epochs):
+                metrics[LAST_UPDATE_METRIC] = 1.0  # the fog may stop at once (record.py)
         epsilon = metrics.get("dp.epsilon", metrics.get("dp.local_epsilon"))
         if epsilon is not None:
             self.metrics.set("privacy_epsilon", epsilon)
@@ -376,7 +379,7 @@ class EdgeClient:
             edge_id=self.settings.edge_id,
             base_version=frame.version,
             base_seq=frame.seq,
-            num_samples=int(result.num_samples),
+            num_samples=reported_samples(self.settings.privacy, int(result.num_samples)),
             delta=delta,
             metrics=metrics,
             created_at=time.time(),

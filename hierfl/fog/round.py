@@ -60,6 +60,7 @@ from hierfl.errors import (
     WrongRecipientError,
 )
 from hierfl.fog.buffered import BufferPolicy, ModelClock, staleness_weights
+from hierfl.privacy import record
 from hierfl.privacy.region import RegionPrivacy
 from hierfl.types import Float32Matrix, Float32Vector, Float64Vector
 from hierfl.wire.frames import AggregateFrame, LayoutEntry, ModelFrame, UpdateFrame
@@ -158,11 +159,13 @@ class Admit:
 @dataclass(frozen=True, slots=True)
 class PrivacyStop:
     """The region's privacy budget cannot pay for the releases the fog would make next: it
-    stops releasing (``releases`` so far, at ``epsilon``)."""
+    stops releasing (``releases`` so far, at ``epsilon``). ``record``: record-level DP, every
+    edge of the region has spent its own budget (the fog's figures are then 0)."""
 
     version: int
     releases: int
     epsilon: float
+    record: bool = False
 
 
 Action = PublishModel | Forward | RoundClosed | RoundSkipped | Admit | PrivacyStop
@@ -279,6 +282,11 @@ class FogRound:
         #: differential privacy of this region (None: off): every closed fog round is a
         #: release, accounted before it leaves; no release starts beyond the budget
         self.privacy = privacy
+        #: record-level DP (hierfl/privacy/record.py): the region's edges, those whose own
+        #: budget is spent (set by :meth:`on_edges_spent`), and whether none will send again
+        self.region_edges: frozenset[str] = frozenset()
+        self.edges_spent: frozenset[str] = frozenset()
+        self.region_spent = False
         self._aggregate = aggregate
         self.state = FogState.WAITING_MODEL
         self.seq = seq
@@ -339,6 +347,8 @@ class FogRound:
         # buffered: a newer global model (the cloud did not wait for this fog) keeps the
         # buffer: its deltas apply to the new model as they would have to the old one
         self._updates.update(carried)
+        if self.region_edges or self.region_spent:  # record-level DP: a spent region stops
+            actions += self.on_edges_spent(self.edges_spent, self.region_edges, now)
         return self._with_early(actions)
 
     def resume(self, global_frame: ModelFrame, fog_frame: ModelFrame, now: float, *,
@@ -482,6 +492,9 @@ class FogRound:
             need = self.config.buffer.buffer_size  # FedBuff: every K arrivals
         if len(self._updates) >= need:
             return self._close(now, timed_out=False)
+        if self.region_edges and record.round_can_close(self.region_edges, self.edges_spent,
+                                                        self._updates):
+            return self._close(now, timed_out=False)  # record-level DP: no more can come
         return []
 
     def check_update(self, frame: UpdateFrame, *, readmit: bool = False) -> float:
@@ -590,6 +603,33 @@ class FogRound:
         if self.state is not FogState.FORWARDED or c is None or c.sent_at is not None:
             return None
         return c.out
+
+    def on_edges_spent(self, spent: frozenset[str], region: frozenset[str],
+                       now: float) -> list[Action]:
+        """Record-level DP: ``spent`` of the ``region``'s edges have spent their own budget.
+
+        When no more update can come to the open round (every edge of the region is in it or
+        spent), the round closes at once instead of at its deadline; when no edge will ever
+        send again, the fog forwards at once (whatever ``k2``; ``dp.region_spent`` in the
+        aggregate) and then opens no more rounds. See hierfl/privacy/record.py.
+        """
+        self.edges_spent, self.region_edges = frozenset(spent), frozenset(region)
+        c = self._cycle
+        if self.state is not FogState.COLLECTING or c is None or not (
+                self.region_spent or record.round_can_close(region, spent, self._updates)):
+            return []
+        if self._updates:
+            return self._close(now, timed_out=False)
+        if self.region_spent or record.region_spent(region, spent, {}):
+            self.region_spent = True
+            if c.fog_round:  # earlier fog rounds of this cloud round: forward what they made
+                return self._forward(c)
+            self.state = FogState.BUDGET_SPENT
+            self.deadline = None
+            log.warning("fog %s: every edge of the region (%d) has spent its own privacy "
+                        "budget: no more rounds", self.config.fog_id, len(region))
+            return [PrivacyStop(c.version, 0, 0.0, record=True)]
+        return []
 
     def on_tick(self, now: float) -> list[Action]:
         """Time passed; close or skip the round if its deadline is reached, or, forwarded,
@@ -725,9 +765,15 @@ class FogRound:
             c.metrics.append((u.num_samples, u.metrics))
         total = int(weights.sum())
         closed = RoundClosed(c.version, self.seq, c.fog_round, edges, total, timed_out)
+        self.region_spent = self.region_spent or record.region_spent(
+            self.region_edges, self.edges_spent, {e: u.metrics for e, u in self._updates.items()})
         self._updates = {}
-        if c.fog_round < self.config.k2:
+        if c.fog_round < self.config.k2 and not self.region_spent:
             return [closed, *self._open_round(now)]
+        return [closed, *self._forward(c)]
+
+    def _forward(self, c: _Cycle) -> list[Action]:
+        """End the cloud round here: forward what its fog rounds made."""
         self.state = FogState.FORWARDED
         self.deadline = None
         agg = AggregateFrame(
@@ -739,13 +785,14 @@ class FogRound:
             fog_rounds=c.fog_round,
             delta=c.cum_delta.copy(),
             metrics={**_weighted_metrics(c.metrics),
-                     **(self.privacy.metrics() if self.privacy is not None else {})},
+                     **(self.privacy.metrics() if self.privacy is not None else {}),
+                     **({record.REGION_SPENT_METRIC: 1.0} if self.region_spent else {})},
             provenance=tuple(p for (edge, _), p in sorted(c.proofs.items(),
                                                           key=lambda kv: kv[0])
                              if edge in c.samples),
         )
         c.out, c.sent_at = agg, None
-        return [closed, Forward(agg)]
+        return [Forward(agg)]
 
 
 def _weighted_metrics(items: list[tuple[int, dict[str, float]]]) -> dict[str, float]:

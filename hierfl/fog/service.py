@@ -559,6 +559,9 @@ class FogService:
                 continue
             if event.kind == "model":
                 await self._on_model(event.frame)
+            elif event.kind == "spent":  # record-level DP: the region's spent edges changed
+                await self._apply(await self._steps.run(offload(
+                    self.round.on_edges_spent, *event.frame, self.clock())))
             else:
                 await self._on_update(event.frame, event.raw, event.sig)
 
@@ -729,6 +732,8 @@ class FogService:
             elif isinstance(a, RoundSkipped):
                 self.metrics.inc("rounds_skipped")
                 self.metrics.inc(f"rounds_skipped_{a.reason}")
+            elif isinstance(a, PrivacyStop) and a.record:
+                self.metrics.set("privacy_budget_spent", 1)  # round.py logged why
             elif isinstance(a, PrivacyStop):
                 self.metrics.set("privacy_budget_spent", 1)
                 log.warning("fog %s: privacy budget spent: no more releases from this region "
@@ -748,6 +753,7 @@ class FogService:
         MQTT connection, off the update path; only a DP fog opens it."""
         s = self.settings
         spent: set[str] = set()
+        announced: set[str] = set()  # the region, when neither trust bundle nor allow-list
         async with self.transports.mqtt(
             s.mqtt, client_id=f"hierfl-fog-{s.federation}-{s.fog_id}-status",
         ) as link:
@@ -763,6 +769,10 @@ class FogService:
                 else:
                     spent.discard(edge)  # a new budget (an operator's decision)
                 self.metrics.set("edges_budget_spent", len(spent))
+                announced.add(edge)
+                if s.privacy.mode == "record":  # the round closes when nothing more can come
+                    region = self._known_edges() or frozenset(announced)
+                    await self._events.put(_Event("spent", (frozenset(spent), region), 0))
 
     def _forward_timing(self, version: int) -> Callable[[], tuple[TimingSpan, ...]]:
         """The aggregate's timing, read once its body is compressed: the ``fog.forward`` span
