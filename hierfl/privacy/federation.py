@@ -8,7 +8,9 @@ report in a round keeps its last account.
 
 Budget stop: after a version is saved, the cloud checks every region against the next cloud
 round (``k2`` more releases). If one would exceed ``target_epsilon`` the federation stops there:
-that version is the final model, its status ``stopped: privacy budget``.
+that version is the final model, its status ``stopped: privacy budget``. In record mode (each
+edge accounts for itself) the federation stops the same way once every region it knows has
+reported ``dp.region_spent`` (no edge of it will send again: hierfl/privacy/record.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from hierfl.errors import ConfigError
 from hierfl.privacy.accountant import Method, epsilon_for
+from hierfl.privacy.record import REGION_SPENT_METRIC
 
 __all__ = ["STOPPED", "FederationPrivacy"]
 
@@ -74,6 +77,9 @@ class FederationPrivacy:
             if "dp.releases" not in m:
                 if "dp.epsilon" in m:  # record mode: the worst edge's own epsilon
                     self.regions[fog] = {"epsilon": float(m["dp.epsilon"])}
+                if float(m.get(REGION_SPENT_METRIC, 0.0)) >= 1.0:
+                    # record mode: no edge of the region will send again (record.py)
+                    self.regions.setdefault(fog, {})["region_spent"] = 1.0
                 continue
             self.regions[fog] = {
                 "releases": float(m["dp.releases"]),
@@ -129,6 +135,12 @@ class FederationPrivacy:
         """Observe a closed round, decide the budget stop, and return the version's
         ``privacy`` metadata (sigma, C, q, releases and epsilon per region and overall)."""
         self.observe(fogs)
+        if (self.mode == "record" and self.regions and not self.stopped
+                and all(r.get("region_spent") for r in self.regions.values())):
+            self.status = STOPPED
+            log.warning("cloud: %s: every edge of every region (%d) has spent its own budget "
+                        "(worst edge epsilon %.4g at delta %g); this version is the final "
+                        "model", STOPPED, len(self.regions), self.epsilon(), self.delta)
         worst = self.next_round_exceeds()
         if worst is not None and not self.stopped:
             self.status = STOPPED
