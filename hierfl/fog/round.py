@@ -337,16 +337,11 @@ class FogRound:
         if self._cycle is not None and frame.version <= self._cycle.version:
             return []
         w = frame.weights.astype(np.float32, copy=True)
-        carried = (self._updates if self.config.buffered and self.state is FogState.COLLECTING
-                   and self._cycle is not None and self._cycle.weights.size == w.size else {})
         self._cycle = _Cycle(frame.version, w.copy(), w, frame.layout, np.zeros_like(w))
         self._ensure_validator(w.size)
         if self.privacy is not None and not self.privacy.can_start(self.config.k2):
             return self._with_early(self._budget_spent())
         actions = self._open_round(now)
-        # buffered: a newer global model (the cloud did not wait for this fog) keeps the
-        # buffer: its deltas apply to the new model as they would have to the old one
-        self._updates.update(carried)
         if self.region_edges or self.region_spent:  # record-level DP: a spent region stops
             actions += self.on_edges_spent(self.edges_spent, self.region_edges, now)
         return self._with_early(actions)

@@ -7,8 +7,9 @@ so that its local training *takes* a modelled device time:
 - every edge's pass takes at least ``base_s`` seconds (the modelled compute time of a
   normal device; the sim's digits MLP trains in milliseconds, which would hide any
   difference behind messaging);
-- a straggler's pass takes ``slowdown`` times as long (``--stragglers 0.25:5``: a quarter of
-  the edges, spread over the fogs, 5x slower);
+- a straggler's pass takes ``(slowdown - 1) x base_s`` longer, ``slowdown`` times as long
+  when training itself is quick (``--stragglers 0.25:5``: a quarter of the edges, spread
+  over the fogs, 5x slower);
 - an intermittent edge is, with probability ``skip_p`` per fog model, offline for
   ``offline_s`` before it trains on the model it received (its update then arrives late,
   trained from an older model, as a device that missed rounds would send it).
@@ -116,7 +117,7 @@ class SlowTask:
 
     Args:
         inner: the task that really trains.
-        slowdown: the pass takes ``slowdown x max(measured, base_s)``.
+        slowdown: the pass takes ``max(measured, base_s) + (slowdown - 1) x base_s``.
         base_s: the modelled pass of a normal device.
         skip_p: probability of being offline for ``offline_s`` before a pass.
         offline_s: see above.
@@ -148,7 +149,8 @@ class SlowTask:
         result: TrainResult = self.inner.train(model, epochs)
         took = time.monotonic() - t0
         self.passes += 1
-        wait = self.slowdown * max(took, self.base_s) - took
+        # a normal pass lasts max(took, base_s); a straggler's (slowdown - 1) x base_s more
+        wait = max(self.base_s - took, 0.0) + (self.slowdown - 1.0) * self.base_s
         if wait > 0:
             self._sleep(wait)
         return result
