@@ -36,8 +36,11 @@ tests/unit/privacy/test_privacy_dpsgd.py.
 Models whose output for one record depends on the other records of the batch (BatchNorm)
 break per-sample clipping and are refused.
 
-Noise and sampling come from a ``torch.Generator``: seeded from the OS by default (anyone who
-knows the seed can subtract the noise), or from ``seed=`` for reproducible benchmarks and tests.
+Noise and sampling come from a ``torch.Generator`` (a statistical generator): by default
+reseeded with 63 bits from :mod:`secrets` (the OS's CSPRNG) at every :meth:`DPSGDTask.train`
+call, i.e. every local round's releases get a fresh, independent seed (anyone who knew a seed
+could subtract that round's noise); ``seed=`` fixes it for reproducible benchmarks and tests
+only.
 """
 
 from __future__ import annotations
@@ -240,6 +243,7 @@ class DPSGDTask:
             noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate,
             delta=self.delta, method=mth, releases=releases,
         )
+        self._seed = seed
         self._gen = torch.Generator().manual_seed(
             secrets.randbits(63) if seed is None else int(seed)
         )
@@ -287,6 +291,8 @@ class DPSGDTask:
                 f"{self.accountant.epsilon(self.accountant.releases + steps):.3f} > target "
                 f"{self.target_epsilon} at delta {self.delta}"
             )
+        if self._seed is None:  # production: a fresh seed from the OS for this round's noise
+            self._gen.manual_seed(secrets.randbits(63))
         task = self.task
         opt = torch.optim.SGD(model.parameters(), lr=task.lr, momentum=task.momentum)
         anchor = (

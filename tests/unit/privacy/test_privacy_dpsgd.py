@@ -254,3 +254,26 @@ def test_batchnorm_and_zero_epochs_are_refused() -> None:
     with pytest.raises(ConfigError, match="epochs"):
         t.train(t.build_model(), 0)
     assert t.accountant.releases == 0
+
+
+def test_default_noise_is_reseeded_from_secrets_every_round(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from hierfl.privacy import dpsgd
+
+    draws: list[int] = []
+
+    def randbits(k: int) -> int:
+        draws.append(k)
+        return 12345  # the same seed every time: two rounds from one model then match
+
+    monkeypatch.setattr(dpsgd.secrets, "randbits", randbits)
+    t = dp(seed=None)
+    m1, m2 = t.build_model(), t.build_model()
+    m2.load_state_dict(m1.state_dict())
+    t.train(m1, 1)
+    t.train(m2, 1)
+    assert draws == [63, 63, 63]  # at construction, then once per local round
+    assert torch.equal(flat(m1), flat(m2))  # each round's noise is its own seed's only
+    fixed = dp(seed=4)
+    fixed.train(fixed.build_model(), 1)
+    assert len(draws) == 3  # a fixed seed (tests, benchmarks) never draws from secrets
