@@ -1026,6 +1026,11 @@ class CloudSettings(_TierSettings):
     )
     aggregator_params: dict[str, Any] = Field(default_factory=dict)
     server_opt: ServerOptSettings = ServerOptSettings()
+    scaffold: bool = Field(
+        False, description="SCAFFOLD: keep the control variate c, publish it with every "
+        "global model (edges then correct their steps and send their control change; "
+        "docs/learning.md)"
+    )
     max_versions: int | None = Field(None, ge=1, description="stop after producing this version")
     keep_versions: int | None = Field(None, ge=1, description="prune older checkpoints")
     model_codec: str = Field("raw", description="codec of the global model fan-out")

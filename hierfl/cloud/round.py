@@ -29,6 +29,7 @@ import numpy as np
 from hierfl.aggregation import validation as checks
 from hierfl.errors import DuplicateUpdateError, StaleUpdateError, WrongRecipientError
 from hierfl.fog.buffered import BufferPolicy, staleness_weights
+from hierfl.optim.scaffold import cloud_control
 from hierfl.optim.server import ServerOptimizer
 from hierfl.types import Float32Matrix, Float32Vector, Float64Vector
 from hierfl.wire.frames import AggregateFrame, LayoutEntry
@@ -65,6 +66,8 @@ class NewGlobal:
     fogs: dict[str, dict[str, Any]]
     metrics: dict[str, float]
     timed_out: bool
+    #: SCAFFOLD: the cloud's control variate c after this round (None: not SCAFFOLD)
+    control: Float32Vector | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +112,12 @@ class CloudRound:
         weights: Float32Vector,
         layout: tuple[LayoutEntry, ...],
         server_opt: ServerOptimizer | None = None,
+        control: Float32Vector | None = None,
     ) -> None:
         self.config = config
         self.server_opt = server_opt
+        #: SCAFFOLD's c (hierfl/optim/scaffold.py), published with the model; None: off
+        self.control = control
         self._aggregate = aggregate
         self.version = version
         self.weights = weights.astype(np.float32, copy=True)
@@ -225,6 +231,10 @@ class CloudRound:
             delta = self._aggregate(stack, weights)
         if self.server_opt is not None:
             delta = self.server_opt.step(delta)
+        controls = [(f.control, len(f.contributors)) for f in frames if f.control is not None]
+        if self.control is not None and controls:
+            self.control = cloud_control(self.control, [c for c, _ in controls],
+                                         [n for _, n in controls])
         parent = self.version
         self.weights = (self.weights + delta).astype(np.float32)
         self.version += 1
@@ -252,5 +262,6 @@ class CloudRound:
             },
             metrics=metrics,
             timed_out=timed_out,
+            control=None if self.control is None else self.control.copy(),
         )
         return [new] if position is None else [new, Commit(position)]

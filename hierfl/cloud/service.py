@@ -107,6 +107,7 @@ class CloudService:
             weights=ckpt.weights,
             layout=ckpt.layout,
             server_opt=server_opt,
+            control=_scaffold_control(settings, ckpt),
         )
         self._latest: Checkpoint = ckpt
         # differential privacy: the worst region's account, resumed from the checkpoint
@@ -354,6 +355,11 @@ class CloudService:
 
             meta["server_opt"] = await offload(save_state, self.settings.store_dir,
                                                new.version, self.round.server_opt)
+        if new.control is not None:  # SCAFFOLD's c, like the optimiser's state
+            from hierfl.optim.checkpoint import save_control  # noqa: PLC0415
+
+            meta["scaffold"] = await offload(save_control, self.settings.store_dir,
+                                             new.version, new.control)
         signer = self.security.signer
         started = time.time()
         ckpt = await offload(
@@ -407,6 +413,7 @@ class CloudService:
             parent=ckpt.meta.get("parent"),
             layout=ckpt.layout,
             metrics={k: float(v) for k, v in ckpt.meta.get("metrics", {}).items()},
+            control=self.round.control if ckpt.version == self.round.version else None,
         )
         codec = None if s.model_codec == "raw" else s.model_codec
         data = await offload(encode_frame, frame, codec=codec,
@@ -446,6 +453,22 @@ class CloudService:
         if suppressed is not None:
             log.info("cloud: rejected record at offset %d: %s: %s%s", inbound.offset,
                      exc.reason, exc, suppressed_note(suppressed, exc.reason))
+
+
+def _scaffold_control(settings: CloudSettings, ckpt: Checkpoint) -> Any:
+    """SCAFFOLD's c (zeros at first, else resumed from ``ckpt``); None when it is off.
+
+    Raises:
+        StoreError: the state ``ckpt`` names is missing or altered.
+    """
+    if not settings.scaffold:
+        return None
+    import numpy as np  # noqa: PLC0415
+
+    from hierfl.optim.checkpoint import restore_control  # noqa: PLC0415
+
+    c = restore_control(settings.store_dir, ckpt.meta, int(ckpt.weights.size))
+    return np.zeros(ckpt.weights.size, dtype=np.float32) if c is None else c
 
 
 def _server_optimizer(settings: CloudSettings, ckpt: Checkpoint) -> Any:

@@ -40,6 +40,7 @@ from hierfl.errors import (
 from hierfl.health import monitoring
 from hierfl.metrics import ServiceMetrics
 from hierfl.offload import offload
+from hierfl.optim.scaffold import EdgeControl
 from hierfl.privacy.record import LAST_UPDATE_METRIC, is_last_update, reported_samples
 from hierfl.ratelimit import REJECT_LOG_INTERVAL_S, LogThrottle, suppressed_note
 from hierfl.security.tier import tier_security
@@ -119,6 +120,8 @@ class EdgeClient:
         )
         self.updates_sent = 0
         self.feedback = _feedback(settings, self.metrics)
+        #: SCAFFOLD's c_i, used when a model carries the cloud's control variate
+        self.scaffold = EdgeControl()
         self._latest: ModelFrame | None = None
         self._new_model = asyncio.Event()
         self._trained: tuple[int, int] | None = None
@@ -358,8 +361,11 @@ class EdgeClient:
         self.hooks.run_evaluate(frame.version, self.model)  # the received model, untrained
         if self.privacy is not None:
             self.privacy.check_budget()  # untrusted_fog: nothing is trained past the budget
+        scaffold = self.scaffold.before(self.task, frame.control)
         result = self.task.train(self.model, self.settings.local_epochs)
         delta = _to_vector(self.model)  # a fresh float32 vector: subtract in place
+        control = (self.scaffold.after(self.task, frame.control, base, delta)
+                   if scaffold and frame.control is not None else None)
         np.subtract(delta, base, out=delta, dtype=np.float32)
         metrics = {k: float(v) for k, v in result.metrics.items()}
         if self.privacy is not None:
@@ -383,6 +389,7 @@ class EdgeClient:
             delta=delta,
             metrics=metrics,
             created_at=time.time(),
+            control=control,
         )
 
 

@@ -42,6 +42,10 @@ class SupervisedTask:
         loss_fn: defaults to cross-entropy.
         prox_mu: FedProx proximal term weight (0 = plain FedAvg local training).
 
+    SCAFFOLD: when :attr:`scaffold_correction` is set (the edge client sets it to
+    ``c - c_i`` before training, :mod:`hierfl.optim.scaffold`), every step's gradient is
+    corrected by it; :attr:`last_steps` counts the SGD steps of the last :meth:`train`.
+
     Usage::
 
         task = SupervisedTask(lambda: MyNet(), x_local, y_local, lr=0.05)
@@ -71,6 +75,9 @@ class SupervisedTask:
         self.loss_fn = loss_fn or torch.nn.functional.cross_entropy
         self.prox_mu = prox_mu
         self._gen = torch.Generator().manual_seed(seed)
+        #: SCAFFOLD's ``c - c_i`` as one flat float32 vector (the wire's order), or None
+        self.scaffold_correction: Any = None
+        self.last_steps = 0
 
     def build_model(self) -> torch.nn.Module:
         """Return a fresh model from the factory."""
@@ -80,6 +87,8 @@ class SupervisedTask:
         """Run ``epochs`` epochs of mini-batch SGD; report mean loss and accuracy."""
         opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum)
         anchor = [p.detach().clone() for p in model.parameters()] if self.prox_mu else []
+        correction = _corrections(model, self.scaffold_correction)
+        self.last_steps = 0
         model.train()
         n = len(self.x)
         total_loss, correct, seen = 0.0, 0, 0
@@ -96,7 +105,11 @@ class SupervisedTask:
                                                                       strict=True))
                     loss = loss + 0.5 * self.prox_mu * prox
                 loss.backward()
+                for p, corr in correction:
+                    if p.grad is not None:
+                        p.grad.add_(corr)
                 opt.step()
+                self.last_steps += 1
                 total_loss += float(loss.detach()) * len(idx)
                 if out.ndim == 2:
                     correct += int((out.argmax(1) == yb).sum())
@@ -105,3 +118,26 @@ class SupervisedTask:
         if correct:
             metrics["train_acc"] = correct / max(seen, 1)
         return TrainResult(num_samples=n, metrics=metrics)
+
+
+def _corrections(model: torch.nn.Module, flat: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(parameter, its slice of flat)`` pairs: ``flat`` is in the order of the model's float
+    state (:func:`hierfl.model.torch_adapter.model_to_vector`); None gives no pairs."""
+    if flat is None:
+        return []
+    vec = torch.as_tensor(flat, dtype=torch.float32)
+    total = sum(v.numel() for v in model.state_dict().values() if torch.is_floating_point(v))
+    if total != vec.numel():
+        raise ValueError(f"a SCAFFOLD correction of {vec.numel()} values for a model of "
+                         f"{total}")
+    params = dict(model.named_parameters())
+    out: list[tuple[torch.Tensor, torch.Tensor]] = []
+    pos = 0
+    for name, v in model.state_dict().items():
+        if not torch.is_floating_point(v):
+            continue
+        n = v.numel()
+        if name in params:
+            out.append((params[name], vec[pos:pos + n].view_as(params[name])))
+        pos += n
+    return out

@@ -60,6 +60,7 @@ from hierfl.errors import (
     WrongRecipientError,
 )
 from hierfl.fog.buffered import BufferPolicy, ModelClock, staleness_weights
+from hierfl.optim.scaffold import fog_control
 from hierfl.privacy import record
 from hierfl.privacy.region import RegionPrivacy
 from hierfl.types import Float32Matrix, Float32Vector, Float64Vector
@@ -228,6 +229,7 @@ class _Accepted:
     metrics: dict[str, float]
     base_seq: int = 0
     staleness: int = 0  # buffered mode: fog models published since base_seq
+    control: Float32Vector | None = None  # SCAFFOLD: the edge's Delta c_i
 
 
 @dataclass(slots=True)
@@ -255,6 +257,10 @@ class _Cycle:
     # round re-publishes the same weights under a new seq, and an update trained from any seq
     # of one model is as fresh as that model (a slow edge is not made stale by skips)
     model_starts: list[int] = field(default_factory=list)
+    # SCAFFOLD: the cloud's c (from the global model, served to the edges) and this cycle's
+    # Delta c_f (the mean of the edges' Delta c_i, summed over the fog rounds)
+    control: Float32Vector | None = None
+    cum_control: Float32Vector | None = None
 
 
 class FogRound:
@@ -338,6 +344,7 @@ class FogRound:
             return []
         w = frame.weights.astype(np.float32, copy=True)
         self._cycle = _Cycle(frame.version, w.copy(), w, frame.layout, np.zeros_like(w))
+        self._cycle.control = frame.control
         self._ensure_validator(w.size)
         if self.privacy is not None and not self.privacy.can_start(self.config.k2):
             return self._with_early(self._budget_spent())
@@ -375,6 +382,7 @@ class FogRound:
         w = fog_frame.weights.astype(np.float32, copy=True)
         self._cycle = _Cycle(global_frame.version, g, w, global_frame.layout, (w - g),
                              fog_round=fog_frame.fog_round)
+        self._cycle.control = global_frame.control
         self._ensure_validator(w.size)
         self.seq = fog_frame.seq
         self._cycle.model_starts.append(self.seq)
@@ -474,8 +482,11 @@ class FogRound:
         validator = self._validator
         assert validator is not None
         validator.accept_norm(norm)
+        if frame.control is not None:
+            checks.check_finite(frame.control)
         self._updates[frame.edge_id] = _Accepted(frame.num_samples, frame.delta, frame.metrics,
-                                                 frame.base_seq, self._staleness(frame))
+                                                 frame.base_seq, self._staleness(frame),
+                                                 frame.control)
         if proof is not None:
             assert self._cycle is not None
             self._cycle.proofs[(frame.edge_id, frame.base_seq)] = proof
@@ -711,6 +722,7 @@ class FogRound:
             fog_round=c.fog_round,
             layout=c.layout,
             metrics=self.privacy.metrics() if self.privacy is not None else {},
+            control=c.control,
         )
 
     def _close(self, now: float, *, timed_out: bool) -> list[Action]:
@@ -751,6 +763,10 @@ class FogRound:
         c.cum_delta = (c.cum_delta + delta).astype(np.float32)
         c.weights = (c.global_weights + c.cum_delta).astype(np.float32)
         c.fog_round += 1
+        controls = [u.control for e in edges if (u := self._updates[e]).control is not None]
+        if controls:  # SCAFFOLD: Delta c_f of this fog round (hierfl/optim/scaffold.py)
+            step = fog_control(controls)
+            c.cum_control = step if c.cum_control is None else c.cum_control + step
         for e in edges:
             u = self._updates[e]
             c.folded.add((e, u.base_seq))
@@ -785,6 +801,7 @@ class FogRound:
             provenance=tuple(p for (edge, _), p in sorted(c.proofs.items(),
                                                           key=lambda kv: kv[0])
                              if edge in c.samples),
+            control=None if c.cum_control is None else c.cum_control.copy(),
         )
         c.out, c.sent_at = agg, None
         return [Forward(agg)]

@@ -25,7 +25,7 @@ import numpy as np
 from hierfl.errors import StoreError
 from hierfl.optim.server import ServerOptimizer
 
-__all__ = ["restore_state", "save_state"]
+__all__ = ["restore_control", "restore_state", "save_control", "save_state"]
 
 log = logging.getLogger(__name__)
 _DIR = "optim"
@@ -92,3 +92,58 @@ def restore_state(store_dir: Path, meta: dict[str, Any], opt: ServerOptimizer) -
         raise StoreError(f"server optimiser state {path} is malformed: {exc}") from exc
     opt.load_state(arrays)
     return True
+
+
+def save_control(store_dir: Path, version: int, control: np.ndarray,
+                 keep: int = 3) -> dict[str, Any]:
+    """Write SCAFFOLD's cloud control variate ``c`` of ``version``
+    (``<store_dir>/optim/c<v:08d>.npz``); return the record's ``scaffold`` entry.
+
+    Raises:
+        StoreError: if it cannot be written.
+    """
+    folder = Path(store_dir) / _DIR
+    rel = f"{_DIR}/c{version:08d}.npz"
+    buf = io.BytesIO()
+    np.savez(buf, c=np.asarray(control, dtype=np.float32))
+    data = buf.getvalue()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz.tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        Path(tmp).replace(Path(store_dir) / rel)
+    except OSError as exc:
+        raise StoreError(f"cannot write the SCAFFOLD control variate of v{version}: {exc}") from exc
+    for p in sorted(folder.glob("c*.npz"))[:-keep]:
+        p.unlink(missing_ok=True)
+    return {"file": rel, "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def restore_control(store_dir: Path, meta: dict[str, Any], size: int) -> np.ndarray | None:
+    """The control variate a version's record names (its ``scaffold`` entry), or None.
+
+    Raises:
+        StoreError: the named file is missing, altered, malformed or of another size.
+    """
+    entry = meta.get("scaffold")
+    if not isinstance(entry, dict):
+        return None
+    path = Path(store_dir) / str(entry.get("file", ""))
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise StoreError(f"SCAFFOLD control variate {path} is unreadable: {exc}") from exc
+    if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        raise StoreError(f"SCAFFOLD control variate {path} fails its sha256 check")
+    try:
+        # SAFETY: allow_pickle stays False: a state file must never run code.
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            c = np.asarray(z["c"], dtype=np.float32).reshape(-1)
+    except (OSError, ValueError, KeyError) as exc:
+        raise StoreError(f"SCAFFOLD control variate {path} is malformed: {exc}") from exc
+    if c.size != size or not np.isfinite(c).all():
+        raise StoreError(f"SCAFFOLD control variate {path}: {c.size} values or not finite")
+    return c

@@ -135,6 +135,11 @@ def register(app: typer.Typer) -> None:
             float, typer.Option(help="FedProx: weight mu of the edges' proximal term "
                                 "mu/2 ||w - w_global||^2 (0: off)")
         ] = 0.0,
+        scaffold: Annotated[
+            bool, typer.Option("--scaffold", help="SCAFFOLD: control variates at the edges, "
+                               "fogs and cloud correct the edges' drift (each update and "
+                               "global model then also carries a control vector)")
+        ] = False,
         aggregation: Annotated[
             str, typer.Option(help="fog aggregation: sync (rounds) or buffered (FedBuff: "
                               "every --buffer-size updates, stale ones weighted down; "
@@ -201,7 +206,7 @@ def register(app: typer.Typer) -> None:
                 dp_clip=dp_clip,
                 aggregation=aggregation, buffer_size=buffer_size, max_staleness=max_staleness,
                 cloud_buffer=cloud_buffer, stragglers=stragglers, intermittent=intermittent,
-                server_opt=server_opt, fedprox_mu=fedprox_mu,
+                server_opt=server_opt, fedprox_mu=fedprox_mu, scaffold=scaffold,
                 server_opt_params={k: v for k, v in {
                     "server_lr": server_lr, "momentum": server_momentum, "beta1": server_beta1,
                     "beta2": server_beta2, "tau": server_tau}.items() if v is not None},

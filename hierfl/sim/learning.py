@@ -30,10 +30,13 @@ def check_learning(cfg: Any) -> None:
 
 
 def learning_cloud(cfg: Any) -> dict[str, Any]:
-    """The cloud's extra settings: its ``server_opt`` section, when one is chosen."""
-    if cfg.server_opt == "none":
-        return {}
-    return {"server_opt": {"name": cfg.server_opt, **cfg.server_opt_params}}
+    """The cloud's extra settings: its ``server_opt`` section and ``scaffold``, when chosen."""
+    out: dict[str, Any] = {}
+    if cfg.server_opt != "none":
+        out["server_opt"] = {"name": cfg.server_opt, **cfg.server_opt_params}
+    if cfg.scaffold:
+        out["scaffold"] = True
+    return out
 
 
 def learning_task_options(cfg: Any) -> dict[str, Any]:

@@ -172,6 +172,8 @@ class SimConfig:
     server_opt: str = "none"
     server_opt_params: dict[str, Any] = field(default_factory=dict)
     fedprox_mu: float = 0.0
+    #: SCAFFOLD across the hierarchy (edge c_i, fog Delta c_f, cloud c; docs/learning.md)
+    scaffold: bool = False
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIO_TASKS:

@@ -366,7 +366,7 @@ def _to_map(frame: Frame, codec: Any) -> dict[str, Any]:
             "base_seq": frame.base_seq,
             "num_samples": frame.num_samples,
             "delta": encode_vector(frame.delta, codec),
-        }
+        } | _control_map(frame.control)
     if isinstance(frame, AggregateFrame):
         out = common | {
             "fog": frame.fog_id,
@@ -379,7 +379,7 @@ def _to_map(frame: Frame, codec: Any) -> dict[str, Any]:
         if frame.provenance:
             out["provenance"] = [[p.edge_id, p.base_version, p.base_seq, p.counter,
                                   p.payload_hash, p.signature] for p in frame.provenance]
-        return out
+        return out | _control_map(frame.control)
     if isinstance(frame, ModelDeltaFrame):
         return common | {
             "fog": frame.fog_id,
@@ -400,7 +400,13 @@ def _to_map(frame: Frame, codec: Any) -> dict[str, Any]:
         "fog_round": frame.fog_round,
         "layout": [[e.name, list(e.shape)] for e in frame.layout],
         "weights": encode_vector(frame.weights, codec),
-    }
+    } | _control_map(frame.control)
+
+
+def _control_map(control: Float32Vector | None) -> dict[str, Any]:
+    """SCAFFOLD's control vector, raw float32 (lossless), only when present: a frame
+    without it encodes to the very bytes it did before the field existed."""
+    return {} if control is None else {"control": encode_vector(control, None)}
 
 
 _REQUIRED = {
@@ -411,12 +417,17 @@ _REQUIRED = {
                     "delta"),
 }
 _COMMON = ("kind", "federation", "created_at", "metrics")
-_OPTIONAL = {"aggregate": ("provenance",)}
+_OPTIONAL = {"aggregate": ("provenance", "control"), "update": ("control",),
+             "model": ("control",)}
 
 
 def _vector(fields: Any, limits: DecodeLimits, field: str) -> Float32Vector:
     return decode_vector(fields, max_size=limits.max_params, field=field,
                          expected_size=limits.expected_params)
+
+
+def _control(m: dict[str, Any], limits: DecodeLimits) -> Float32Vector | None:
+    return _vector(m["control"], limits, "control") if "control" in m else None
 
 
 def _provenance(items: object) -> tuple[EdgeProof, ...]:
@@ -458,6 +469,7 @@ def _from_map(m: dict[str, Any], limits: DecodeLimits, version: int = FORMAT_VER
             num_samples=m["num_samples"],
             delta=_vector(m["delta"], limits, "delta"),
             timing=m.get("timing", ()),
+            control=_control(m, limits),
             **common,
         )
     if kind == "aggregate":
@@ -473,6 +485,7 @@ def _from_map(m: dict[str, Any], limits: DecodeLimits, version: int = FORMAT_VER
             provenance=_provenance(m.get("provenance", [])),
             delta=_vector(m["delta"], limits, "delta"),
             timing=m.get("timing", ()),
+            control=_control(m, limits),
             **common,
         )
     if kind == "model_delta":
@@ -504,5 +517,6 @@ def _from_map(m: dict[str, Any], limits: DecodeLimits, version: int = FORMAT_VER
         fog_round=m["fog_round"],
         layout=tuple(entries),
         weights=_vector(m["weights"], limits, "weights"),
+        control=_control(m, limits),
         **common,
     )

@@ -152,8 +152,12 @@ class Downlink:
         self.held = out.held
 
     def prepare(self, target: ModelFrame) -> DownlinkMessages:
-        """Encode the messages that bring the edges to ``target`` (no state changes)."""
-        if not self.delta:
+        """Encode the messages that bring the edges to ``target`` (no state changes).
+
+        A model carrying SCAFFOLD's control variate goes out whole (the control rides only
+        on full models), as without delta mode.
+        """
+        if not self.delta or target.control is not None:
             full = encode_frame(target, codec=self.codec, signer=self.signer)
             held = target
             if self.codec is not None:  # edges hold the decoded weights, not the fog's

@@ -93,6 +93,16 @@ def _check_vector(name: str, value: object) -> None:
         raise FrameFieldError(name, "expected a 1-D float32 numpy array")
 
 
+def _check_control(value: object, size: int) -> None:
+    """SCAFFOLD's optional control vector (None: absent, the frame as before)."""
+    if value is None:
+        return
+    _check_vector("control", value)
+    assert isinstance(value, np.ndarray)
+    if value.size != size:
+        raise FrameFieldError("control", f"{value.size} values; the model has {size}")
+
+
 @dataclass(frozen=True, slots=True)
 class LayoutEntry:
     """One named tensor of a model: ``size = prod(shape)`` consecutive values of the flat vector."""
@@ -166,6 +176,8 @@ class UpdateFrame:
     created_at: float = 0.0
     #: the edge's spans of this round (format version 3: carried outside the compressed body)
     timing: tuple[TimingSpan, ...] = ()
+    #: SCAFFOLD: the change of the edge's control variate, c_i+ - c_i (None: not SCAFFOLD)
+    control: Float32Vector | None = None
 
     def __post_init__(self) -> None:
         _check_id("federation", self.federation)
@@ -176,6 +188,7 @@ class UpdateFrame:
         _check_int("base_seq", self.base_seq, 0)
         _check_int("num_samples", self.num_samples, 1)
         _check_vector("delta", self.delta)
+        _check_control(self.control, self.delta.size)
         _check_metrics("metrics", self.metrics)
         _check_float("created_at", self.created_at)
 
@@ -222,6 +235,9 @@ class AggregateFrame:
     provenance: tuple[EdgeProof, ...] = ()
     #: the fog's and its edges' spans of this cloud round (format version 3)
     timing: tuple[TimingSpan, ...] = ()
+    #: SCAFFOLD: the change of the fog's control variate c_f over this cloud round (the mean
+    #: of its edges' control changes, summed over its fog rounds); None: not SCAFFOLD
+    control: Float32Vector | None = None
 
     def __post_init__(self) -> None:
         _check_id("federation", self.federation)
@@ -244,6 +260,7 @@ class AggregateFrame:
         if len(set(self.contributors)) != len(self.contributors):
             raise FrameFieldError("contributors", "edge ids repeat")
         _check_vector("delta", self.delta)
+        _check_control(self.control, self.delta.size)
         _check_metrics("metrics", self.metrics)
         _check_float("created_at", self.created_at)
 
@@ -275,6 +292,8 @@ class ModelFrame:
     layout: tuple[LayoutEntry, ...] = ()
     metrics: dict[str, float] = field(default_factory=dict)
     created_at: float = 0.0
+    #: SCAFFOLD: the cloud's control variate c of this version (None: not SCAFFOLD)
+    control: Float32Vector | None = None
 
     def __post_init__(self) -> None:
         _check_id("federation", self.federation)
@@ -294,6 +313,7 @@ class ModelFrame:
             raise FrameFieldError("layout", f"expected at most {MAX_LAYOUT} entries")
         if self.layout and sum(e.size for e in self.layout) != self.weights.size:
             raise FrameFieldError("layout", "sizes do not add up to the weights' length")
+        _check_control(self.control, self.weights.size)
         _check_metrics("metrics", self.metrics)
         _check_float("created_at", self.created_at)
 
