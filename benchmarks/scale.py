@@ -1,0 +1,169 @@
+"""Scale: what one fog process can ingest, and what a population of edges costs; print JSON.
+
+``--part ingest`` (no broker): the fog's per-update path, run in this process on one core
+exactly as :class:`~hierfl.fog.service.FogService` runs it for each update that arrives:
+signature verification and replay check (:meth:`~hierfl.security.tier.TierSecurity.decode`,
+with the model size known), the round's checks (:meth:`~hierfl.fog.round.FogRound.check_update`)
+and acceptance (:meth:`~hierfl.fog.round.FogRound.on_update`, aggregation included when the
+round closes). The updates are valid digits-20 updates (MLP 64-64-10, 4,810 parameters, a
+raw float32 delta, 50 samples) of ``--edges`` provisioned edges (default 1,000), signed with
+each edge's own key and pre-encoded before the clock starts; the fog's rounds close every
+``--round-size`` updates (FedAvg). One line per configuration: updates/s, microseconds per
+update, and the split into verify+decode and round (check + accept + aggregate). The same
+path unsigned (``security.signing = "off"``) is printed for comparison.
+
+``--part population`` (real brokers): see :mod:`hierfl.sim.population`.
+
+Usage: python benchmarks/scale.py [--part ingest|population|all] [--edges 1000]
+       [--round-size 100] [--repeat 3] [--results FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hierfl import __version__
+from hierfl.aggregation import make_aggregator
+from hierfl.config import SecuritySettings
+from hierfl.fog.round import FogRound, FogRoundConfig
+from hierfl.provision import ProjectSpec, Provisioned, provision
+from hierfl.security.tier import tier_security
+from hierfl.security.trust import load_signing_key
+from hierfl.wire.codec import DecodeLimits, encode_frame
+from hierfl.wire.frames import LayoutEntry, ModelFrame, UpdateFrame
+from hierfl.wire.signing import Signer
+
+FED, FOG = "scale", "f0"
+#: digits-20's model: MLP 64-64-10
+LAYOUT = (LayoutEntry("0.weight", (64, 64)), LayoutEntry("0.bias", (64,)),
+          LayoutEntry("2.weight", (10, 64)), LayoutEntry("2.bias", (10,)))
+PARAMS = sum(int(np.prod(e.shape)) for e in LAYOUT)
+
+
+def _edges(n: int) -> list[str]:
+    return [f"e{i:05d}" for i in range(n)]
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def ingest(n_edges: int, round_size: int, signed: bool, pki: Provisioned | None,
+           repeat: int) -> dict[str, Any]:
+    """Time the fog's per-update path over ``n_edges`` valid pre-encoded updates."""
+    edges = _edges(n_edges)
+    if signed:
+        assert pki is not None
+        sec = SecuritySettings(signing="required",
+                               key_file=pki.kit(f"fog/{FOG}") / "signing.key",
+                               trust_bundle=pki.trust_bundle,
+                               revocation_list=pki.revocation_list)
+    else:
+        sec = SecuritySettings(signing="off")
+    rng = np.random.default_rng(0)
+    frames: list[bytes] = []
+    t0 = time.perf_counter()
+    for e in edges:
+        signer = None
+        if signed:
+            assert pki is not None
+            key = load_signing_key(pki.kit(f"edge/{FOG}/{e}") / "signing.key")
+            signer = Signer(f"edge/{FOG}/{e}", key, FED)
+        delta = (rng.normal(size=PARAMS) * 0.01).astype(np.float32)
+        frames.append(encode_frame(UpdateFrame(FED, FOG, e, 0, 1, 50, delta, {"train_loss": 1.0}),
+                                   signer=signer))
+    encode_s = time.perf_counter() - t0
+    limits = DecodeLimits(expected_params=PARAMS)
+    rates, decode_us, round_us = [], [], []
+    for _ in range(repeat):
+        security = tier_security(sec, federation=FED, party_id=f"fog/{FOG}", tier="fog",
+                                 replay_file=None, autosave=False)
+        fog = FogRound(FogRoundConfig(federation=FED, fog_id=FOG, min_updates=round_size,
+                                      k2=10_000, round_timeout_s=3600.0,
+                                      max_samples=100_000),
+                       make_aggregator("fedavg", {}))
+        fog.on_global_model(ModelFrame(FED, 0, np.zeros(PARAMS, np.float32), layout=LAYOUT),
+                            0.0)
+        t_dec = t_round = 0.0
+        start = time.perf_counter()
+        for i, raw in enumerate(frames):
+            a = time.perf_counter()
+            frame = security.decode(raw, limits=limits).frame
+            b = time.perf_counter()
+            assert isinstance(frame, UpdateFrame)
+            # each round is a new fog model: re-base the pre-encoded update onto it (the frame
+            # object, not the bytes: the bytes were verified as they are)
+            if i >= round_size:
+                object.__setattr__(frame, "base_seq", fog.seq)
+            fog.check_update(frame)
+            fog.on_update(frame, 0.0)
+            t_dec += b - a
+            t_round += time.perf_counter() - b
+        total = time.perf_counter() - start
+        rates.append(n_edges / total)
+        decode_us.append(t_dec / n_edges * 1e6)
+        round_us.append(t_round / n_edges * 1e6)
+    return {
+        "system": f"hierfl-{__version__}", "bench": "fog-ingest", "signed": signed,
+        "edges": n_edges, "round_size": round_size, "params": PARAMS,
+        "frame_bytes": len(frames[0]),
+        "updates_per_s": round(statistics.median(rates), 1),
+        "updates_per_s_runs": [round(r, 1) for r in rates],
+        "us_per_update": round(1e6 / statistics.median(rates), 1),
+        "verify_decode_us": round(statistics.median(decode_us), 1),
+        "round_us": round(statistics.median(round_us), 1),
+        "encode_all_s": round(encode_s, 3),
+        "peak_rss_mb": round(_rss_mb(), 1),
+        "cpu": os.cpu_count(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected parts; print one JSON line per measurement."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--part", default="ingest", choices=["ingest", "population", "all"])
+    p.add_argument("--edges", type=int, default=1000)
+    p.add_argument("--round-size", type=int, default=100)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--results", type=Path, default=None)
+    a = p.parse_args(argv)
+    lines: list[dict[str, Any]] = []
+    if a.part in ("ingest", "all"):
+        with tempfile.TemporaryDirectory(prefix="hierfl-scale-") as tmp:
+            t0 = time.perf_counter()
+            prov = provision(ProjectSpec(federation=FED, fogs={FOG: tuple(_edges(a.edges))}),
+                             Path(tmp) / "pki", tls=False)
+            provision_s = time.perf_counter() - t0
+            for signed in (True, False):
+                row = ingest(a.edges, a.round_size, signed, prov if signed else None, a.repeat)
+                row["provision_s"] = round(provision_s, 2)
+                lines.append(row)
+                _emit(row, a.results)
+    if a.part in ("population", "all"):
+        from hierfl.sim.population import run_population_benchmark  # noqa: PLC0415
+
+        for row in run_population_benchmark():
+            _emit(row, a.results)
+    return 0
+
+
+def _emit(row: dict[str, Any], results: Path | None) -> None:
+    text = json.dumps(row)
+    print(text, flush=True)
+    if results is not None:
+        with results.open("a") as fh:
+            fh.write(text + "\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
