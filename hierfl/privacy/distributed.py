@@ -27,6 +27,12 @@ rejection sampler.
    ``share = add_noise_share(ints, params)`` (adds its ``Sk(mu)`` noise share, reduces modulo
    2^32: a uint32 vector), then masks ``share`` modulo 2^32 as it would any encoding.
    ``params.encode(update)`` does both steps.
+   Secure aggregation's own path (``EdgeSecAgg.on_shares(..., integer_noise=hook)``, which
+   quantises with ``FixedPoint.quantize``, i.e. nearest rounding): build the parameters with
+   ``rounding="nearest"`` (``Delta_2 = C s + sqrt(d)/2``), the codec as
+   ``FixedPoint(clip_norm=C, scale=params.scale, max_summands=n)`` (``params.check_codec``
+   refuses any other), and pass ``hook = params.secagg_hook()``; the hook refuses a vector
+   longer than ``Delta_2`` (NormBoundError) instead of noising it.
 3. The fog unmasks the modular sum ``total`` (uint32) of the ``k`` edges that survived and
    reads it back with ``params.decode_sum(total)`` (float64, exact: two's complement / scale).
 4. The fog, before the aggregate leaves it: ``ledger.would_exceed(target_epsilon, k)`` (True:
@@ -52,7 +58,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +117,10 @@ class DistributedDP:
         beta: the conditional rounding's bias bound (Kairouz et al. 2021 use ``e^-0.5``):
             rounding is redrawn until the norm is within :attr:`l2_sensitivity`, which each
             draw meets with probability at least ``1 - beta``.
+        rounding: ``"conditional"`` (default: :meth:`round_update`'s conditional randomized
+            rounding, unbiased) or ``"nearest"``: the update was rounded to the nearest integer
+            elsewhere (secure aggregation's ``FixedPoint.quantize``), which moves each
+            coordinate by at most 1/2, so ``Delta_2 = C s + sqrt(d) / 2`` (deterministic).
 
     Raises:
         ConfigError: for nonsense values, or a sum that could wrap around the int32 range.
@@ -122,6 +132,7 @@ class DistributedDP:
     expected_edges: int
     dim: int
     beta: float = math.exp(-0.5)
+    rounding: str = "conditional"
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
@@ -137,6 +148,8 @@ class DistributedDP:
             raise _bad(f"expected_edges must be an integer >= 1, got {self.expected_edges!r}")
         if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
             raise _bad(f"dim must be an integer >= 1, got {self.dim!r}")
+        if self.rounding not in ("conditional", "nearest"):
+            raise _bad(f"rounding must be 'conditional' or 'nearest', got {self.rounding!r}")
         if not 0.0 < self.beta < 1.0:
             raise _bad(f"beta must be in (0, 1), got {self.beta}")
         if self.mu_per_edge > MAX_MU:
@@ -165,8 +178,11 @@ class DistributedDP:
     def l2_sensitivity(self) -> float:
         """Delta_2: the L2 bound of one rounded update, in integers (Kairouz et al. 2021,
         section 4.1): ``min(c^2 + d/4 + sqrt(2 ln(1/beta)) (c + sqrt(d)/2), (c + sqrt(d))^2)``
-        under the square root, with ``c = C s``."""
+        under the square root, with ``c = C s``; ``c + sqrt(d) / 2`` with
+        ``rounding="nearest"``."""
         c, d = self.clip_norm * self.scale, float(self.dim)
+        if self.rounding == "nearest":
+            return c + math.sqrt(d) / 2.0
         cond = c * c + d / 4.0 + math.sqrt(2.0 * math.log(1.0 / self.beta)) * (
             c + math.sqrt(d) / 2.0)
         return math.sqrt(min(cond, (c + math.sqrt(d)) ** 2))
@@ -184,14 +200,16 @@ class DistributedDP:
 
     def max_abs_sum(self) -> float:
         """The largest |coordinate| the int sum of ``n`` encodings may reach: every rounded
-        coordinate is at most ``ceil(C s)``, plus a 12-std margin of the summed noise."""
+        coordinate is at most ``ceil(C s + 1/2)``, plus a 12-std margin of the summed
+        noise."""
         n = self.expected_edges
         noise = _NOISE_MARGIN_STD * math.sqrt(2.0 * self.mu_per_edge * n) + _NOISE_MARGIN_STD
-        return n * math.ceil(self.clip_norm * self.scale) + noise
+        return n * math.ceil(self.clip_norm * self.scale + 0.5) + noise
 
     @classmethod
     def for_region(cls, *, expected_edges: int, clip_norm: float, noise_multiplier: float,
-                   dim: int, beta: float = math.exp(-0.5)) -> DistributedDP:
+                   dim: int, beta: float = math.exp(-0.5),
+                   rounding: str = "conditional") -> DistributedDP:
         """The parameters with the largest power-of-two scale whose sum cannot wrap.
 
         Raises:
@@ -212,7 +230,8 @@ class DistributedDP:
         for e in range(exponent + 1, -31, -1):
             try:
                 return cls(clip_norm=clip_norm, scale=2.0**e, noise_multiplier=noise_multiplier,
-                           expected_edges=expected_edges, dim=dim, beta=beta)
+                           expected_edges=expected_edges, dim=dim, beta=beta,
+                           rounding=rounding)
             except ConfigError as exc:
                 if "wrap around" not in str(exc) and "above" not in str(exc):
                     raise
@@ -264,6 +283,58 @@ class DistributedDP:
         gen = rng if rng is not None else csprng()
         return add_noise_share(self.round_update(update, gen), self, rng=gen)
 
+    def check_codec(self, codec: Any) -> None:
+        """Refuse a secure-aggregation codec (``hierfl.secagg.encoding.FixedPoint``) that does
+        not encode with these parameters: same clip norm and scale, room for every edge.
+
+        Raises:
+            ConfigError: naming the mismatch.
+        """
+        if float(codec.scale) != self.scale or float(codec.clip_norm) != self.clip_norm:
+            raise _bad(f"the codec encodes with C = {codec.clip_norm}, scale {codec.scale}; "
+                       f"the noise is calibrated to C = {self.clip_norm}, scale {self.scale}: "
+                       "build the codec from these parameters (FixedPoint(clip_norm=C, "
+                       "scale=params.scale, max_summands=n))")
+        if int(codec.max_summands) < self.expected_edges:
+            raise _bad(f"the codec sums at most {codec.max_summands} updates, the region "
+                       f"expects {self.expected_edges}")
+
+    def secagg_hook(self) -> Callable[[npt.NDArray[np.int64]], npt.NDArray[np.int64]]:
+        """The ``integer_noise`` hook of secure aggregation's edge (``hierfl/secagg``): given
+        the clipped update quantised with this scale (int64, not reduced), return it with this
+        edge's Skellam share added (int64, not reduced: the caller reduces mod 2^32 and masks).
+
+        The hook refuses (NormBoundError) a vector whose L2 norm is above
+        :attr:`l2_sensitivity`: it was not rounded the way the accounting assumes (use
+        ``rounding="nearest"`` for ``FixedPoint.quantize``, or :meth:`round_update`).
+        Each call draws from a fresh :func:`csprng`.
+        """
+        def hook(quantised: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+            v = self._check_ints(quantised)
+            f = v.astype(np.float64)
+            norm = math.sqrt(float(f @ f))
+            if norm > self.l2_sensitivity * (1.0 + 1e-12):
+                raise NormBoundError(
+                    f"quantised update has L2 norm {norm:.6g} > Delta_2 "
+                    f"{self.l2_sensitivity:.6g} ({self.rounding} rounding at scale "
+                    f"{self.scale}): the noise would not cover it")
+            return v + _skellam(self, csprng())
+
+        return hook
+
+    def _check_ints(self, int_vector: npt.ArrayLike) -> npt.NDArray[np.int64]:
+        v = np.asarray(int_vector)
+        if v.shape != (self.dim,):
+            raise _bad(f"int_vector has shape {v.shape}, the region's dim is ({self.dim},)")
+        if not np.issubdtype(v.dtype, np.integer):
+            raise _bad(f"int_vector must hold integers (the rounded update), got {v.dtype}")
+        v = v.astype(np.int64)
+        bound = math.ceil(self.clip_norm * self.scale + 0.5)
+        if v.size and int(np.abs(v).max()) > bound:
+            raise _bad(f"int_vector has a coordinate beyond ceil(C s + 1/2) = {bound}: not a "
+                       "rounded update of this region's parameters")
+        return v
+
     # --- the fog's side -----------------------------------------------------------------
 
     @staticmethod
@@ -302,22 +373,19 @@ def add_noise_share(int_vector: npt.ArrayLike, params: DistributedDP, *,
         ``mu = params.mu_per_edge``: ready to be masked.
 
     Raises:
-        ConfigError: wrong shape, non-integer values, or a coordinate beyond ``ceil(C s)``.
+        ConfigError: wrong shape, non-integer values, or a coordinate beyond
+            ``ceil(C s + 1/2)``.
     """
-    v = np.asarray(int_vector)
-    if v.shape != (params.dim,):
-        raise _bad(f"int_vector has shape {v.shape}, the region's dim is ({params.dim},)")
-    if not np.issubdtype(v.dtype, np.integer):
-        raise _bad(f"int_vector must hold integers (the rounded update), got {v.dtype}")
-    v = v.astype(np.int64)
-    bound = math.ceil(params.clip_norm * params.scale)
-    if v.size and int(np.abs(v).max()) > bound:
-        raise _bad(f"int_vector has a coordinate beyond ceil(C s) = {bound}: not a rounded "
-                   "update of this region's parameters")
-    gen = rng if rng is not None else csprng()
-    mu = params.mu_per_edge
-    noise = gen.poisson(mu, params.dim).astype(np.int64) - gen.poisson(mu, params.dim)
+    v = params._check_ints(int_vector)
+    noise = _skellam(params, rng if rng is not None else csprng())
     return np.mod(v + noise, _MODULUS).astype(np.uint32)
+
+
+def _skellam(params: DistributedDP, gen: np.random.Generator) -> npt.NDArray[np.int64]:
+    """One share: ``Poisson(mu) - Poisson(mu)`` per coordinate (exact Skellam)."""
+    mu = params.mu_per_edge
+    return np.asarray(gen.poisson(mu, params.dim).astype(np.int64)
+                      - gen.poisson(mu, params.dim), dtype=np.int64)
 
 
 def skellam_rdp(mu: float, l2: float, l1: float,
