@@ -90,5 +90,5 @@ def test_privacy_distributed_secagg_hook_refuses_what_the_noise_does_not_cover()
     with pytest.raises(ConfigError, match="rounding"):
         DistributedDP(clip_norm=1.0, scale=4.0, noise_multiplier=1.0, expected_edges=N, dim=64,
                       rounding="up")
-    with pytest.raises(ConfigError, match="max_summands|sums at most"):
+    with pytest.raises(ConfigError, match="sums at most"):
         dp.check_codec(FixedPoint(clip_norm=1.0, scale=dp.scale, max_summands=N - 1))
