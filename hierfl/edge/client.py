@@ -43,6 +43,7 @@ from hierfl.offload import offload
 from hierfl.optim.scaffold import EdgeControl
 from hierfl.privacy.record import LAST_UPDATE_METRIC, is_last_update, reported_samples
 from hierfl.ratelimit import REJECT_LOG_INTERVAL_S, LogThrottle, suppressed_note
+from hierfl.secagg.service import edge_secure_link
 from hierfl.security.tier import tier_security
 from hierfl.security.trust import edge_party
 from hierfl.timeline import Timeline
@@ -142,6 +143,8 @@ class EdgeClient:
         self.metrics.gauge_fn("round_number", lambda: self.updates_sent)
         # (version, seq) -> (arrived, decoded) of the model the trainer will take next
         self._received: dict[tuple[int, int], tuple[float, float]] = {}
+        # secagg.mode = "secure": updates leave only masked (hierfl/secagg/service.py)
+        self.secagg = edge_secure_link(settings, self.security, self.metrics.reject)
 
     def stop(self) -> None:
         """Ask :meth:`run` to return."""
@@ -182,11 +185,15 @@ class EdgeClient:
             await mqtt.publish(status, b"online", retain=True)
             feed = self.model_feed = ModelFeed(fed, fog)  # per connection: resubscribes anew
             await mqtt.subscribe(topics.model_delta(fed, fog))
+            if self.secagg is not None:
+                await self.secagg.attach(mqtt)
             await self._sync_subscriptions(mqtt, feed)
             self.ready.set()
             try:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._receive(mqtt, feed), name=f"edge[{edge}].receive")
+                    if self.secagg is not None:
+                        tg.create_task(self.secagg.serve(), name=f"edge[{edge}].secagg")
                     train = tg.create_task(self._train_loop(mqtt), name=f"edge[{edge}].train")
                     stopper = tg.create_task(self._stop.wait(), name=f"edge[{edge}].stop")
                     await asyncio.wait([train, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -207,6 +214,8 @@ class EdgeClient:
         throttle = LogThrottle(REJECT_LOG_INTERVAL_S)  # one line per reason per 10 s
         delta_topic = topics.model_delta(s.federation, s.fog_id)
         async for inbound in mqtt.messages():
+            if self.secagg is not None and self.secagg.take(inbound.topic, inbound.payload):
+                continue
             arrived = time.time()
             kind = DELTA if inbound.topic == delta_topic else FULL
             self.metrics.inc("bytes_down", len(inbound.payload))
@@ -282,7 +291,10 @@ class EdgeClient:
                 continue
             try:
                 publishing = time.time()
-                await mqtt.publish(topics.update(s.federation, s.fog_id, s.edge_id), data)
+                if self.secagg is not None:  # secure region: the fog's SecAgg+ round sends it
+                    self.secagg.offer(frame.version, frame.seq, update.delta)
+                else:
+                    await mqtt.publish(topics.update(s.federation, s.fog_id, s.edge_id), data)
                 self.metrics.observe("stage", time.time() - publishing, "publish")
             except BaseException:
                 if self.feedback is not None and sent is not None:

@@ -60,9 +60,11 @@ from hierfl.errors import (
     WrongRecipientError,
 )
 from hierfl.fog.buffered import BufferPolicy, ModelClock, staleness_weights
+from hierfl.optim.personalise import blend
 from hierfl.optim.scaffold import fog_control
 from hierfl.privacy import record
 from hierfl.privacy.region import RegionPrivacy
+from hierfl.secagg.errors import SecAggStageError
 from hierfl.types import Float32Matrix, Float32Vector, Float64Vector
 from hierfl.wire.frames import AggregateFrame, LayoutEntry, ModelFrame, UpdateFrame
 
@@ -197,6 +199,12 @@ class FogRoundConfig:
     early_limit: int = 1000
     #: buffered (FedBuff) aggregation (hierfl.fog.buffered); None or mode "sync": rounds
     buffer: BufferPolicy | None = None
+    #: secure aggregation (secagg.mode = "secure"): a round closes only with the SecAgg+ sum
+    #: (:meth:`FogRound.on_secure_sum`); a plain update is refused (it would be in the clear)
+    secure: bool = False
+    #: personalisation (hierfl/optim/personalise.py): start each cloud round from
+    #: alpha * global + (1 - alpha) * the region's last model; None: from the global model
+    personalise_alpha: float | None = None
 
     @property
     def buffered(self) -> bool:
@@ -261,6 +269,8 @@ class _Cycle:
     # Delta c_f (the mean of the edges' Delta c_i, summed over the fog rounds)
     control: Float32Vector | None = None
     cum_control: Float32Vector | None = None
+    # personalisation: the regional model this cycle started from (None: the global model)
+    start: Float32Vector | None = None
 
 
 class FogRound:
@@ -298,6 +308,8 @@ class FogRound:
         self.seq = seq
         self.deadline: float | None = None
         self._cycle: _Cycle | None = None
+        #: personalisation: the model the region ended its last cloud round with (in memory)
+        self.regional: Float32Vector | None = None
         self._updates: dict[str, _Accepted] = {}
         config.policy(1)  # fail fast on a bad policy; the real one needs the model size
         self._validator: UpdateValidator | None = None
@@ -345,6 +357,9 @@ class FogRound:
         w = frame.weights.astype(np.float32, copy=True)
         self._cycle = _Cycle(frame.version, w.copy(), w, frame.layout, np.zeros_like(w))
         self._cycle.control = frame.control
+        if self.config.personalise_alpha is not None and self.regional is not None:
+            self._cycle.start = blend(w, self.regional, self.config.personalise_alpha)
+            self._cycle.weights = self._cycle.start.copy()
         self._ensure_validator(w.size)
         if self.privacy is not None and not self.privacy.can_start(self.config.k2):
             return self._with_early(self._budget_spent())
@@ -383,6 +398,9 @@ class FogRound:
         self._cycle = _Cycle(global_frame.version, g, w, global_frame.layout, (w - g),
                              fog_round=fog_frame.fog_round)
         self._cycle.control = global_frame.control
+        if self.config.personalise_alpha is not None and fog_frame.fog_round == 0:
+            # the served model is the regional start: only the edges' progress goes up
+            self._cycle.start, self._cycle.cum_delta = w.copy(), np.zeros_like(w)
         self._ensure_validator(w.size)
         self.seq = fog_frame.seq
         self._cycle.model_starts.append(self.seq)
@@ -517,6 +535,9 @@ class FogRound:
             )
         # Strangers are refused as strangers, whatever the round: that is the reason to alert on.
         checks.check_sender(frame.edge_id, cfg.allowed_edges)
+        if cfg.secure:
+            raise SecAggStageError(f"edge {frame.edge_id}: a plain update reached a secure fog "
+                                   "(its updates arrive only masked, through SecAgg+)")
         c, validator = self._cycle, self._validator
         if self.state is FogState.BUDGET_SPENT:
             raise PrivacyBudgetExhaustedError(
@@ -591,6 +612,29 @@ class FogRound:
         except StaleUpdateError as exc:
             raise StaleUpdateError(f"{exc} [buffered: {stale} fog models behind, "
                                    f"max_staleness {self.config.max_staleness}]") from None
+
+    def on_secure_sum(self, result: Any, now: float) -> list[Action]:
+        """Secure mode: a SecAgg+ round of this fog round ended; close it with the mean of the
+        survivors' clipped updates (the unmasked sum / survivors: the fog never saw one).
+
+        Args:
+            result: a :class:`hierfl.secagg.service.SecureSum` (version, seq, survivors, sum).
+            now: current time.
+
+        Returns:
+            The round's actions; none if the fog round it belongs to is no longer open.
+        """
+        c = self._cycle
+        if (self.state is not FogState.COLLECTING or c is None or not result.survivors
+                or (result.version, result.seq) != (c.version, self.seq)):
+            return []
+        mean = (np.asarray(result.sum, dtype=np.float64) / len(result.survivors))
+        empty = np.zeros(0, dtype=np.float32)
+        # every survivor counts once: the fog cannot see (nor check) a sample count
+        self._updates = {e: _Accepted(1, empty, {}, result.seq) for e in result.survivors}
+        for e, proof in getattr(result, "proofs", {}).items():
+            c.proofs[(e, result.seq)] = proof  # the masked inputs' signed claims
+        return self._close(now, timed_out=False, secure=mean.astype(np.float32))
 
     def on_sent(self, frame: AggregateFrame, now: float) -> None:
         """The aggregate ``frame`` (of a :class:`Forward`) is written to Kafka: the resend
@@ -725,14 +769,14 @@ class FogRound:
             control=c.control,
         )
 
-    def _close(self, now: float, *, timed_out: bool) -> list[Action]:
+    def _close(self, now: float, *, timed_out: bool,
+               secure: Float32Vector | None = None) -> list[Action]:
         c = self._cycle
         if self.state is not FogState.COLLECTING or c is None:
             raise StateError(f"cannot close a round in state {self.state.value}")
         if self.privacy is not None and not self.privacy.can_start(1):
             return self._budget_spent()  # refuse to start a release beyond the budget
         edges = tuple(sorted(self._updates))
-        stack = np.stack([self._updates[e].delta for e in edges])
         weights = np.array([self._updates[e].num_samples for e in edges], dtype=np.float64)
         factors = weights
         if self.config.buffer is not None and self.config.buffered:
@@ -740,7 +784,11 @@ class FogRound:
             factors = staleness_weights(weights, [self._updates[e].staleness for e in edges],
                                         self.config.buffer.staleness_exponent)
         try:
-            delta = self._aggregate(stack, factors)
+            if secure is None:
+                delta = self._aggregate(np.stack([self._updates[e].delta for e in edges]),
+                                        factors)
+            else:
+                delta = secure
         except AggregationError as exc:
             if not timed_out:
                 # Before the deadline, keep collecting: more updates may satisfy the rule, and
@@ -761,7 +809,8 @@ class FogRound:
         # Accumulate the cloud-round delta separately: forwarding (g + D) - g would lose
         # float32 precision that the cloud's weighted average then could not recover.
         c.cum_delta = (c.cum_delta + delta).astype(np.float32)
-        c.weights = (c.global_weights + c.cum_delta).astype(np.float32)
+        base = c.global_weights if c.start is None else c.start
+        c.weights = (base + c.cum_delta).astype(np.float32)
         c.fog_round += 1
         controls = [u.control for e in edges if (u := self._updates[e]).control is not None]
         if controls:  # SCAFFOLD: Delta c_f of this fog round (hierfl/optim/scaffold.py)
@@ -787,6 +836,8 @@ class FogRound:
         """End the cloud round here: forward what its fog rounds made."""
         self.state = FogState.FORWARDED
         self.deadline = None
+        if self.config.personalise_alpha is not None:
+            self.regional = c.weights.copy()  # the region's model: next round's blend
         agg = AggregateFrame(
             federation=self.config.federation,
             fog_id=self.config.fog_id,

@@ -52,6 +52,7 @@ from hierfl.health import monitoring
 from hierfl.metrics import ServiceMetrics
 from hierfl.offload import Steps, offload
 from hierfl.ratelimit import REJECT_LOG_INTERVAL_S, LogThrottle, suppressed_note
+from hierfl.secagg.service import fog_secure_region
 from hierfl.security.tier import tier_security
 from hierfl.security.trust import fog_party
 from hierfl.timeline import Timeline
@@ -126,6 +127,8 @@ class FogService:
                 early_limit=s.mqtt.queue_size,
                 buffer=buffer_policy(s.aggregation, s.buffer_size, s.staleness_exponent,
                                      s.max_staleness),
+                secure=s.secagg.mode == "secure",
+                personalise_alpha=s.personalise_alpha,
             ),
             _fog_rule(s),
             privacy=_region_privacy(s),
@@ -168,6 +171,10 @@ class FogService:
         # the model a PublishModel named, and the updates folded in it
         self._folded: tuple[ModelFrame | None, frozenset[tuple[str, int]]] = (None, frozenset())
         self._steps = Steps()  # round steps a reconnect cannot cut in half
+        # secagg.mode = "secure": one SecAgg+ round per fog model (hierfl/secagg/service.py)
+        self.secagg = fog_secure_region(
+            s, self.security, lambda r: self._events.put(_Event("secure", r, 0)),
+            self.metrics.reject)
         # this fog's spans and its edges' per global version (hierfl.timeline), sent up with
         # each aggregate
         self.timeline = Timeline(s.fog_id, keep=4, observer=self.metrics.on_span)
@@ -245,6 +252,8 @@ class FogService:
                     tg.create_task(self._ingest_mqtt(mqtt), name=f"fog[{fog}].mqtt")
                     tg.create_task(self._ingest_models(models), name=f"fog[{fog}].models")
                     tg.create_task(self._core(), name=f"fog[{fog}].core")
+                    if self.secagg is not None:
+                        tg.create_task(self.secagg.run(self.transports), name=f"fog[{fog}].secagg")
                     if s.privacy.mode in ("record", "untrusted_fog"):
                         tg.create_task(self._watch_budgets(), name=f"fog[{fog}].budgets")
                     stopper = tg.create_task(self._stop.wait(), name=f"fog[{fog}].stop")
@@ -562,6 +571,9 @@ class FogService:
             elif event.kind == "spent":  # record-level DP: the region's spent edges changed
                 await self._apply(await self._steps.run(offload(
                     self.round.on_edges_spent, *event.frame, self.clock())))
+            elif event.kind == "secure":  # the unmasked sum of a secure round
+                await self._apply(await self._steps.run(
+                    offload(self.round.on_secure_sum, event.frame, self.clock())))
             else:
                 await self._on_update(event.frame, event.raw, event.sig)
 
@@ -715,6 +727,8 @@ class FogService:
         for a in actions:
             if isinstance(a, PublishModel):
                 self._to_publish = a.frame
+                if self.secagg is not None:
+                    self.secagg.model_published(a.frame.version, a.frame.seq, a.frame.weights.size)
                 self._folded = (a.frame, a.folded)
             elif isinstance(a, Forward):
                 # the round holds it until on_sent (its outbox): a cancellation cannot lose it

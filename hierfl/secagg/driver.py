@@ -180,7 +180,8 @@ class FogSecAggDriver:
                  publish: Publish, clip_norm: float, scale: float | None = None,
                  degree: int | None = None, threshold: int | None = None,
                  deadlines: StageDeadlines | None = None, max_bytes: int = 1 << 30,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_reject: Callable[[str], None] | None = None) -> None:
         self.federation, self.fog = federation, fog
         self.signer, self.trust, self.publish = signer, trust, publish
         self.clip_norm, self.scale, self.degree, self.threshold = (clip_norm, scale, degree,
@@ -188,6 +189,7 @@ class FogSecAggDriver:
         self.deadlines = deadlines or StageDeadlines()
         self.max_bytes = max_bytes
         self.clock = clock
+        self.on_reject = on_reject
         #: refused inbound messages by reason (never raised out of :meth:`handle`)
         self.rejected: Counter[str] = Counter()
         #: rounds refused (below the threshold, or a recovery that did not check out)
@@ -196,6 +198,8 @@ class FogSecAggDriver:
         self.last_round_s: dict[str, float] = {}
         self._round: FogSecAgg | None = None
         self._adverts: dict[str, bytes] = {}
+        #: edge -> (counter, payload hash, signature) of its masked input in the last round
+        self.proofs: dict[str, tuple[int, bytes, bytes]] = {}
         self._arrived: dict[str, set[str]] = {k: set() for k in _EDGE_STAGES}
         self._wake = asyncio.Event()
 
@@ -217,11 +221,15 @@ class FogSecAggDriver:
             self._round.receive(opened.body, sender=edge)
         except HierflError as exc:
             self.rejected[exc.reason] += 1
+            if self.on_reject is not None:
+                self.on_reject(exc.reason)
             log.info("fog %s: secagg message on %s refused: %s: %s", self.fog, topic,
                      exc.reason, exc)
             return
         if kind == "advertise":
             self._adverts[edge] = bytes(payload)
+        elif kind == "masked":  # signed as the edge's update: the aggregate's provenance
+            self.proofs[edge] = (opened.counter, opened.payload_hash, opened.signature)
         self._arrived[kind].add(edge)
         self._wake.set()
 
@@ -276,7 +284,7 @@ class FogSecAggDriver:
         begin = self.begin(round_id, roster, dim)
         sm = self.round_class(begin.params())
         region, d = self.fog, self.deadlines
-        self._round, self._adverts = sm, {}
+        self._round, self._adverts, self.proofs = sm, {}, {}
         self._arrived = {k: set() for k in _EDGE_STAGES}
         times: dict[str, float] = {}
         t0 = self.clock()
@@ -352,7 +360,8 @@ class EdgeSecAggDriver:
                  clip_norm: float | None = None, min_roster: int = 2,
                  integer_noise: IntegerNoise | None = None, stop_after: str | None = None,
                  max_bytes: int = 1 << 30,
-                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+                 random_bytes: Callable[[int], bytes] = os.urandom,
+                 on_reject: Callable[[str], None] | None = None) -> None:
         if stop_after not in (None, "advertise", "shares", "masked"):
             raise ValueError(f"stop_after must be advertise, shares or masked, not {stop_after}")
         self.federation, self.fog, self.edge = federation, fog, edge
@@ -360,6 +369,7 @@ class EdgeSecAggDriver:
         self.update, self.clip_norm, self.min_roster = update, clip_norm, min_roster
         self.integer_noise, self.stop_after = integer_noise, stop_after
         self.max_bytes, self.random_bytes = max_bytes, random_bytes
+        self.on_reject = on_reject
         #: refused inbound messages by reason (never raised out of :meth:`handle`)
         self.rejected: Counter[str] = Counter()
         #: rounds this edge answered the unmasking request of
@@ -386,6 +396,8 @@ class EdgeSecAggDriver:
                 raise SecAggStageError(f"edge: a {kind!r} on {topic!r}")
         except HierflError as exc:
             self.rejected[exc.reason] += 1
+            if self.on_reject is not None:
+                self.on_reject(exc.reason)
             log.info("edge %s: secagg message on %s refused: %s: %s", self.edge, topic,
                      exc.reason, exc)
 

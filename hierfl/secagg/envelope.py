@@ -9,8 +9,14 @@ revocation list as the update frames (docs/security.md)::
 
 The signature covers :func:`hierfl.wire.signing.signed_message` with kind
 ``"secagg.<message kind>"``, the signer's region as ``fog``, the round as ``base``, ``0`` as
-``seq``, the signer's monotonic counter and the BLAKE3 hash of ``body``. The receiver checks, in
-this order and before it unpacks the body: the envelope's shape, the signer in the trust
+``seq``, the signer's monotonic counter and the BLAKE3 hash of ``body``. The one exception is
+the masked input: it is the edge's update, so it is signed as one, kind ``"update"`` with the
+fog model ``(version, seq)`` the round belongs to (:func:`split_round_id`) as ``base`` and
+``seq``; the fog forwards those claims as the aggregate's provenance
+(:class:`~hierfl.wire.frames.EdgeProof`) and the cloud checks them like any update's.
+
+The receiver checks, in this order and before it unpacks the body: the envelope's shape,
+the signer in the trust
 bundle and not revoked, the signer's role (edge messages are signed by ``edge/<fog>/<sender>``,
 fog messages by ``fog/<fog>``), the signature, then the body's kind and round against the
 claims. Everything from the broker is hostile: each failure raises a typed error
@@ -41,9 +47,12 @@ __all__ = [
     "EDGE_KINDS",
     "ENVELOPE_FORMAT",
     "FOG_KINDS",
+    "SEQ_BITS",
     "Opened",
     "open_envelope",
+    "round_id",
     "seal",
+    "split_round_id",
 ]
 
 ENVELOPE_FORMAT = "hierfl-secagg/1"
@@ -52,6 +61,25 @@ ENVELOPE_FORMAT = "hierfl-secagg/1"
 EDGE_KINDS = frozenset({"advertise", "shares", "masked", "reveal"})
 FOG_KINDS = frozenset({"begin", "adverts", "forwarded", "unmask"})
 _ENVELOPE_KEYS = frozenset({"f", "body", "signer", "ctr", "sig"})
+SEQ_BITS = 20
+
+
+def round_id(version: int, seq: int) -> int:
+    """The SecAgg+ round id of fog model ``(version, seq)``: ``version * 2^20 + seq mod 2^20``."""
+    return (version << SEQ_BITS) | (seq & ((1 << SEQ_BITS) - 1))
+
+
+def split_round_id(rid: int) -> tuple[int, int]:
+    """Inverse of :func:`round_id`: ``(version, seq mod 2^20)``."""
+    return rid >> SEQ_BITS, rid & ((1 << SEQ_BITS) - 1)
+
+
+def _claims(kind: str, rnd: int) -> tuple[str, int, int]:
+    """(kind, base, seq) a message's signature claims."""
+    if kind == "masked":
+        version, seq = split_round_id(rnd)
+        return "update", version, seq
+    return f"secagg.{kind}", rnd, 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +89,9 @@ class Opened:
     signer: str
     body: dict[str, Any]
     raw: bytes
+    counter: int = 0
+    payload_hash: bytes = b""
+    signature: bytes = b""
 
 
 def _pack(obj: Any) -> bytes:
@@ -79,8 +110,8 @@ def seal(signer: Signer, fog: str, message: dict[str, Any]) -> bytes:
         The envelope's bytes.
     """
     body = _pack(message)
-    sb = signer.sign(f"secagg.{message['kind']}", fog, int(message["round"]), 0,
-                     blake3(body).digest())
+    kind, base, seq = _claims(message["kind"], int(message["round"]))
+    sb = signer.sign(kind, fog, base, seq, blake3(body).digest())
     return _pack({"f": ENVELOPE_FORMAT, "body": body, "signer": sb.signer, "ctr": sb.counter,
                   "sig": sb.signature})
 
@@ -143,10 +174,11 @@ def open_envelope(data: bytes, *, trust: TrustStore, federation: str, fog: str,
     if signer != want:
         raise SignerError(f"a {kind} of region {fog} signed by {signer!r}, not {want!r}")
     party = trust.get(signer)  # SignerError / RevokedError
-    claims = signed_message(federation, f"secagg.{kind}", signer, fog, rnd, 0, ctr,
-                            blake3(body).digest())
+    claim_kind, base, seq = _claims(kind, rnd)
+    h = blake3(body).digest()
+    claims = signed_message(federation, claim_kind, signer, fog, base, seq, ctr, h)
     try:
         party.public_key.verify(sig, claims)
     except InvalidSignature as exc:
         raise SignatureError(f"bad signature on a secagg {kind} claimed by {signer}") from exc
-    return Opened(signer, msg, bytes(data))
+    return Opened(signer, msg, bytes(data), ctr, h, sig)
