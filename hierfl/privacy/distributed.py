@@ -48,7 +48,11 @@ every release's noise independent and unpredictable from any other. Pass a seede
 only in tests.
 
 **What the accounting assumes.** The fog sees only the sum (secure aggregation); every edge's
-share is private to it. The region's noise is the shares of the ``k`` surviving edges; an edge
+share is private to it. The neighbouring relation is *zero-out*: one edge's update replaced by
+zero while the edge still takes part and adds its share (sensitivity ``Delta_2``). Who took part
+is not hidden (the fog learns the survivors; secure aggregation does not hide them), and it
+could not be: an edge's share leaves with the edge, so "remove one edge" would change the noise
+as well as the data. The region's noise is the shares of the ``k`` surviving edges; an edge
 that colludes with the fog reveals its own share, which then protects nobody: account such a
 threat by passing the honest count (``k`` minus the colluders). Every edge is in every round
 (no subsampling: dp-accounting has no amplification bound for Skellam, so none is claimed).
