@@ -135,6 +135,14 @@ def register(app: typer.Typer) -> None:
             float, typer.Option(help="FedProx: weight mu of the edges' proximal term "
                                 "mu/2 ||w - w_global||^2 (0: off)")
         ] = 0.0,
+        secagg: Annotated[
+            bool, typer.Option("--secagg", help="secure aggregation at every fog (SecAgg+): "
+                               "a fog learns only its region's sum; its rule is fedavg "
+                               "(docs/secure-aggregation.md)")
+        ] = False,
+        secagg_clip: Annotated[
+            float, typer.Option(help="--secagg: the L2 bound edges clip to before masking")
+        ] = 10.0,
         scaffold: Annotated[
             bool, typer.Option("--scaffold", help="SCAFFOLD: control variates at the edges, "
                                "fogs and cloud correct the edges' drift (each update and "
@@ -207,6 +215,7 @@ def register(app: typer.Typer) -> None:
                 aggregation=aggregation, buffer_size=buffer_size, max_staleness=max_staleness,
                 cloud_buffer=cloud_buffer, stragglers=stragglers, intermittent=intermittent,
                 server_opt=server_opt, fedprox_mu=fedprox_mu, scaffold=scaffold,
+                secagg=secagg, secagg_clip=secagg_clip,
                 server_opt_params={k: v for k, v in {
                     "server_lr": server_lr, "momentum": server_momentum, "beta1": server_beta1,
                     "beta2": server_beta2, "tau": server_tau}.items() if v is not None},

@@ -49,6 +49,7 @@ import numpy as np
 from hierfl import __version__, topics
 from hierfl.config import CloudSettings, EdgeSettings, FogSettings, KafkaSettings, MqttSettings
 from hierfl.errors import BrokerUnavailableError, ConfigError
+from hierfl.secagg.sim import check_secagg, secagg_section
 from hierfl.sim.asyncfl import async_cloud, async_fog, async_task, check_async
 from hierfl.sim.learning import check_learning, learning_cloud, learning_task_options
 from hierfl.sim.observer import Observer, RoundRecord
@@ -174,6 +175,10 @@ class SimConfig:
     fedprox_mu: float = 0.0
     #: SCAFFOLD across the hierarchy (edge c_i, fog Delta c_f, cloud c; docs/learning.md)
     scaffold: bool = False
+    #: secure aggregation at every fog (SecAgg+, docs/secure-aggregation.md) and the L2 bound
+    #: edges clip to before masking
+    secagg: bool = False
+    secagg_clip: float = 10.0
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIO_TASKS:
@@ -191,6 +196,7 @@ class SimConfig:
             raise ValueError("--dp must be off, record, trusted_fog or untrusted_fog")
         check_async(self)
         check_learning(self)
+        check_secagg(self)
         if self.dp == "record" and self.dp_epsilon is None:
             raise ValueError("--dp record needs --dp-epsilon: each edge stops once it is spent")
         self.out = Path(self.out)
@@ -346,6 +352,7 @@ def _tier_settings(
             # one fog's aggregate): re-send after seconds, not the deployed default of minutes
             resend_after_s=_SIM_RESEND_S,
             **_privacy(cfg, fog), **async_fog(cfg, len(idx)),
+            **secagg_section(cfg),
         ))
     edges = [
         EdgeSettings.load(
@@ -357,6 +364,7 @@ def _tier_settings(
             local_epochs=cfg.k1, codec=cfg.codec,
             error_feedback=cfg.error_feedback,
             **_privacy(cfg, _edge_id(i), expected_updates=cfg.min_updates or len(idx)),
+            **secagg_section(cfg),
         )
         for fog, idx in topo.items()
         for i in idx
@@ -370,7 +378,7 @@ def _env(settings: Any, prefix: str = "HIERFL_") -> dict[str, str]:
     data = settings.model_dump(mode="json", exclude_none=True)
     for k, v in data.items():
         if isinstance(v, dict) and k in ("mqtt", "kafka", "limits", "security", "privacy",
-                                         "server_opt"):
+                                         "server_opt", "secagg"):
             for k2, v2 in v.items():
                 out[f"{prefix}{k.upper()}__{k2.upper()}"] = (
                     json.dumps(v2) if isinstance(v2, list | dict | bool) else str(v2)
