@@ -145,6 +145,15 @@ def _peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (``/proc/<pid>/stat``)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_population(edges: int, fogs: int, rounds: int, out: Path, *,
                    timeout_s: float = 600.0) -> dict[str, Any]:
     """Run a whole federation of ``edges`` lightweight edges over ``fogs`` fog processes.
@@ -224,6 +233,8 @@ def run_population(edges: int, fogs: int, rounds: int, out: Path, *,
         seen: dict[int, float] = {}
         deadline = time.monotonic() + timeout_s
         peaks: dict[str, float] = {}
+        cpu: dict[str, float] = {}
+        cpu_at_v1: dict[str, float] = {}
         try:
             while len(seen) < rounds + 1:
                 if time.monotonic() > deadline:
@@ -238,6 +249,10 @@ def run_population(edges: int, fogs: int, rounds: int, out: Path, *,
                 for n, p in procs.items():
                     if (m := _peak_rss_mb(p.pid)) is not None:
                         peaks[n] = max(peaks.get(n, 0.0), m)
+                    if (c := _cpu_s(p.pid)) is not None:
+                        cpu[n] = c
+                        if 1 not in seen:  # startup (imports, connects) ends at version 1
+                            cpu_at_v1[n] = c
                 for n, pid in (("mosquitto", mqtt.pid), ("tansu", kafka.pid)):
                     if pid is not None and (m := _peak_rss_mb(pid)) is not None:
                         peaks[n] = max(peaks.get(n, 0.0), m)
@@ -254,6 +269,10 @@ def run_population(edges: int, fogs: int, rounds: int, out: Path, *,
     times = [seen[v] for v in sorted(seen)]
     rounds_s = [b - a for a, b in itertools.pairwise(times)]
     fog_rss = [v for k, v in peaks.items() if k.startswith("fog")]
+    steady = max(len(times) - 2, 1)  # rounds after the first (which includes startup)
+
+    def per_round(prefix: str) -> list[float]:
+        return [(cpu[n] - cpu_at_v1.get(n, 0.0)) / steady for n in cpu if n.startswith(prefix)]
     pop_rss = [v for k, v in peaks.items() if k.startswith("pop-")]
     return {
         "edges": edges, "fogs": fogs, "edges_per_fog": edges / fogs, "rounds": rounds,
@@ -270,6 +289,14 @@ def run_population(edges: int, fogs: int, rounds: int, out: Path, *,
             "population_total": round(sum(pop_rss), 1),
         },
         "population_mb_per_edge": round(sum(pop_rss) / edges, 3) if pop_rss else None,
+        # CPU seconds per steady round (versions 2..N): what each tier costs, load aside
+        "cpu_s_per_round": {
+            "cloud": round(sum(per_round("cloud")), 3),
+            "fog_mean": round(float(np.mean(per_round("fog"))), 3),
+            "population_total": round(sum(per_round("pop-")), 3),
+            "population_ms_per_edge": round(1000 * sum(per_round("pop-")) / edges, 3),
+        },
+        "loadavg_1m": float(Path("/proc/loadavg").read_text().split()[0]),
     }
 
 
