@@ -30,8 +30,23 @@ Flower's SecAgg+ (``secaggplus_mod`` with ``SecAggPlusWorkflow``) on the same si
 ``benchmarks/flower_secagg.py`` in ``.venv-flower`` when that exists (``--flower``); its lines
 carry ``"system": "flwr-1.42.0"``.
 
-Usage: python benchmarks/secagg.py [--edges 5,20,100] [--models digits,wide] [--dropout 0.0]
-       [--flower] [--out benchmarks/results/secagg-<date>.jsonl]
+``--part wired`` measures the round as the services run it instead: SecAgg+ over a real MQTT
+broker (mosquitto, started here), every message in a signed envelope, the fog and each edge
+with an MQTT session of its own (the drivers of ``hierfl/secagg/driver.py``, all in this one
+process; edges return a fixed update, no training), against hierfl's plain round over the same
+broker in the same run (each edge publishes a signed update frame, the fog verifies, decodes
+and averages them), interleaved, median of ``--repeats``::
+
+    {"system": "hierfl-wired", "edges": 20, "params": 4810, "k": 19, "t": 14,
+     "secure_round_s": .., "plain_round_s": .., "ratio": .., "stage_s": {..}, "exact": true}
+
+``--part accuracy`` runs ``hierfl sim digits --fogs 4 --edges 20 --rounds 30`` (digits-20)
+twice with the same seed, plain and ``--secagg``, and reports both final accuracies and median
+round times.
+
+Usage: python benchmarks/secagg.py [--part core|wired|accuracy] [--edges 5,20,100]
+       [--models digits,wide] [--dropout 0.0] [--flower] [--repeats 3]
+       [--out benchmarks/results/secagg-<date>.jsonl]
 """
 
 from __future__ import annotations
@@ -178,8 +193,194 @@ def run_region(n: int, dim: int, dropout: float = 0.0, seed: int = 0) -> dict[st
     }
 
 
+async def _wired(url: str, n: int, dim: int, repeats: int, seed: int = 0) -> dict[str, Any]:
+    """The wired secure round and the plain round over the broker at ``url``; see above."""
+    import asyncio  # noqa: PLC0415
+    import contextlib  # noqa: PLC0415
+    import random  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    from hierfl import topics  # noqa: PLC0415
+    from hierfl.config import MqttSettings  # noqa: PLC0415
+    from hierfl.provision import ProjectSpec, provision  # noqa: PLC0415
+    from hierfl.secagg.driver import (  # noqa: PLC0415
+        EdgeSecAggDriver,
+        FogSecAggDriver,
+        StageDeadlines,
+    )
+    from hierfl.security.trust import TrustStore, load_signing_key  # noqa: PLC0415
+    from hierfl.transport.mqtt import MqttTransport  # noqa: PLC0415
+    from hierfl.wire import UpdateFrame, encode_frame  # noqa: PLC0415
+    from hierfl.wire.codec import DEFAULT_LIMITS  # noqa: PLC0415
+    from hierfl.wire.signing import Signer, Verifier  # noqa: PLC0415
+
+    fed, fog = f"bench{os.getpid()}n{n}", "north"
+    ids = [f"e{i:03d}" for i in range(n)]
+    rng = np.random.default_rng(seed)
+    updates = {e: (rng.normal(size=dim) * 0.3 / np.sqrt(dim)).astype(np.float32) for e in ids}
+    settings = MqttSettings(url=url, queue_size=100_000)
+    with tempfile.TemporaryDirectory() as tmp:
+        prov = provision(ProjectSpec(federation=fed, fogs={fog: tuple(ids)}), Path(tmp),
+                         tls=False)
+        trust = TrustStore(prov.trust_bundle, fed)
+
+        def signer(party: str) -> Signer:
+            return Signer(party, load_signing_key(prov.kit(party) / "signing.key"), fed)
+
+        plain_got: dict[str, Any] = {}
+        plain_done = asyncio.Event()
+        verifier = Verifier(trust, fed)
+        limits = dataclasses_replace(DEFAULT_LIMITS, expected_params=dim)
+        go_topic = topics.model(fed, fog)
+        async with contextlib.AsyncExitStack() as stack:
+            fog_mqtt = await stack.enter_async_context(
+                MqttTransport(settings, client_id=f"{fed}-fog"))
+
+            async def fog_publish(topic: str, payload: bytes) -> None:
+                await fog_mqtt.publish(topic, payload)
+
+            driver = FogSecAggDriver(federation=fed, fog=fog, signer=signer(f"fog/{fog}"),
+                                     trust=trust, publish=fog_publish, clip_norm=1.0,
+                                     deadlines=StageDeadlines(60, 60, 60, 60))
+            for f in [*driver.filters(), topics.update_filter(fed, fog)]:
+                await fog_mqtt.subscribe(f)
+
+            def fog_handle(topic: str, payload: bytes) -> None:
+                if "/secagg/" in topic:
+                    driver.handle(topic, payload)
+                    return
+                frame = verifier.decode(payload, limits=limits).frame  # plain: verify, decode
+                plain_got[frame.edge_id] = frame
+                if len(plain_got) == n:
+                    plain_done.set()
+
+            async def pump(mqtt: Any, handle: Any) -> None:
+                async for m in mqtt.messages():
+                    r = handle(m.topic, m.payload)
+                    if r is not None:
+                        await r
+
+            tasks = [asyncio.create_task(pump(fog_mqtt, fog_handle))]
+            for i, e in enumerate(ids):
+                mqtt = await stack.enter_async_context(
+                    MqttTransport(settings, client_id=f"{fed}-{e}"))
+                esigner = signer(f"edge/{fog}/{e}")
+
+                async def publish(topic: str, payload: bytes, m: Any = mqtt) -> None:
+                    await m.publish(topic, payload)
+
+                drv = EdgeSecAggDriver(federation=fed, fog=fog, edge=e,
+                                       signer=esigner, trust=trust, publish=publish,
+                                       update=lambda b, e=e: updates[e], clip_norm=1.0,
+                                       random_bytes=random.Random(i).randbytes)
+
+                async def edge_handle(topic: str, payload: bytes, drv: Any = drv, e: str = e,
+                                      esigner: Any = esigner, publish: Any = publish) -> None:
+                    if topic == go_topic:  # the plain round: sign and send the update
+                        seq = int(payload)
+                        frame = UpdateFrame(fed, fog, e, 0, seq, 10, updates[e])
+                        await publish(topics.update(fed, fog, e),
+                                      encode_frame(frame, signer=esigner))
+                        return
+                    await drv.handle(topic, payload)
+
+                for f in [*drv.filters(), go_topic]:
+                    await mqtt.subscribe(f)
+                tasks.append(asyncio.create_task(pump(mqtt, edge_handle)))
+            secure_s, plain_s, stages, exact = [], [], [], True
+            begin = driver.begin(1, ids, dim)
+            codec = begin.params().codec
+            want = np.zeros(dim, dtype=np.uint32)
+            for e in ids:
+                want += codec.encode(updates[e])
+            for r in range(repeats):
+                plain_got.clear()
+                plain_done.clear()
+                t = time.perf_counter()
+                await fog_mqtt.publish(go_topic, str(r + 1).encode())
+                await asyncio.wait_for(plain_done.wait(), 300)
+                mean = np.mean(np.stack([f.delta for f in plain_got.values()]), axis=0)
+                plain_s.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                result = await driver.run_round(r + 1, ids, dim)
+                secure_s.append(time.perf_counter() - t)
+                stages.append(driver.last_round_s)
+                exact &= bool(np.array_equal(result.total, want))
+                assert mean.shape == (dim,)
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+    sec, pl = statistics.median(secure_s), statistics.median(plain_s)
+    return {"system": "hierfl-wired", "edges": n, "params": dim, "k": begin.degree,
+            "t": begin.threshold, "repeats": repeats, "secure_round_s": round(sec, 4),
+            "plain_round_s": round(pl, 4), "ratio": round(sec / pl, 2),
+            "secure_rounds_s": [round(x, 4) for x in secure_s],
+            "plain_rounds_s": [round(x, 4) for x in plain_s],
+            "stage_s": {k: round(v, 4) for k, v in stages[len(stages) // 2].items()},
+            "exact": exact}
+
+
+def dataclasses_replace(obj: Any, **kw: Any) -> Any:
+    import dataclasses  # noqa: PLC0415
+
+    return dataclasses.replace(obj, **kw)
+
+
+def run_wired(edges: list[int], models: list[str], repeats: int) -> list[dict[str, Any]]:
+    """``--part wired``: a mosquitto for the run, one line per (model, region size)."""
+    import asyncio  # noqa: PLC0415
+
+    from hierfl.sim.brokers import MqttBroker  # noqa: PLC0415
+
+    rows = []
+    with MqttBroker(prefer="mosquitto") as broker:
+        for model in models:
+            for n in edges:
+                row = {"model": model, **asyncio.run(_wired(broker.url, n, MODELS[model],
+                                                            repeats))}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    return rows
+
+
+def run_accuracy(rounds: int) -> list[dict[str, Any]]:
+    """``--part accuracy``: digits-20 through ``hierfl sim``, plain and ``--secagg``."""
+    import tempfile  # noqa: PLC0415
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in ("plain", "secagg"):
+            out = Path(tmp) / mode
+            cmd = [sys.executable, "-m", "hierfl", "sim", "digits", "--fogs", "4", "--edges",
+                   "20", "--rounds", str(rounds), "--mode", "inprocess", "--seed", "0",
+                   "--federation", "benchsecaggacc", "--out", str(out)]
+            if mode == "secagg":
+                cmd.append("--secagg")
+            t = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True)
+            report = json.loads((out / "report.json").read_text())
+            row = {"system": "hierfl-sim", "scenario": "digits-20", "mode": mode,
+                   "rounds": rounds, "final_accuracy": report["final_accuracy"],
+                   "median_round_s": round(statistics.median(
+                       r["wall_s"] for r in report["rounds"]), 3),
+                   "whole_run_s": round(time.perf_counter() - t, 1)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    if len(rows) == 2:
+        diff = {"system": "hierfl-sim", "scenario": "digits-20", "accuracy_points":
+                round(100 * (rows[1]["final_accuracy"] - rows[0]["final_accuracy"]), 2)}
+        print(json.dumps(diff), flush=True)
+        rows.append(diff)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--part", choices=["core", "wired", "accuracy"], default="core")
+    ap.add_argument("--repeats", type=int, default=3, help="--part wired: rounds each")
+    ap.add_argument("--rounds", type=int, default=30, help="--part accuracy: cloud rounds")
     ap.add_argument("--edges", default="5,20,100")
     ap.add_argument("--models", default="digits,wide")
     ap.add_argument("--dropout", type=float, nargs="*", default=[0.0, 0.1],
@@ -191,7 +392,12 @@ def main(argv: list[str] | None = None) -> int:
     ), help="append the lines here ('' for nowhere)")
     args = ap.parse_args(argv)
     lines = []
-    for model in args.models.split(","):
+    if args.part == "wired":
+        lines = run_wired(list(map(int, args.edges.split(","))), args.models.split(","),
+                          args.repeats)
+    elif args.part == "accuracy":
+        lines = run_accuracy(args.rounds)
+    for model in args.models.split(",") if args.part == "core" else []:
         for n in map(int, args.edges.split(",")):
             for dropout in args.dropout:
                 row = {"model": model, **run_region(n, MODELS[model], dropout)}
