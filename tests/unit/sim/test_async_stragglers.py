@@ -85,7 +85,7 @@ def test_sim_options_map_to_settings():
     wrapped = async_task(_cfg(stragglers="0.5:4"), 0, "m:t", {"index": 0}, [[0, 1]])
     assert wrapped["task"] == TASK and wrapped["task_options"]["inner"] == "m:t"
     assert wrapped["task_options"]["slowdown"] == 4.0
-    for bad in ({"aggregation": "async"}, {"cloud_buffer": 9}, {"stragglers": "oops"},
-                {"buffer_size": 0}):
-        with pytest.raises(ValueError):
+    for bad, why in (({"aggregation": "async"}, "aggregation"), ({"cloud_buffer": 9}, "cloud"),
+                     ({"stragglers": "oops"}, "straggler"), ({"buffer_size": 0}, "buffer")):
+        with pytest.raises(ValueError, match=why):
             check_async(_cfg(**bad))
