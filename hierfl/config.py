@@ -817,6 +817,10 @@ class FogSettings(_TierSettings):
     mqtt: MqttSettings = MqttSettings()
     kafka: KafkaSettings = KafkaSettings()
     min_updates: int = Field(1, ge=1, description="a fog round closes once this many arrived")
+    personalise_alpha: float | None = Field(
+        None, ge=0, le=1, description="personalisation: serve the edges alpha * global + "
+        "(1 - alpha) * the region's last model (docs/learning.md); None: the global model"
+    )
     round_timeout_s: float = Field(30.0, gt=0, description="a fog round closes at this deadline")
     quorum: int = Field(
         1, ge=1, description="fewest updates aggregated at the deadline; fewer skips the round"

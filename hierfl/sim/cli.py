@@ -148,6 +148,11 @@ def register(app: typer.Typer) -> None:
                                "fogs and cloud correct the edges' drift (each update and "
                                "global model then also carries a control vector)")
         ] = False,
+        personalise: Annotated[
+            float | None, typer.Option(help="fog-level personalisation: each fog serves its "
+                                       "edges ALPHA * global + (1 - ALPHA) * its region's last "
+                                       "model; per-region metrics then evaluate that model")
+        ] = None,
         aggregation: Annotated[
             str, typer.Option(help="fog aggregation: sync (rounds) or buffered (FedBuff: "
                               "every --buffer-size updates, stale ones weighted down; "
@@ -215,6 +220,7 @@ def register(app: typer.Typer) -> None:
                 aggregation=aggregation, buffer_size=buffer_size, max_staleness=max_staleness,
                 cloud_buffer=cloud_buffer, stragglers=stragglers, intermittent=intermittent,
                 server_opt=server_opt, fedprox_mu=fedprox_mu, scaffold=scaffold,
+                personalise=personalise,
                 secagg=secagg, secagg_clip=secagg_clip,
                 server_opt_params={k: v for k, v in {
                     "server_lr": server_lr, "momentum": server_momentum, "beta1": server_beta1,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["check_learning", "learning_cloud", "learning_task_options"]
+__all__ = ["check_learning", "learning_cloud", "learning_fog", "learning_task_options"]
 
 
 def check_learning(cfg: Any) -> None:
@@ -27,6 +27,8 @@ def check_learning(cfg: Any) -> None:
         raise ValueError(f"--server-opt: {exc}") from None
     if not cfg.fedprox_mu >= 0:
         raise ValueError(f"--fedprox-mu must be >= 0, got {cfg.fedprox_mu}")
+    if cfg.personalise is not None and not 0 <= cfg.personalise <= 1:
+        raise ValueError(f"--personalise must be in [0, 1], got {cfg.personalise}")
 
 
 def learning_cloud(cfg: Any) -> dict[str, Any]:
@@ -37,6 +39,11 @@ def learning_cloud(cfg: Any) -> dict[str, Any]:
     if cfg.scaffold:
         out["scaffold"] = True
     return out
+
+
+def learning_fog(cfg: Any) -> dict[str, Any]:
+    """A fog's extra settings: ``personalise_alpha`` when personalisation is on."""
+    return {} if cfg.personalise is None else {"personalise_alpha": float(cfg.personalise)}
 
 
 def learning_task_options(cfg: Any) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import numpy as np
 from hierfl import topics
 from hierfl.config import KafkaSettings, MqttSettings
 from hierfl.errors import HierflError
+from hierfl.optim.personalise import blend
 from hierfl.transport.kafka import KafkaConsumerTransport
 from hierfl.transport.mqtt import MqttTransport
 from hierfl.wire import AggregateFrame, ModelDeltaFrame, ModelFrame, UpdateFrame, decode_frame
@@ -67,8 +68,9 @@ class Observer:
         on_round: called with each new :class:`RoundRecord`.
         evaluate_regions: ``weights -> {fog: (accuracy, loss)}`` (per-region metrics,
             :mod:`hierfl.sim.regions`); None: none.
-        regional_model: ``(fog, global weights) -> weights`` of the model that fog's edges
-            use (personalisation); None: the global model everywhere.
+        personalise_alpha: the fogs' personalisation (hierfl/optim/personalise.py): each
+            region is then evaluated with the regional model its fog serves, rebuilt here
+            from the global models and the fogs' aggregates; None: the global model.
     """
 
     def __init__(
@@ -80,10 +82,13 @@ class Observer:
         evaluate: Callable[[np.ndarray], tuple[float, float]],
         on_round: Callable[[RoundRecord], None] | None = None,
         evaluate_regions: Callable[[np.ndarray], dict[str, tuple[float, float]]] | None = None,
-        regional_model: Callable[[str, np.ndarray], np.ndarray] | None = None,
+        personalise_alpha: float | None = None,
     ) -> None:
         self.evaluate_regions = evaluate_regions
-        self.regional_model = regional_model
+        self.personalise_alpha = personalise_alpha
+        self._region_start: dict[str, np.ndarray] = {}  # fog -> the model it served last
+        self._agg_delta: dict[tuple[int, str], np.ndarray] = {}  # (base, fog) -> its delta
+        self._last_global: np.ndarray | None = None
         self.federation = federation
         self.fog_edges = fog_edges
         self.mqtt = mqtt
@@ -163,6 +168,8 @@ class Observer:
             if isinstance(frame, AggregateFrame):
                 self._agg[frame.base_version] += len(inbound.payload)
                 self._fogs[frame.base_version][frame.fog_id] = len(frame.contributors)
+                if self.personalise_alpha is not None:
+                    self._agg_delta[(frame.base_version, frame.fog_id)] = frame.delta
 
     async def _watch_models(self) -> None:
         async for inbound, frame in self._kafka_frames(topics.models(self.federation),
@@ -174,6 +181,7 @@ class Observer:
             # each fog consumes the global model once from Kafka
             self._down[frame.version] += len(inbound.payload) * len(self.fog_edges)
             if frame.version == 0 or self.version < 0:
+                self._last_global = frame.weights
                 self.initial = (acc, loss)
                 self.version = frame.version
                 self._last_t = now
@@ -212,7 +220,7 @@ class Observer:
                 rejected={k: n for k, n in rej.items() if n},
                 fogs=dict(self._fogs[v - 1]),
                 epsilon=frame.metrics.get("dp.epsilon"),
-                regions=await asyncio.to_thread(self._regions, frame.weights),
+                regions=await asyncio.to_thread(self._regions, frame.weights, v),
             )
             if frame.metrics.get("dp.stopped"):
                 self.privacy_stopped = True
@@ -223,18 +231,27 @@ class Observer:
                 self.on_round(rec)
             self.changed.set()
 
-    def _regions(self, weights: np.ndarray) -> dict[str, dict[str, float]]:
-        """Each region's accuracy and loss with the model its edges use."""
+    def _regions(self, weights: np.ndarray, version: int) -> dict[str, dict[str, float]]:
+        """Each region's accuracy and loss with the model its edges use from ``version`` on:
+        the global model, or with personalisation the fog's blend (as the fog computes it)."""
+        alpha = self.personalise_alpha
+        prev, self._last_global = self._last_global, weights
         if self.evaluate_regions is None:
             return {}
-        shared = self.evaluate_regions(weights) if self.regional_model is None else None
+        shared = self.evaluate_regions(weights) if alpha is None else None
         out: dict[str, dict[str, float]] = {}
         for fog in self.fog_edges:
             if shared is not None:
                 acc, loss = shared[fog]
             else:
-                assert self.regional_model is not None
-                acc, loss = self.evaluate_regions(self.regional_model(fog, weights))[fog]
+                assert alpha is not None
+                start = self._region_start.get(fog, prev)
+                delta = self._agg_delta.pop((version - 1, fog), None)
+                regional = (None if start is None or delta is None
+                            else (start + delta).astype(np.float32))
+                served = blend(weights, regional, alpha)
+                self._region_start[fog] = served
+                acc, loss = self.evaluate_regions(served)[fog]
             out[fog] = {"accuracy": acc, "loss": loss}
         return out
 

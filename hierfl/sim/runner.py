@@ -51,7 +51,12 @@ from hierfl.config import CloudSettings, EdgeSettings, FogSettings, KafkaSetting
 from hierfl.errors import BrokerUnavailableError, ConfigError
 from hierfl.secagg.sim import check_secagg, secagg_section
 from hierfl.sim.asyncfl import async_cloud, async_fog, async_task, check_async
-from hierfl.sim.learning import check_learning, learning_cloud, learning_task_options
+from hierfl.sim.learning import (
+    check_learning,
+    learning_cloud,
+    learning_fog,
+    learning_task_options,
+)
 from hierfl.sim.observer import Observer, RoundRecord
 from hierfl.sim.pki import (
     mqtt_section,
@@ -175,6 +180,8 @@ class SimConfig:
     fedprox_mu: float = 0.0
     #: SCAFFOLD across the hierarchy (edge c_i, fog Delta c_f, cloud c; docs/learning.md)
     scaffold: bool = False
+    #: fog-level personalisation: alpha of alpha * global + (1 - alpha) * regional (None: off)
+    personalise: float | None = None
     #: secure aggregation at every fog (SecAgg+, docs/secure-aggregation.md) and the L2 bound
     #: edges clip to before masking
     secagg: bool = False
@@ -351,7 +358,7 @@ def _tier_settings(
             # Tansu has been seen to skip a chunk record under load (the cloud then waits for
             # one fog's aggregate): re-send after seconds, not the deployed default of minutes
             resend_after_s=_SIM_RESEND_S,
-            **_privacy(cfg, fog), **async_fog(cfg, len(idx)),
+            **_privacy(cfg, fog), **async_fog(cfg, len(idx)), **learning_fog(cfg),
             **secagg_section(cfg),
         ))
     edges = [
@@ -818,6 +825,7 @@ async def _run_started(cfg: SimConfig, on_round: Callable[[RoundRecord], None] |
             cfg.federation, {f: len(i) for f, i in topo.items()},
             setup.observer_mqtt, KafkaSettings(bootstrap=setup.bootstrap), _lazy_evaluator(cfg),
             on_round, evaluate_regions=lazy_region_evaluator(cfg, _DATA_LOCK),
+            personalise_alpha=cfg.personalise,
         )
         from hierfl.transport.kafka import ensure_topics  # noqa: PLC0415
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 ROUND_FIELDS = {
     "round", "version", "accuracy", "loss", "wall_s", "edge_fog_bytes", "fog_cloud_bytes",
-    "cloud_edge_bytes", "updates", "accepted", "rejected", "fogs",
+    "cloud_edge_bytes", "updates", "accepted", "rejected", "fogs", "regions",
 }
 
 
