@@ -160,13 +160,17 @@ class ServiceMetrics:
 
     def observe(self, name: str, seconds: float, stage: str = "") -> None:
         """One observation of histogram ``name`` (``round`` or ``stage`` with its ``stage``)."""
+        with self._lock:
+            self._observe(name, seconds, stage)
+
+    def _observe(self, name: str, seconds: float, stage: str = "") -> None:
+        """:meth:`observe`, the lock held."""
         if not math.isfinite(seconds) or seconds < 0:
             return
-        with self._lock:
-            h = self.histograms.get((name, stage))
-            if h is None:
-                h = self.histograms[(name, stage)] = _Histogram()
-            h.observe(seconds)
+        h = self.histograms.get((name, stage))
+        if h is None:
+            h = self.histograms[(name, stage)] = _Histogram()
+        h.observe(seconds)
 
     def on_span(self, name: str, version: int, start: float, end: float) -> None:
         """A span this service recorded (:class:`~hierfl.timeline.Timeline`'s observer).
@@ -175,26 +179,28 @@ class ServiceMetrics:
         (zero-length spans: a message arrived) are not. A round's duration is observed when
         its last stage ends: at a fog its first span to ``fog.forward``, at an edge
         ``edge.receive`` to ``edge.encode``, at the cloud one ``cloud.publish`` to the next.
+        Thread-safe: spans are also recorded in worker threads (an encode's timing).
         """
         tier, _, stage = name.partition(".")
         if tier != self.service:
             return  # another tier's span carried here (an edge's, in its update)
-        if end > start:
-            self.observe("stage", end - start, stage)
-        if tier == "cloud":
-            if stage == "publish":
-                prev = self._published
-                if prev is not None and version > prev[0]:
-                    self.observe("round", start - prev[1])
-                if prev is None or version > prev[0]:
-                    self._published = (version, start)
-            return
-        first = self._round_start.setdefault(version, start)
-        self._round_start[version] = min(first, start)
-        while len(self._round_start) > 8:
-            del self._round_start[min(self._round_start)]
-        if (tier, stage) in (("fog", "forward"), ("edge", "encode")):
-            self.observe("round", end - self._round_start.pop(version, start))
+        with self._lock:
+            if end > start:
+                self._observe("stage", end - start, stage)
+            if tier == "cloud":
+                if stage == "publish":
+                    prev = self._published
+                    if prev is not None and version > prev[0]:
+                        self._observe("round", start - prev[1])
+                    if prev is None or version > prev[0]:
+                        self._published = (version, start)
+                return
+            first = self._round_start.setdefault(version, start)
+            self._round_start[version] = min(first, start)
+            while len(self._round_start) > 8:
+                del self._round_start[min(self._round_start)]
+            if (tier, stage) in (("fog", "forward"), ("edge", "encode")):
+                self._observe("round", end - self._round_start.pop(version, start))
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able copy of every counter and gauge, and each histogram's count."""

@@ -117,7 +117,10 @@ class Timeline:
                     start if end is None else max(start, end))
         spans.append(span)
         if self.observer is not None:
-            self.observer(name, version, span.start, span.end)
+            try:
+                self.observer(name, version, span.start, span.end)
+            except Exception as exc:  # noqa: BLE001 - metrics must never stop a round
+                log.warning("timeline %s: span observer failed on %s: %s", self.party, name, exc)
         while len(self._spans) > self.keep:
             del self._spans[min(self._spans)]
 
