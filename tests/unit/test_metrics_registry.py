@@ -143,3 +143,29 @@ def test_edge_evaluation_gauges() -> None:
     assert _value(s, "hierfl_evaluation", metric="accuracy") == 0.75
     assert _value(s, "hierfl_evaluation", metric="loss") == 0.5
     assert _value(s, "hierfl_evaluated_version") == 7
+
+
+def test_spans_from_worker_threads_and_the_loop_at_once() -> None:
+    # A fog records its forward span in a worker thread (the encode's timing callback) while
+    # the loop records decode spans: observation must be thread-safe across many versions.
+    import threading
+
+    m = ServiceMetrics("fog", "north")
+    errors: list[BaseException] = []
+
+    def record(offset: int) -> None:
+        try:
+            for v in range(3000):
+                m.on_span("fog.decode", v, 1.0, 1.5)
+                m.on_span("fog.forward", v + offset, 2.0, 2.5)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=record, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert m.snapshot()["histograms"]["stage:decode"] == 4 * 3000
+    assert m.snapshot()["histograms"]["round"] == 4 * 3000
