@@ -140,6 +140,7 @@ class FogService:
                      p.noise_multiplier, p.clip_norm, p.sample_rate, p.delta, p.target_epsilon,
                      self.round.privacy.ledger.releases, self.round.privacy.ledger.epsilon())
         self._events: asyncio.Queue[_Event] = asyncio.Queue(maxsize=s.mqtt.queue_size)
+        self._replay_dirty = False  # accepted updates' replay counters not yet on disk
         # accepted / rejected per base version, for monitors that attribute counts to rounds
         self._by_version: dict[int, dict[str, Any]] = {}
         # A provisioned fog (security.state_dir) spools by default: accepted updates survive
@@ -572,10 +573,17 @@ class FogService:
                 await self._apply(await self._steps.run(offload(
                     self.round.on_edges_spent, *event.frame, self.clock())))
             elif event.kind == "secure":  # the unmasked sum of a secure round
-                await self._apply(await self._steps.run(
-                    offload(self.round.on_secure_sum, event.frame, self.clock())))
+                actions = await self._steps.run(
+                    offload(self.round.on_secure_sum, event.frame, self.clock()))
+                if actions:  # its survivors' masked updates were accepted
+                    for _ in event.frame.survivors:
+                        self.metrics.inc("accepted")
+                        self._count_for_version("accepted")
+                await self._apply(actions)
             else:
                 await self._on_update(event.frame, event.raw, event.sig)
+                if self._events.empty():
+                    await self._save_replay()
 
     async def _on_model(self, frame: ModelFrame) -> None:
         resume, self._resume = self._resume, None
@@ -719,11 +727,23 @@ class FogService:
         if self.security.verifier is not None and not replay:
             # Replay counters become durable after the update they cover (spooled above): a
             # crash in between lets the edge's re-sent copy in (the round refuses a second
-            # copy), instead of refusing, as a replay, an update the fog never kept.
-            await offload(self.security.verifier.replay.save)
+            # copy), instead of refusing, as a replay, an update the fog never kept. They are
+            # written once per burst (when the queue drains) and always before a model or
+            # aggregate that folds the update leaves (_apply): the file holds every counter
+            # the fog knew, and rewriting it per update cost a fog 100 edges x 100 counters
+            # per round (docs/scale.md)
+            self._replay_dirty = True
         return actions
 
+    async def _save_replay(self) -> None:
+        """Write the replay counters if an accepted update changed them since the last write."""
+        if self._replay_dirty and self.security.verifier is not None:
+            self._replay_dirty = False
+            await offload(self.security.verifier.replay.save)
+
     async def _apply(self, actions: list[Any]) -> None:
+        if any(isinstance(a, PublishModel | Forward) for a in actions):
+            await self._save_replay()  # before anything that folds those updates leaves
         for a in actions:
             if isinstance(a, PublishModel):
                 self._to_publish = a.frame

@@ -320,8 +320,9 @@ class FogSecAggDriver:
                 log.debug("fog %s: round %d refused %d x %s", region, round_id, count, reason)
         self.completed += 1
         self.last_round_s = times
-        log.info("fog %s: secure round %d summed %d of %d edges (dropped: %s)", region,
-                 round_id, len(result.survivors), len(begin.roster), result.dropped or "none")
+        log.info("fog %s: secure round %d summed %d of %d edges (dropped: %s; stages closed "
+                 "at %s s)", region, round_id, len(result.survivors), len(begin.roster),
+                 result.dropped or "none", "/".join(f"{v:.3f}" for v in times.values()))
         return result
 
 
