@@ -922,7 +922,8 @@ def _fog_rule(s: FogSettings) -> Any:
     return DPAggregator(rule, clip_norm=p.clip_norm, noise_multiplier=p.noise_multiplier,
                         expected_updates=_expected_updates(s),
                         add_noise=p.mode == "trusted_fog", adaptive=adaptive,
-                        noise_multiplier_updates=sigma_updates)
+                        noise_multiplier_updates=sigma_updates,
+                        clip_in_place=True)  # FogRound._close stacks afresh: no copy
 
 
 def _expected_updates(s: FogSettings) -> int:

@@ -60,6 +60,9 @@ class DPAggregator:
         rng: the generator of the noise; None (production): a fresh :func:`csprng` per
             release. A fixed seed is for tests only.
         adaptive: adaptive clipping state (trusted fog only), or None for a fixed C.
+        clip_in_place: the caller hands the stack over (the fog's round stacks the updates
+            afresh for each close and keeps no reference): clip a C-contiguous, writeable
+            float32 stack in place instead of copying it. False (default): never touch it.
 
     Raises:
         ConfigError: for a rule that breaks the sensitivity bound or nonsense parameters.
@@ -79,6 +82,7 @@ class DPAggregator:
     last_norms: np.ndarray = field(default_factory=lambda: np.zeros(0))
     clipped_total: int = 0
     noise_multiplier_updates: float | None = None
+    clip_in_place: bool = False
 
     def __post_init__(self) -> None:
         check_dp_rule(self.inner)
@@ -104,7 +108,9 @@ class DPAggregator:
             raise AggregationError(f"dp: need a non-empty 2-D stack, got shape {x.shape}")
         c = self.clip_norm
         rng = self.rng if self.rng is not None else csprng()
-        clipped, norms = clip_rows(x, c)
+        own = (self.clip_in_place and x.dtype == np.float32 and x.flags.c_contiguous
+               and x.flags.writeable)
+        clipped, norms = clip_rows(x, c, out=x if own else None)
         self.last_norms = norms
         self.clipped_total += int(np.count_nonzero(norms > c))
         n = clipped.shape[0]

@@ -166,3 +166,28 @@ def test_privacy_fog_noise_comes_from_a_fresh_secrets_seed_per_release(
     assert seeds == [32]  # one 256-bit seed from secrets for this release
     seeds.clear()
     np.testing.assert_array_equal(agg(u, w), c)  # the noise is that seed's, nothing else's
+
+
+def test_privacy_fog_dp_rule_clips_the_handed_over_stack_in_place() -> None:
+    from hierfl.aggregation.fedavg import FedAvg
+
+    rng = np.random.default_rng(8)
+    x = (rng.normal(size=(6, 500)) * 3).astype(np.float32)
+    w = np.ones(6)
+    fog = _dp_fog()
+    assert fog.clip_in_place  # the fog's round stacks the updates afresh for each close
+    owner = DPAggregator(FedAvg(), clip_norm=1.0, noise_multiplier=1.0, expected_updates=4,
+                         clip_in_place=True, rng=np.random.default_rng(1))
+    copier = DPAggregator(FedAvg(), clip_norm=1.0, noise_multiplier=1.0, expected_updates=4,
+                          rng=np.random.default_rng(1))
+    kept = x.copy()
+    a = copier(kept, w)
+    np.testing.assert_array_equal(kept, x)  # default: the caller's stack is never touched
+    handed = x.copy()
+    b = owner(handed, w)
+    np.testing.assert_array_equal(a, b)  # same release
+    assert np.linalg.norm(handed.astype(np.float64), axis=1).max() <= 1.0  # clipped in place
+    frozen = x.copy()
+    frozen.flags.writeable = False
+    owner(frozen, w)  # a read-only stack is copied, not written
+    np.testing.assert_array_equal(frozen, x)
