@@ -17,7 +17,9 @@ rejection sampler.
 
 **The call contract** (secure aggregation's edge and fog drivers, ``hierfl/secagg``):
 
-1. Both sides build the same :class:`DistributedDP` (configuration, not negotiated):
+1. Both sides build the same :class:`DistributedDP` (configuration, not negotiated);
+   :func:`params_from_settings` builds it from the ``[privacy]`` settings, and
+   :func:`ledger_from_settings` the fog's ledger:
    ``DistributedDP.for_region(expected_edges=n, clip_norm=C, noise_multiplier=sigma, dim=d)``
    picks the largest power-of-two fixed-point ``scale`` whose sum cannot wrap the int32 range
    (with a margin for the noise) and whose shares numpy samples exactly (``mu <= MAX_MU``); or
@@ -84,6 +86,8 @@ __all__ = [
     "add_noise_share",
     "csprng",
     "epsilon_distributed",
+    "ledger_from_settings",
+    "params_from_settings",
     "skellam_rdp",
 ]
 
@@ -580,3 +584,36 @@ class DistributedLedger:
                 "restore it, or delete it knowingly") from exc
         self._groups = parsed
         self.last_surviving = last
+
+
+def params_from_settings(privacy: Any, *, expected_edges: int, dim: int) -> DistributedDP:
+    """The region's parameters from a tier's ``[privacy]`` settings (``untrusted_fog`` with
+    secure aggregation): ``clip_norm`` and ``noise_multiplier`` from them, nearest rounding
+    (secure aggregation's ``FixedPoint.quantize``), the largest scale that fits
+    (:meth:`DistributedDP.for_region`). Edges and fog call it with the same arguments.
+
+    Raises:
+        ConfigError: DP is not in ``untrusted_fog`` mode, or the parameters make no sense.
+    """
+    if getattr(privacy, "mode", "off") != "untrusted_fog":
+        raise _bad(f"distributed DP needs privacy.mode = 'untrusted_fog', got "
+                   f"{getattr(privacy, 'mode', None)!r}")
+    return DistributedDP.for_region(expected_edges=expected_edges,
+                                    clip_norm=float(privacy.clip_norm),
+                                    noise_multiplier=float(privacy.noise_multiplier), dim=dim,
+                                    rounding="nearest")
+
+
+def ledger_from_settings(privacy: Any, fog_id: str, params: DistributedDP,
+                         *fallbacks: Path | None) -> DistributedLedger:
+    """The fog's distributed-DP ledger: :data:`DISTRIBUTED_LEDGER_FILE` in
+    ``privacy.ledger_dir`` (else the first fallback that is set, e.g. the fog's ``spool_dir``
+    then ``security.state_dir``; memory only without any), at ``privacy.delta``.
+
+    Raises:
+        ConfigError: a nonsense delta.
+        LedgerCorruptError: the file exists and is not this region's ledger.
+    """
+    folder = privacy.ledger_folder(*fallbacks)
+    return DistributedLedger(None if folder is None else folder / DISTRIBUTED_LEDGER_FILE,
+                             population=fog_id, params=params, delta=float(privacy.delta))

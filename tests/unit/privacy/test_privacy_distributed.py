@@ -239,3 +239,19 @@ def test_privacy_distributed_csprng_draws_its_seed_from_secrets(
     two = p.encode(np.ones(16) * 0.1)
     np.testing.assert_array_equal(one, two)  # the seed, and only the seed, came from secrets
     assert calls and all(n == 32 for n in calls)
+
+
+def test_privacy_distributed_from_settings(tmp_path: Path) -> None:
+    from hierfl.config import PrivacySettings
+
+    p = PrivacySettings(mode="untrusted_fog", noise_multiplier=1.2, clip_norm=0.5,
+                        delta=1e-6, ledger_dir=tmp_path)
+    params = dd.params_from_settings(p, expected_edges=8, dim=100)
+    assert (params.clip_norm, params.noise_multiplier, params.rounding) == (0.5, 1.2, "nearest")
+    assert params == dd.params_from_settings(p, expected_edges=8, dim=100)  # edges = fog
+    ledger = dd.ledger_from_settings(p, "fog-a", params, tmp_path / "unused")
+    ledger.spend(8)
+    assert (tmp_path / dd.DISTRIBUTED_LEDGER_FILE).exists()
+    assert ledger.delta == 1e-6
+    with pytest.raises(ConfigError, match="untrusted_fog"):
+        dd.params_from_settings(PrivacySettings(mode="trusted_fog"), expected_edges=8, dim=100)
