@@ -516,6 +516,13 @@ class SecAggSettings(_Section):
         None, ge=2, description="t, shares needed to unmask (None: floor(2 (k+1)/3) + 1, "
         "safe against a fog that lies about dropouts)"
     )
+    weighted: bool = Field(
+        True, description="FedAvg's sample weights inside the masked sum: each edge masks "
+        "(w x, w) with w its sample count capped at max_weight, and the fog divides the two "
+        "sums (False: every survivor counts once)"
+    )
+    max_weight: int = Field(10_000, ge=1, description="the largest sample count an edge may "
+                            "weigh in with (a claim the fog cannot check)")
     min_roster: int = Field(3, ge=2, description="edge: refuse rounds with fewer edges "
                             "(the crowd an update hides in)")
     advertise_s: float = Field(10.0, gt=0, description="fog: deadline of the key stage, s")

@@ -292,7 +292,8 @@ class EdgeClient:
             try:
                 publishing = time.time()
                 if self.secagg is not None:  # secure region: the fog's SecAgg+ round sends it
-                    self.secagg.offer(frame.version, frame.seq, update.delta)
+                    self.secagg.offer(frame.version, frame.seq, update.delta,
+                                      update.num_samples)
                 else:
                     await mqtt.publish(topics.update(s.federation, s.fog_id, s.edge_id), data)
                 self.metrics.observe("stage", time.time() - publishing, "publish")

@@ -628,10 +628,18 @@ class FogRound:
         if (self.state is not FogState.COLLECTING or c is None or not result.survivors
                 or (result.version, result.seq) != (c.version, self.seq)):
             return []
-        mean = (np.asarray(result.sum, dtype=np.float64) / len(result.survivors))
+        n = len(result.survivors)
+        weight = getattr(result, "weight", None)
+        if weight is not None and weight <= 0:
+            return []
+        mean = np.asarray(result.sum, dtype=np.float64) / (n if weight is None else weight)
         empty = np.zeros(0, dtype=np.float32)
-        # every survivor counts once: the fog cannot see (nor check) a sample count
-        self._updates = {e: _Accepted(1, empty, {}, result.seq) for e in result.survivors}
+        # weighted: the region's total weight (its sample count), spread over the survivors;
+        # else every survivor counts once (the fog cannot see a sample count)
+        total = n if weight is None else max(n, round(weight))
+        share = [total // n + (1 if i < total % n else 0) for i in range(n)]
+        self._updates = {e: _Accepted(share[i], empty, {}, result.seq)
+                         for i, e in enumerate(result.survivors)}
         for e, proof in getattr(result, "proofs", {}).items():
             c.proofs[(e, result.seq)] = proof  # the masked inputs' signed claims
         return self._close(now, timed_out=False, secure=mean.astype(np.float32))

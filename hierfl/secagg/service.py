@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -36,8 +37,9 @@ if TYPE_CHECKING:
 
     from hierfl.config import EdgeSettings, FogSettings, SecAggSettings
 
-__all__ = ["SEQ_BITS", "EdgeSecureLink", "FogSecureRegion", "SecureSum", "edge_secure_link",
-           "fog_secure_region", "round_id", "split_round_id"]
+__all__ = ["SEQ_BITS", "EdgeSecureLink", "FogSecureRegion", "SecureSum", "codec_clip",
+           "edge_secure_link", "fog_secure_region", "round_id", "split_round_id",
+           "weighted_vector"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,32 @@ class SecureSum:
     dropped: dict[str, str] = field(default_factory=dict)
     #: survivor -> the signed claims of its masked input (an update of (version, seq))
     proofs: dict[str, EdgeProof] = field(default_factory=dict)
+    #: weighted mode: the sum of the survivors' weights (``sum`` is then of ``w x``); None:
+    #: each survivor counts once
+    weight: float | None = None
+
+
+def codec_clip(s: SecAggSettings) -> float:
+    """The L2 bound of the vector an edge masks: ``clip_norm``, or, weighted, the bound of
+    ``(w x, w)`` with ``|x| <= clip_norm`` and ``w <= max_weight``."""
+    return s.max_weight * math.hypot(s.clip_norm, 1.0) if s.weighted else s.clip_norm
+
+
+def weighted_vector(delta: npt.ArrayLike, weight: int,
+                    s: SecAggSettings) -> npt.NDArray[np.float64]:
+    """What a weighted edge masks: ``(w clip(delta), w)``, ``w`` capped at ``max_weight``.
+
+    Raises:
+        SecAggError: for a delta holding NaN or Inf.
+    """
+    x = np.asarray(delta, dtype=np.float64)
+    if not np.all(np.isfinite(x)):
+        raise SecAggError("the update holds NaN or Inf")
+    norm = float(np.linalg.norm(x))
+    if norm > s.clip_norm:
+        x = x * (s.clip_norm / norm)
+    w = float(min(max(int(weight), 1), s.max_weight))
+    return np.append(x * w, w)
 
 
 def _deadlines(s: SecAggSettings) -> StageDeadlines:
@@ -107,7 +135,7 @@ class FogSecureRegion:
 
             driver = self.driver = FogSecAggDriver(
                 federation=s.federation, fog=s.fog_id, signer=self.security.signer,
-                trust=self.security.trust, publish=publish, clip_norm=sec.clip_norm,
+                trust=self.security.trust, publish=publish, clip_norm=codec_clip(sec),
                 scale=sec.scale, degree=sec.degree, threshold=sec.threshold,
                 deadlines=_deadlines(sec), max_bytes=s.limits.max_frame_bytes,
                 on_reject=self.on_reject,
@@ -134,8 +162,10 @@ class FogSecureRegion:
 
     async def _one(self, driver: FogSecAggDriver, version: int, seq: int, dim: int) -> None:
         roster = self.roster()
+        weighted = self.settings.secagg.weighted
         try:
-            result = await driver.run_round(round_id(version, seq), roster, dim)
+            result = await driver.run_round(round_id(version, seq), roster,
+                                            dim + 1 if weighted else dim)
         except SecAggError as exc:
             if self.on_reject is not None:
                 self.on_reject(exc.reason)
@@ -145,8 +175,11 @@ class FogSecureRegion:
             return
         proofs = {e: EdgeProof(e, version, seq, *driver.proofs[e])
                   for e in result.survivors if e in driver.proofs}
-        await self.submit(SecureSum(version, seq, result.survivors, result.sum,
-                                    dict(result.dropped), proofs))
+        total, weight = result.sum, None
+        if weighted:
+            total, weight = result.sum[:-1], float(result.sum[-1])
+        await self.submit(SecureSum(version, seq, result.survivors, total,
+                                    dict(result.dropped), proofs, weight))
 
 
 class EdgeSecureLink:
@@ -169,7 +202,7 @@ class EdgeSecureLink:
             raise ConfigError(f"edge {settings.edge_id}: secagg.mode = 'secure' needs "
                               "signatures")
         self.settings = settings
-        self._deltas: dict[tuple[int, int], npt.NDArray[np.float32]] = {}
+        self._deltas: dict[tuple[int, int], npt.NDArray[np.float64]] = {}
         self._offered = asyncio.Event()
         self._inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self._publish: Callable[[str, bytes], Awaitable[None]] | None = None
@@ -182,7 +215,7 @@ class EdgeSecureLink:
         self.driver = EdgeSecAggDriver(
             federation=settings.federation, fog=settings.fog_id, edge=settings.edge_id,
             signer=security.signer, trust=security.trust, publish=publish,
-            update=self._update, clip_norm=settings.secagg.clip_norm,
+            update=self._update, clip_norm=codec_clip(settings.secagg),
             min_roster=settings.secagg.min_roster, integer_noise=integer_noise,
             max_bytes=settings.limits.max_frame_bytes, on_reject=on_reject,
         )
@@ -210,14 +243,27 @@ class EdgeSecureLink:
             topic, payload = await self._inbox.get()
             await self.driver.handle(topic, payload)
 
-    def offer(self, version: int, seq: int, delta: npt.NDArray[np.float32]) -> None:
-        """The update trained on fog model ``(version, seq)``: it leaves only masked."""
-        self._deltas[(version, seq & ((1 << SEQ_BITS) - 1))] = delta
+    def offer(self, version: int, seq: int, delta: npt.NDArray[np.float32],
+              num_samples: int = 1) -> None:
+        """The update trained on fog model ``(version, seq)`` on ``num_samples`` samples: it
+        leaves only masked (weighted mode: as ``(w x, w)``). An update holding NaN or Inf is
+        refused (counted): the edge then drops out of that round.
+        """
+        sec = self.settings.secagg
+        try:
+            vec = (weighted_vector(delta, num_samples, sec) if sec.weighted
+                   else np.asarray(delta, dtype=np.float64))
+        except SecAggError as exc:  # never crash the training loop: this round goes without it
+            self.driver.rejected[exc.reason] += 1
+            log.warning("edge %s: update of (v%d, seq %d) not offered: %s",
+                        self.settings.edge_id, version, seq, exc)
+            return
+        self._deltas[(version, seq & ((1 << SEQ_BITS) - 1))] = vec
         while len(self._deltas) > 4:
             del self._deltas[next(iter(self._deltas))]
         self._offered.set()
 
-    async def _update(self, begin: BeginRound) -> npt.NDArray[np.float32]:
+    async def _update(self, begin: BeginRound) -> npt.NDArray[np.float64]:
         key = split_round_id(begin.round)
         timeout = self.settings.secagg.masked_s
         try:

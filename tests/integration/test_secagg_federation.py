@@ -29,8 +29,8 @@ from tests.integration.fed import (
 pytestmark = pytest.mark.integration
 
 VERSIONS = 3
-SECURE = {"mode": "secure", "clip_norm": 100.0, "advertise_s": 10, "share_s": 10,
-          "masked_s": 20, "unmask_s": 10}
+SECURE = {"mode": "secure", "clip_norm": 10.0, "max_weight": 100, "advertise_s": 10,
+          "share_s": 10, "masked_s": 20, "unmask_s": 10}
 
 
 async def _run(url: str, bootstrap: str, fed: str, folder: Path, secure: bool) -> Any:
@@ -47,8 +47,8 @@ async def _run(url: str, bootstrap: str, fed: str, folder: Path, secure: bool) -
         edge_s = [e.model_copy(update={"secagg": SecAggSettings(**SECURE)}) for e in edge_s]
     cloud = CloudService(cloud_s)
     fogs = make_fogs(fog_s)
-    # equal sample counts: plain FedAvg's sample weights are then the secure fog's 1/n
-    edges = [EdgeClient(s, tiny_task(i, n=24)) for i, s in enumerate(edge_s)]
+    # 10, 17 and 24 samples: the secure fog weighs them inside the masked sum, as FedAvg does
+    edges = [EdgeClient(s, tiny_task(i)) for i, s in enumerate(edge_s)]
     async with spy_updates(url, fed, ["north"]) as spy:
         async with running(cloud, *fogs, *edges):
             await wait_for(cloud.finished.is_set, 120, f"{VERSIONS} cloud rounds")
@@ -73,7 +73,10 @@ async def test_secure_fog_equals_plain_fedavg_within_fixed_point_error(
     for v in range(1, VERSIONS + 1):
         got, want = store.load(v).weights, plain_store.load(v).weights
         assert not np.allclose(got, w0)  # trained
-        # scale 2^22 for 3 edges at clip 100: 2^-23 per coordinate and round, compounding
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+        # (w x, w) bounded by 100 * hypot(10, 1): scale 2^19, so the mean is off by at most
+        # 3 / (2 * 2^19 * 51) per coordinate and round
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
         meta = store.load(v).meta
         assert meta["fogs"]["north"]["num_edges"] == 3
+        # the region's weight at the cloud is its sample count, as in plain FedAvg
+        assert meta["fogs"]["north"]["num_samples"] == 10 + 17 + 24
