@@ -183,7 +183,9 @@ class FogService:
         self.metrics.gauge_fn("round_number", lambda: self.round.seq)
         if self._spool is not None:
             spool = self._spool
-            self.metrics.gauge_fn("spool_depth", lambda: len(spool.entries()))
+            # read-only count (Spool.entries() also deletes .tmp files: a write in flight)
+            self.metrics.gauge_fn("spool_depth", lambda: sum(
+                1 for p in spool.root.iterdir() if p.name.endswith(".hfl")))
 
     def stop(self) -> None:
         """Ask :meth:`run` to return."""
