@@ -122,6 +122,7 @@ class CloudService:
             if self.privacy.stopped:
                 log.warning("cloud: v%d is the final model (%s, epsilon %.4g at delta %g)",
                             ckpt.version, self.privacy.status, self.privacy.epsilon(), p.delta)
+            self._wait_for_unspent_regions()
         self._steps = Steps()  # round steps a reconnect cannot cut in half
         self._published_version = -1
         # every tier's spans per version; one RoundTimeline per round (hierfl.timeline)
@@ -138,6 +139,19 @@ class CloudService:
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
         self.finished = asyncio.Event()
+
+    def _wait_for_unspent_regions(self) -> None:
+        """Record-level DP: stop expecting the regions that reported ``dp.region_spent`` (they
+        send no more aggregates), so later rounds close when the others reported, not at the
+        deadline (hierfl/privacy/record.py)."""
+        assert self.privacy is not None
+        cfg = self.round.config
+        keep = cfg.fogs - self.privacy.spent_regions()
+        if keep and keep != cfg.fogs:
+            self.round.config = dataclasses.replace(cfg, fogs=keep,
+                                                    min_fogs=min(cfg.min_fogs, len(keep)))
+            log.info("cloud: regions %s have spent their privacy budget; waiting for %s only",
+                     ", ".join(sorted(cfg.fogs - keep)), ", ".join(sorted(keep)))
 
     @property
     def version(self) -> int:
@@ -343,6 +357,7 @@ class CloudService:
         if self.privacy is not None:
             # sigma, C, q, releases and epsilon at delta of every region; the stop decision
             priv = self.privacy.close_round(new.fogs)
+            self._wait_for_unspent_regions()
             meta["privacy"] = priv
             meta["status"] = priv["status"]
             if priv["epsilon"] is not None:

@@ -113,6 +113,10 @@ class FederationPrivacy:
             eps = max(eps, r.get("epsilon", 0.0))
         return eps
 
+    def spent_regions(self) -> frozenset[str]:
+        """Record mode: the regions that reported ``dp.region_spent`` (none will send again)."""
+        return frozenset(f for f, r in self.regions.items() if r.get("region_spent"))
+
     def epsilon(self) -> float:
         """The federation's epsilon at ``delta``: the worst region's (0 before any)."""
         return max((self._epsilon(r) for r in self.regions.values()), default=0.0)

@@ -85,3 +85,46 @@ async def test_privacy_record_region_spent_ends_the_federation_without_waiting(
     assert meta["privacy"]["regions"]["north"]["region_spent"] == 1.0
     assert meta["metrics"]["dp.epsilon"] == pytest.approx(e2, rel=1e-6)
     assert cloud.metrics.gauges["privacy_budget_spent"] == 1
+
+
+async def test_privacy_record_cloud_stops_waiting_for_a_spent_region(
+    mqtt_broker, kafka_broker, unique_id, tmp_path
+):
+    # east's edges can pay for 1 round, west's for 3 (16 records, batch 8: 2 steps a round)
+    topo = Topology({"east": ["e0", "e1"], "west": ["w0", "w1"]})
+    sigma, q, steps = 1.0, 0.5, 2
+    eps = [epsilon_for(noise_multiplier=sigma, sample_rate=q, releases=k * steps, delta=1e-5)
+           for k in (1, 2, 3, 4)]
+    budget = {"east": (eps[0] + eps[1]) / 2, "west": (eps[2] + eps[3]) / 2}
+    privacy = {"mode": "record", "noise_multiplier": sigma, "clip_norm": 1.0, "delta": 1e-5,
+               "target_epsilon": max(budget.values())}
+    timeout = 300  # a cloud that waited for the spent region would need 2 x 300 s
+    write_initial(tmp_path / "init.npz")
+    cloud_s, fog_s, edge_s = settings_for(
+        mqtt_broker.url, kafka_broker.bootstrap, unique_id, topo, tmp_path / "store",
+        tmp_path / "init.npz", versions=None, signed=False,
+        fog_overrides={"privacy": privacy, "round_timeout_s": timeout, "quorum": 1},
+        cloud_overrides={"privacy": privacy, "round_timeout_s": timeout},
+    )
+    fog_s = [f.model_copy(update={"allowed_edges": list(topo.fogs[f.fog_id])}) for f in fog_s]
+    edges = []
+    for i, s in enumerate(edge_s):
+        p = fog_s[0].privacy.model_copy(update={
+            "ledger_dir": tmp_path / f"ledger-{s.edge_id}", "target_epsilon": budget[s.fog_id]})
+        edges.append(EdgeClient(s.model_copy(update={"privacy": p}), tiny_task(i, n=16)))
+    cloud = CloudService(cloud_s)
+    fogs = make_fogs(fog_s)
+    started = time.monotonic()
+    async with running(cloud, *fogs, *edges):
+        await wait_for(cloud.finished.is_set, 120, "the cloud to stop on the privacy budget")
+    assert time.monotonic() - started < timeout / 2
+    store = ModelStore(tmp_path / "store")
+    assert store.latest().version == 3  # one version with east, two more from west alone
+    assert cloud.round.config.fogs == frozenset({"west"})
+    meta = store.load(3).meta
+    assert meta["status"] == STOPPED
+    assert meta["num_fogs"] == 1  # v2 and v3 closed with west, not at a deadline
+    assert not meta["timed_out"]
+    assert {r: v.get("region_spent") for r, v in meta["privacy"]["regions"].items()} == {
+        "east": 1.0, "west": 1.0}
+    assert store.load(1).meta["num_fogs"] == 2
