@@ -30,6 +30,11 @@ def check_secagg(cfg: Any) -> None:
                          "(fedavg). The cloud's rule across fogs is unchanged")
     if cfg.secagg_clip <= 0:
         raise ValueError("--secagg-clip must be > 0")
+    smallest = min(len(idx) for idx in cfg.topology().values())
+    if smallest < 3:
+        raise ValueError(f"--secagg: a region of {smallest} edge(s) would hide no one (with two, "
+                         "each learns the other's update from the sum): give every fog at least "
+                         "3 edges (edges refuse smaller rounds, secagg.min_roster)")
 
 
 def secagg_section(cfg: Any) -> dict[str, Any]:

@@ -33,7 +33,9 @@ def test_secagg_sections_fit_the_fog_round(tmp_path) -> None:
     ({"security": "insecure"}, "signatures"),
     ({"aggregator": "median"}, "masked sum"),
     ({"secagg_clip": 0.0}, "secagg-clip"),
+    ({"fogs": 2, "edges": 5}, "at least 3 edges"),
 ])
 def test_conflicting_options_are_refused(tmp_path, kw, match) -> None:
     with pytest.raises(ValueError, match=match):
-        SimConfig(scenario="digits", fogs=1, edges=3, secagg=True, out=tmp_path, **kw)
+        SimConfig(scenario="digits", **{"fogs": 1, "edges": 3, **kw}, secagg=True,
+                  out=tmp_path)
