@@ -10,7 +10,11 @@ on the benchmark's own partition (seed 0). The sim has no validation split of it
 training data is all on the edges, the 450 test samples are the only held-out data), so the
 choice uses the test set but never the benchmark's federation. Every grid point is printed.
 
-Usage: python benchmarks/learning.py [--part grid|final|all] [--rounds 30]
+``--part wire`` runs FedAvg and SCAFFOLD once each and prints the bytes per round on every
+link (what SCAFFOLD's control vectors cost). ``--part personalise`` runs the sensors scenario
+(4 districts, regional drift) without personalisation and with alpha 0.5 and 0.0.
+
+Usage: python benchmarks/learning.py [--part grid|final|all|wire|personalise] [--rounds 30]
        [--tune-seeds 1,2] [--methods fedavg,fedadam,...] [--jsonl FILE]
 """
 
@@ -39,7 +43,7 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
                 for lr, tau in itertools.product((0.1, 0.03, 0.01), (1e-9, 1e-3))],
     "fedyogi": [{"server_opt": "fedyogi", "server_opt_params": {"server_lr": lr}}
                 for lr in (0.01, 0.03, 0.1)],
-    "fedprox": [{"fedprox_mu": mu} for mu in (0.01, 0.001, 0.1)],
+    "fedprox": [{"fedprox_mu": mu} for mu in (0.01, 0.001, 0.1, 1.0)],
 }
 
 
@@ -51,10 +55,10 @@ def _optional_methods() -> None:
 
 
 def run_one(method: str, params: dict[str, Any], *, seed: int, rounds: int, k2: int,
-            part: str, out: Path) -> dict[str, Any]:
+            part: str, out: Path, scenario: str = "digits") -> dict[str, Any]:
     """One sim run; its JSON record."""
     kw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in params.items()}
-    cfg = SimConfig(scenario="digits", fogs=4, edges=20, rounds=rounds, k1=2, k2=k2,
+    cfg = SimConfig(scenario=scenario, fogs=4, edges=20, rounds=rounds, k1=2, k2=k2,
                     seed=seed, mode="inprocess", live=False,
                     out=out / f"{method}-{seed}-{k2}-{abs(hash(json.dumps(kw, sort_keys=True)))}",
                     **kw)
@@ -64,7 +68,8 @@ def run_one(method: str, params: dict[str, Any], *, seed: int, rounds: int, k2: 
     regions = report.get("regions") or {}
     return {
         "system": f"hierfl-{__version__}", "bench": "learning", "part": part,
-        "scenario": "digits-20", "method": method, "params": kw, "seed": seed, "k2": k2,
+        "scenario": "digits-20" if scenario == "digits" else f"{scenario}-20", "method": method,
+        "params": kw, "seed": seed, "k2": k2,
         "rounds": len(accs), "final_acc": report["final_accuracy"],
         "best_acc": max(accs) if accs else None,
         "acc_by_round": [round(a, 4) for a in accs],
@@ -72,6 +77,10 @@ def run_one(method: str, params: dict[str, Any], *, seed: int, rounds: int, k2: 
         "regions": {f: round(m["accuracy"], 4) for f, m in regions.get("final", {}).items()},
         "worst_region_acc": regions.get("worst_accuracy"),
         "edge_fog_bytes_per_round": (report["totals"]["edge_fog_bytes"] / max(len(accs), 1)),
+        "fog_cloud_bytes_per_round": (report["totals"]["fog_cloud_bytes"]
+                                      / max(len(accs), 1)),
+        "cloud_edge_bytes_per_round": (report["totals"]["cloud_edge_bytes"]
+                                       / max(len(accs), 1)),
         "wall_s": round(time.monotonic() - t0, 2),
     }
 
@@ -80,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the grid and/or the final runs; print JSON lines."""
     _optional_methods()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--part", default="all", choices=["grid", "final", "all"])
+    p.add_argument("--part", default="all", choices=["grid", "final", "all", "wire",
+                                                         "personalise"])
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--tune-seeds", default="1,2")
     p.add_argument("--methods", default=",".join(GRIDS))
@@ -121,6 +131,21 @@ def main(argv: list[str] | None = None) -> int:
             chosen[m] = best[1]
             emit({"bench": "learning", "part": "choice", "method": m, "params": best[1],
                   "tune_seeds": seeds, "tune_mean_acc": best[0]})
+    if a.part == "personalise":  # sensors (regional drift): the regions with and without
+        for alpha in (None, 0.5, 0.0):
+            emit(run_one("personalise", {"personalise": alpha}, seed=0, rounds=a.rounds, k2=1,
+                         part="personalise", out=out, scenario="sensors"))
+    if a.part == "wire":  # what SCAFFOLD costs on the wire: bytes per round on each link
+        recs = {m: run_one(m, GRIDS[m][0], seed=0, rounds=a.rounds, k2=1, part="wire", out=out)
+                for m in ("fedavg", "scaffold")}
+        for rec in recs.values():
+            emit(rec)
+        keys = ("edge_fog_bytes_per_round", "fog_cloud_bytes_per_round",
+                "cloud_edge_bytes_per_round")
+        emit({"bench": "learning", "part": "wire-summary", "scenario": "digits-20",
+              "ratio_scaffold_to_fedavg": {k: recs["scaffold"][k] / recs["fedavg"][k]
+                                           for k in keys},
+              **{f"{m}_{k}": recs[m][k] for m in recs for k in keys}})
     if a.part in ("final", "all"):
         finals = {}
         for m in methods:

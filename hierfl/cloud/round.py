@@ -173,6 +173,8 @@ class CloudRound:
         checks.check_samples(frame.num_samples, 1, cap)
         checks.check_shape(frame.delta, self.weights.size)
         checks.check_finite(frame.delta)
+        if frame.control is not None:  # SCAFFOLD's Delta c_f (its size: the frame checked it)
+            checks.check_finite(frame.control)
         self._pending.frames[frame.fog_id] = frame
         self._pending.staleness[frame.fog_id] = stale
         if position is not None:
