@@ -18,6 +18,15 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:.2f}"
 
 
+def _worst(r: RoundRecord) -> str:
+    """The lowest per-region accuracy of a round and its fog ("-" without regions)."""
+    regions = getattr(r, "regions", None)
+    if not regions:
+        return "-"
+    fog = min(regions, key=lambda f: regions[f]["accuracy"])
+    return f"{regions[fog]['accuracy']:.4f} {fog}"
+
+
 class LiveView:
     """A table with one row per cloud round, refreshed as rounds complete."""
 
@@ -33,21 +42,22 @@ class LiveView:
         t = Table(title=f"hierfl sim: {c.scenario}{' (wide)' if c.wide else ''} | {c.fogs} fogs, "
                   f"{c.edges} edges, k1={c.k1}, k2={c.k2}, {c.mode}")
         dp = getattr(c, "dp", "off") != "off"
-        cols = ["round", "accuracy", "loss", "round s", "edges/fog", "up MB", "fog->cloud MB",
-                "down MB", "rejected"]
+        cols = ["round", "accuracy", "worst region", "loss", "round s", "edges/fog", "up MB",
+                "fog->cloud MB", "down MB", "rejected"]
         if dp:
-            cols.insert(3, "epsilon")
+            cols.insert(4, "epsilon")
         for col in cols:
             t.add_column(col, justify="right")
         for r in self.rows[-25:]:
             cells = [
-                f"{r.round}/{c.rounds}", f"{r.accuracy:.4f}", f"{r.loss:.4f}", f"{r.wall_s:.2f}",
+                f"{r.round}/{c.rounds}", f"{r.accuracy:.4f}", _worst(r), f"{r.loss:.4f}",
+                f"{r.wall_s:.2f}",
                 " ".join(str(n) for _, n in sorted(r.fogs.items())), _mb(r.edge_fog_bytes),
                 _mb(r.fog_cloud_bytes), _mb(r.cloud_edge_bytes),
                 ", ".join(f"{k}={v}" for k, v in r.rejected.items()) or "0",
             ]
             if dp:
-                cells.insert(3, "-" if r.epsilon is None else f"{r.epsilon:.3f}")
+                cells.insert(4, "-" if r.epsilon is None else f"{r.epsilon:.3f}")
             t.add_row(*cells)
         return t
 
@@ -85,6 +95,13 @@ class LiveView:
             f"[bold]final accuracy {report['final_accuracy']:.4f}[/bold] after {tot['rounds']} "
             f"rounds in {tot['wall_s']:.1f}s (median round {tot['median_round_s']:.3f}s)"
         )
+        regions = report.get("regions")
+        if regions:  # fairness across regions (docs/learning.md)
+            self.console.print(
+                "regions: " + ", ".join(f"{f} {m['accuracy']:.4f}"
+                                        for f, m in sorted(regions["final"].items()))
+                + f" (worst {regions['worst_region']}, spread {regions['spread']:.4f})"
+            )
         priv = report.get("privacy")
         if priv is not None:
             eps = priv["epsilon"]
