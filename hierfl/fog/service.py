@@ -141,6 +141,7 @@ class FogService:
                      self.round.privacy.ledger.releases, self.round.privacy.ledger.epsilon())
         self._events: asyncio.Queue[_Event] = asyncio.Queue(maxsize=s.mqtt.queue_size)
         self._replay_dirty = False  # accepted updates' replay counters not yet on disk
+        self._replay_dirty = False  # accepted updates' replay counters not yet on disk
         # accepted / rejected per base version, for monitors that attribute counts to rounds
         self._by_version: dict[int, dict[str, Any]] = {}
         # A provisioned fog (security.state_dir) spools by default: accepted updates survive
@@ -584,6 +585,8 @@ class FogService:
                 await self._apply(actions)
             else:
                 await self._on_update(event.frame, event.raw, event.sig)
+                if self._events.empty():
+                    await self._save_replay()
                 if self._events.empty():
                     await self._save_replay()
 

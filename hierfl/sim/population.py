@@ -205,8 +205,11 @@ def run_population(edges: int, fogs: int, rounds: int, out: Path, *,
         path = out / f"{name}.json"
         path.write_text(json.dumps(spec))
         with (logs / f"{name}.log").open("wb") as log:
+            # HIERFL_POP_PROFILE=<name>: run that process under cProfile (<out>/<name>.prof)
+            prof = (["-m", "cProfile", "-o", str(out / f"{name}.prof")]
+                    if os.environ.get("HIERFL_POP_PROFILE") == name else [])
             procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "hierfl.sim.population", role, str(path)],
+                [sys.executable, *prof, "-m", "hierfl.sim.population", role, str(path)],
                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
     with MqttBroker(prefer="mosquitto") as mqtt, KafkaBroker() as kafka:

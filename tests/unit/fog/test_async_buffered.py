@@ -153,7 +153,7 @@ def test_sync_mode_is_unchanged_older_version_refused():
 
 
 def _cloud(k: int, max_staleness: int = 1) -> CloudRound:
-    cfg = CloudRoundConfig(federation=FED, fogs=frozenset({"f0", "f1", "f2"}),
+    cfg = CloudRoundConfig(federation=FED, fogs=frozenset({"f0", "f1", "f2", "f3"}),
                            buffer=BufferPolicy("buffered", k, 0.5, max_staleness))
     return CloudRound(cfg, FedAvg(), version=0, weights=np.zeros(3, np.float32),
                       layout=(LayoutEntry("w", (3,)),))
@@ -178,7 +178,7 @@ def test_cloud_buffer_combines_every_k_fog_aggregates_and_weights_stale_ones():
     with pytest.raises(DuplicateUpdateError):  # re-sent after it was applied
         c.on_aggregate(late, 0.0)
     with pytest.raises(StaleUpdateError):  # two versions behind, bound 1
-        c.on_aggregate(_agg("f1", 1.0, version=0), 0.0)
+        c.on_aggregate(_agg("f3", 1.0, version=0), 0.0)
 
 
 def test_settings_enable_buffering_and_refuse_what_cannot_work():
