@@ -4,8 +4,9 @@
 exactly as :class:`~hierfl.fog.service.FogService` runs it for each update that arrives:
 signature verification and replay check (:meth:`~hierfl.security.tier.TierSecurity.decode`,
 with the model size known), the round's checks (:meth:`~hierfl.fog.round.FogRound.check_update`)
-and acceptance (:meth:`~hierfl.fog.round.FogRound.on_update`, aggregation included when the
-round closes). The updates are valid digits-20 updates (MLP 64-64-10, 4,810 parameters, a
+and acceptance (:meth:`~hierfl.fog.round.FogRound.on_update`, which runs those checks, then
+aggregation when the round closes; a fog with a spool runs the checks once more before
+writing). The updates are valid digits-20 updates (MLP 64-64-10, 4,810 parameters, a
 raw float32 delta, 50 samples) of ``--edges`` provisioned edges (default 1,000), signed with
 each edge's own key and pre-encoded before the clock starts; the fog's rounds close every
 ``--round-size`` updates (FedAvg). One line per configuration: updates/s, microseconds per
@@ -105,8 +106,7 @@ def ingest(n_edges: int, round_size: int, signed: bool, pki: Provisioned | None,
             # object, not the bytes: the bytes were verified as they are)
             if i >= round_size:
                 object.__setattr__(frame, "base_seq", fog.seq)
-            fog.check_update(frame)
-            fog.on_update(frame, 0.0)
+            fog.on_update(frame, 0.0)  # its checks first (a spooling fog runs them twice)
             t_dec += b - a
             t_round += time.perf_counter() - b
         total = time.perf_counter() - start
