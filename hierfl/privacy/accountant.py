@@ -145,17 +145,36 @@ def _epsilon_rdp(groups: tuple[tuple[float, float, int, int], ...], delta: float
 
 
 def _epsilon_pld(groups: tuple[tuple[float, float, int, int], ...], delta: float) -> float:
-    import dp_accounting  # noqa: PLC0415
+    # The same operations as dp-accounting's PLDAccountant (identity, then each group composed
+    # in), with the costly part cached: the PLD of one sampled-Gaussian release (~2 s to build
+    # at this discretisation); n releases are its self-composition. The unsampled Gaussian
+    # composes analytically (std sigma / sqrt(n)) and is cheap as it is.
+    from dp_accounting.pld import privacy_loss_distribution as pld_lib  # noqa: PLC0415
 
-    events = [dp_accounting.SelfComposedDpEvent(_event(sigma, q, 0), releases)
-              for sigma, q, releases, _ in groups if releases > 0]
-    composed = events[0] if len(events) == 1 else dp_accounting.ComposedDpEvent(events)
-    accountant = dp_accounting.pld.PLDAccountant(
-        value_discretization_interval=_PLD_DISCRETIZATION)
     with _quiet_absl():
-        accountant.compose(composed)
-        eps = float(accountant.get_epsilon(delta))
+        total = pld_lib.identity(value_discretization_interval=_PLD_DISCRETIZATION)
+        for sigma, q, releases, _ in groups:
+            if releases == 0:
+                continue
+            if q < 1.0:
+                part = _pld_one_release(sigma, q).self_compose(releases)
+            else:
+                part = pld_lib.from_gaussian_mechanism(
+                    standard_deviation=sigma / math.sqrt(releases),
+                    value_discretization_interval=_PLD_DISCRETIZATION)
+            total = total.compose(part)
+        eps = float(total.get_epsilon_for_delta(delta))
     return max(0.0, eps)
+
+
+@functools.lru_cache(maxsize=16)
+def _pld_one_release(sigma: float, q: float) -> Any:
+    """The privacy loss distribution of one Poisson-sampled Gaussian release."""
+    from dp_accounting.pld import privacy_loss_distribution as pld_lib  # noqa: PLC0415
+
+    return pld_lib.from_gaussian_mechanism(
+        standard_deviation=sigma, value_discretization_interval=_PLD_DISCRETIZATION,
+        sampling_prob=q)
 
 
 @contextlib.contextmanager

@@ -60,3 +60,25 @@ def test_privacy_accountant_cache_budget_check_at_new_counts_is_cheap() -> None:
     assert after.hits >= before.hits + 100
     assert eps == sorted(eps)  # monotone in the releases
     assert took < 5.0  # 100 new counts; from scratch each took ~0.1 s (generous under load)
+
+
+def test_privacy_accountant_cache_pld_matches_dp_accounting_from_scratch() -> None:
+    acc._pld_one_release.cache_clear()
+    acc._epsilon_cached.cache_clear()
+    a = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
+    a.compose(dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(0.2, dp_accounting.GaussianDpEvent(3.0)), 11))
+    first = epsilon_for(noise_multiplier=3.0, sample_rate=0.2, releases=10, delta=1e-5,
+                        method="pld")
+    got = epsilon_for(noise_multiplier=3.0, sample_rate=0.2, releases=11, delta=1e-5,
+                      method="pld")
+    assert got == pytest.approx(a.get_epsilon(1e-5), rel=1e-12)
+    assert 0 < first < got
+    assert acc._pld_one_release.cache_info().misses == 1  # built once, composed twice
+    mixed = epsilon_composed([(3.0, 0.2, 11), (2.0, 1.0, 5)], delta=1e-5, method="pld")
+    b = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
+    b.compose(dp_accounting.ComposedDpEvent([
+        dp_accounting.SelfComposedDpEvent(
+            dp_accounting.PoissonSampledDpEvent(0.2, dp_accounting.GaussianDpEvent(3.0)), 11),
+        dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(2.0), 5)]))
+    assert mixed == pytest.approx(b.get_epsilon(1e-5), rel=1e-12)
