@@ -828,6 +828,10 @@ class FogSettings(_TierSettings):
         None, ge=0, le=1, description="personalisation: serve the edges alpha * global + "
         "(1 - alpha) * the region's last model (docs/learning.md); None: the global model"
     )
+    server_opt: ServerOptSettings = Field(
+        default_factory=ServerOptSettings, description="a server optimiser for the region, "
+        "applied to each fog round's combined delta (state in memory; docs/learning.md)"
+    )
     round_timeout_s: float = Field(30.0, gt=0, description="a fog round closes at this deadline")
     quorum: int = Field(
         1, ge=1, description="fewest updates aggregated at the deadline; fewer skips the round"

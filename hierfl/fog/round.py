@@ -62,6 +62,7 @@ from hierfl.errors import (
 from hierfl.fog.buffered import BufferPolicy, ModelClock, staleness_weights
 from hierfl.optim.personalise import blend
 from hierfl.optim.scaffold import fog_control
+from hierfl.optim.server import ServerOptimizer
 from hierfl.privacy import record
 from hierfl.privacy.region import RegionPrivacy
 from hierfl.secagg.errors import SecAggStageError
@@ -310,6 +311,9 @@ class FogRound:
         self._cycle: _Cycle | None = None
         #: personalisation: the model the region ended its last cloud round with (in memory)
         self.regional: Float32Vector | None = None
+        #: a server optimiser for the region, applied to every fog round's combined delta
+        #: (its state in memory: a restarted fog starts it afresh); None: the delta as it is
+        self.server_opt: ServerOptimizer | None = None
         self._updates: dict[str, _Accepted] = {}
         config.policy(1)  # fail fast on a bad policy; the real one needs the model size
         self._validator: UpdateValidator | None = None
@@ -814,6 +818,8 @@ class FogRound:
         if self.privacy is not None:
             # accounted (and on disk) before anything computed from it leaves the fog
             self.privacy.spend()
+        if self.server_opt is not None:  # FedOpt for the region (hierfl/optim/server.py)
+            delta = self.server_opt.step(delta)
         # Accumulate the cloud-round delta separately: forwarding (g + D) - g would lose
         # float32 precision that the cloud's weighted average then could not recover.
         c.cum_delta = (c.cum_delta + delta).astype(np.float32)

@@ -591,6 +591,10 @@ class FogService:
                     await self._save_replay()
 
     async def _on_model(self, frame: ModelFrame) -> None:
+        opt = self.round.server_opt
+        if self.settings.server_opt.name != "none" and (opt is None
+                                                         or opt.size != frame.weights.size):
+            self.round.server_opt = _region_optimizer(self.settings, frame.weights.size)
         resume, self._resume = self._resume, None
         now = self.clock()
         if resume is not None and self.round.version is None:
@@ -904,6 +908,13 @@ class FogService:
             await offload(self._spool.drop_except, open_round)
             if self.round.version is not None:
                 await offload(self._spool.drop_forwarded, before=self.round.version)
+
+
+def _region_optimizer(s: FogSettings, size: int) -> Any:
+    """The fog's server optimiser for its region (hierfl/optim/server.py), or None."""
+    from hierfl.optim.server import make_server_optimizer  # noqa: PLC0415
+
+    return make_server_optimizer(s.server_opt.name, size, **s.server_opt.params())
 
 
 def _fog_rule(s: FogSettings) -> Any:

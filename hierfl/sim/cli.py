@@ -153,6 +153,10 @@ def register(app: typer.Typer) -> None:
                                        "edges ALPHA * global + (1 - ALPHA) * its region's last "
                                        "model; per-region metrics then evaluate that model")
         ] = None,
+        fog_server_opt: Annotated[
+            str, typer.Option(help="a server optimiser at every fog for its region, with its "
+                              "defaults: none, fedavgm, fedadam, fedyogi, fedadagrad")
+        ] = "none",
         aggregation: Annotated[
             str, typer.Option(help="fog aggregation: sync (rounds) or buffered (FedBuff: "
                               "every --buffer-size updates, stale ones weighted down; "
@@ -220,7 +224,7 @@ def register(app: typer.Typer) -> None:
                 aggregation=aggregation, buffer_size=buffer_size, max_staleness=max_staleness,
                 cloud_buffer=cloud_buffer, stragglers=stragglers, intermittent=intermittent,
                 server_opt=server_opt, fedprox_mu=fedprox_mu, scaffold=scaffold,
-                personalise=personalise,
+                personalise=personalise, fog_server_opt=fog_server_opt,
                 secagg=secagg, secagg_clip=secagg_clip,
                 server_opt_params={k: v for k, v in {
                     "server_lr": server_lr, "momentum": server_momentum, "beta1": server_beta1,

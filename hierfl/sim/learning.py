@@ -27,6 +27,10 @@ def check_learning(cfg: Any) -> None:
         raise ValueError(f"--server-opt: {exc}") from None
     if not cfg.fedprox_mu >= 0:
         raise ValueError(f"--fedprox-mu must be >= 0, got {cfg.fedprox_mu}")
+    try:
+        ServerOptConfig.build(cfg.fog_server_opt)
+    except ConfigError as exc:
+        raise ValueError(f"--fog-server-opt: {exc}") from None
     if cfg.personalise is not None and not 0 <= cfg.personalise <= 1:
         raise ValueError(f"--personalise must be in [0, 1], got {cfg.personalise}")
 
@@ -42,8 +46,13 @@ def learning_cloud(cfg: Any) -> dict[str, Any]:
 
 
 def learning_fog(cfg: Any) -> dict[str, Any]:
-    """A fog's extra settings: ``personalise_alpha`` when personalisation is on."""
-    return {} if cfg.personalise is None else {"personalise_alpha": float(cfg.personalise)}
+    """A fog's extra settings: ``personalise_alpha`` and ``server_opt``, when chosen."""
+    out: dict[str, Any] = {}
+    if cfg.personalise is not None:
+        out["personalise_alpha"] = float(cfg.personalise)
+    if cfg.fog_server_opt != "none":
+        out["server_opt"] = {"name": cfg.fog_server_opt}
+    return out
 
 
 def learning_task_options(cfg: Any) -> dict[str, Any]:

@@ -182,6 +182,8 @@ class SimConfig:
     scaffold: bool = False
     #: fog-level personalisation: alpha of alpha * global + (1 - alpha) * regional (None: off)
     personalise: float | None = None
+    #: a server optimiser at every fog for its region (its defaults; "none": off)
+    fog_server_opt: str = "none"
     #: secure aggregation at every fog (SecAgg+, docs/secure-aggregation.md) and the L2 bound
     #: edges clip to before masking
     secagg: bool = False

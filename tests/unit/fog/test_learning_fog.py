@@ -58,3 +58,16 @@ def test_scaffold_fog_serves_c_and_forwards_the_mean_control_change() -> None:
     fwd = of_type(fog.on_update(with_control("b", 0.5, 90), 2.0), Forward)[0].frame
     # summed over the fog rounds, not weighted by samples: 2.0 + 0.5
     np.testing.assert_allclose(fwd.control, np.full(4, 2.5))
+
+
+def test_fog_server_optimizer_steps_each_fog_round() -> None:
+    from hierfl.optim.server import make_server_optimizer
+
+    fog = FogRound(config(min_updates=1), FedAvg())
+    fog.server_opt = make_server_optimizer("fedavgm", 4, server_lr=1.0, momentum=0.5)
+    fog.on_global_model(global_model(), 0.0)
+    first = of_type(fog.on_update(update("a", fog.seq, 0.2), 1.0), Forward)[0].frame
+    np.testing.assert_allclose(first.delta, np.full(4, 0.2), rtol=1e-6)  # m = d1
+    fog.on_global_model(global_model(1, G0 + first.delta), 2.0)
+    second = of_type(fog.on_update(update("a", fog.seq, 0.1, version=1), 3.0), Forward)[0].frame
+    np.testing.assert_allclose(second.delta, np.full(4, 0.5 * 0.2 + 0.1), rtol=1e-6)
