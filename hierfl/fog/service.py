@@ -141,7 +141,7 @@ class FogService:
                      self.round.privacy.ledger.releases, self.round.privacy.ledger.epsilon())
         self._events: asyncio.Queue[_Event] = asyncio.Queue(maxsize=s.mqtt.queue_size)
         self._replay_dirty = False  # accepted updates' replay counters not yet on disk
-        self._replay_dirty = False  # accepted updates' replay counters not yet on disk
+        self._replay_saved_at = 0.0
         # accepted / rejected per base version, for monitors that attribute counts to rounds
         self._by_version: dict[int, dict[str, Any]] = {}
         # A provisioned fog (security.state_dir) spools by default: accepted updates survive
@@ -585,9 +585,7 @@ class FogService:
                 await self._apply(actions)
             else:
                 await self._on_update(event.frame, event.raw, event.sig)
-                if self._events.empty():
-                    await self._save_replay()
-                if self._events.empty():
+                if self._events.empty() and time.monotonic() - self._replay_saved_at >= 1.0:
                     await self._save_replay()
 
     async def _on_model(self, frame: ModelFrame) -> None:
@@ -737,10 +735,10 @@ class FogService:
             # Replay counters become durable after the update they cover (spooled above): a
             # crash in between lets the edge's re-sent copy in (the round refuses a second
             # copy), instead of refusing, as a replay, an update the fog never kept. They are
-            # written once per burst (when the queue drains) and always before a model or
-            # aggregate that folds the update leaves (_apply): the file holds every counter
-            # the fog knew, and rewriting it per update cost a fog 100 edges x 100 counters
-            # per round (docs/scale.md)
+            # written at most once a second while updates come (when the queue drains) and
+            # always before a model or aggregate that folds the update leaves (_apply): the
+            # file holds every counter the fog knew, and rewriting it per update cost a fog
+            # 100 edges x 100 counters per round (docs/scale.md)
             self._replay_dirty = True
         return actions
 
@@ -748,6 +746,7 @@ class FogService:
         """Write the replay counters if an accepted update changed them since the last write."""
         if self._replay_dirty and self.security.verifier is not None:
             self._replay_dirty = False
+            self._replay_saved_at = time.monotonic()
             await offload(self.security.verifier.replay.save)
 
     async def _apply(self, actions: list[Any]) -> None:
