@@ -14,8 +14,9 @@
 #   6. kills fog-north's process (SIGKILL from the host): it must come back (restart policy)
 #      and the federation must make 2 more versions
 #   7. down (volumes kept) and up: the cloud must resume from the version it had, then go on
-#   8. queries Prometheus's HTTP API: the three targets up, hierfl_* series of the cloud and both
-#      fogs
+#   8. queries Prometheus's HTTP API: the seven hierfl targets up (cloud, 2 fogs, 4 edges),
+#      hierfl_model_version of the cloud > 0, round and stage histograms observed at every tier,
+#      the alert rules of compose/alerts.yml loaded, hierfl_* series of every hierfl service
 #   9. tears the test project down (containers, networks, volumes; images stay cached)
 # Ends with PASS or FAIL and the exit status 0 or 1.
 #
@@ -192,7 +193,7 @@ for s in cloud fog-north fog-south edge-north-n0 edge-north-n1 edge-south-s0 edg
     mosquitto kafka prometheus; do
     wait_healthy "$s"
 done
-log "every service healthy (hierfl services: fog/cloud serve /metrics, edges' process alive)"
+log "every service healthy (hierfl services: /readyz 200, connected and not stalled)"
 
 # mosquitto: TLS only, and a client without a federation certificate is refused.
 m=$(cid mosquitto)
@@ -242,11 +243,48 @@ deadline=$((SECONDS + 120))
 while :; do
     up=$(query 'up{job=~"hierfl-.*"} == 1' 2>/dev/null | python3 -c \
         'import json,sys; print(len(json.load(sys.stdin)["data"]["result"]))' 2>/dev/null || echo 0)
-    [ "$up" = 3 ] && break
-    [ "$SECONDS" -lt "$deadline" ] || fail "Prometheus sees $up of 3 hierfl targets up"
+    [ "$up" = 7 ] && break
+    [ "$SECONDS" -lt "$deadline" ] || fail "Prometheus sees $up of 7 hierfl targets up"
     sleep 3
 done
-log "Prometheus: 3 of 3 hierfl targets up (cloud:9101, fog-north:9101, fog-south:9101)"
+log "Prometheus: 7 of 7 hierfl targets up (cloud, fog-north, fog-south, 4 edges; :9100)"
+# the cloud's model version and round histogram, as Prometheus scraped them
+deadline=$((SECONDS + 60))
+while :; do
+    mv=$(query 'max(hierfl_model_version{tier="cloud"})' 2>/dev/null | python3 -c \
+        'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(int(float(r[0]["value"][1])) if r else -1)' \
+        2>/dev/null || echo -1)
+    [ "$mv" -gt 0 ] && break
+    [ "$SECONDS" -lt "$deadline" ] || fail "Prometheus: hierfl_model_version of the cloud is $mv, not > 0"
+    sleep 3
+done
+log "Prometheus: hierfl_model_version{tier=\"cloud\"} = $mv (> 0)"
+query 'sum by (tier) (hierfl_round_duration_seconds_count)' >"$WORK/rounds.json" \
+    || fail "Prometheus query failed"
+query 'sum by (tier, stage) (hierfl_stage_duration_seconds_count)' >"$WORK/stages.json" \
+    || fail "Prometheus query failed"
+python3 - "$WORK/rounds.json" "$WORK/stages.json" <<'PY' || fail "round or stage histograms are empty in Prometheus"
+import json, sys
+rounds = {r["metric"]["tier"]: float(r["value"][1]) for r in json.load(open(sys.argv[1]))["data"]["result"]}
+stages = {f'{r["metric"]["tier"]}.{r["metric"]["stage"]}': float(r["value"][1])
+          for r in json.load(open(sys.argv[2]))["data"]["result"]}
+print("    rounds observed: " + ", ".join(f"{t} {int(n)}" for t, n in sorted(rounds.items())))
+print("    stages observed: " + ", ".join(f"{s} {int(n)}" for s, n in sorted(stages.items())))
+missing = [t for t in ("cloud", "fog", "edge") if rounds.get(t, 0) <= 0]
+missing += [s for s in ("cloud.combine", "fog.aggregate", "edge.train") if stages.get(s, 0) <= 0]
+if missing:
+    print(f"    nothing observed for {missing}")
+    sys.exit(1)
+PY
+python3 - "$prom" <<'PY' || fail "the alert rules of compose/alerts.yml are not loaded"
+import json, sys, urllib.request
+doc = json.load(urllib.request.urlopen(f"http://{sys.argv[1]}/api/v1/rules", timeout=10))
+names = {r["name"]: r.get("health", "?") for g in doc["data"]["groups"] for r in g["rules"]}
+need = {"HierflFogStalled", "HierflRefusalsSpiking", "HierflCloudQuorumMissed",
+        "HierflBrokerDisconnected", "HierflTargetDown"}
+print("    alert rules: " + ", ".join(f"{n} ({h})" for n, h in sorted(names.items())))
+sys.exit(0 if need <= set(names) and all(names[n] != "err" for n in need) else 1)
+PY
 query '{__name__=~"hierfl_.+"}' >"$WORK/series.json" || fail "Prometheus query failed"
 python3 - "$WORK/series.json" <<'PY' || fail "the federation's metrics are missing in Prometheus"
 import json, sys
@@ -259,7 +297,8 @@ for inst in sorted(by):
     names = by[inst]
     show = ", ".join(f"{k}={v}" for k, v in sorted(names.items())[:6])
     print(f"    {inst}: {len(names)} series: {show}{', ...' if len(names) > 6 else ''}")
-need = {"cloud:9101", "fog-north:9101", "fog-south:9101"}
+need = {"cloud:9100", "fog-north:9100", "fog-south:9100", "edge-north-n0:9100",
+        "edge-north-n1:9100", "edge-south-s0:9100", "edge-south-s1:9100"}
 missing = need - set(by)
 if missing:
     print(f"    no hierfl_* series from {sorted(missing)}")
