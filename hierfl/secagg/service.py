@@ -204,6 +204,7 @@ class EdgeSecureLink:
         self.settings = settings
         self._deltas: dict[tuple[int, int], npt.NDArray[np.float64]] = {}
         self._offered = asyncio.Event()
+        self._offers, self._warned = 0, False
         self._inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self._publish: Callable[[str, bytes], Awaitable[None]] | None = None
 
@@ -259,6 +260,14 @@ class EdgeSecureLink:
                         self.settings.edge_id, version, seq, exc)
             return
         self._deltas[(version, seq & ((1 << SEQ_BITS) - 1))] = vec
+        self._offers += 1
+        if self._offers == 3 and not self.driver.completed and not self._warned:
+            self._warned = True  # a robust fog never opens a round: say so, once
+            log.warning("edge %s: secagg.mode = 'secure', but fog %s has not completed a "
+                        "secure round for any of the 3 updates trained so far: its updates "
+                        "leave only masked, so check that the fog is secure too "
+                        "(docs/secure-aggregation.md)", self.settings.edge_id,
+                        self.settings.fog_id)
         while len(self._deltas) > 4:
             del self._deltas[next(iter(self._deltas))]
         self._offered.set()
