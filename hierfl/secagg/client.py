@@ -79,6 +79,7 @@ class EdgeSecAgg:
         self._c_sk: X25519PrivateKey | None = None
         self._s_sk: X25519PrivateKey | None = None
         self._keys: dict[str, list[bytes]] = {}  # advertised neighbours' [c_pk, s_pk]
+        self._enc_keys: dict[str, bytes] = {}  # neighbour -> the pairwise share key
         self._self_seed = b""
         self._own_share: tuple[int, int] = (0, 0)  # my shares of my own (seed, key)
         self._held: dict[str, tuple[int, int]] = {}  # owner -> (seed share, key share)
@@ -159,6 +160,7 @@ class EdgeSecAgg:
             )
         me = self.params.x_of(self.edge_id)
         self._keys = others
+        self._enc_keys = enc_keys  # reused for the shares that come back (one X25519 each)
         self._self_seed = seed
         self._own_share = (seed_shares[me], key_shares[me])
         self.stage = "shared"
@@ -201,8 +203,8 @@ class EdgeSecAgg:
         context = self.params.context()
         held: dict[str, tuple[int, int]] = {}
         for v, ct in m.ciphertexts.items():
-            key = crypto.agree(self._c_sk, self._keys[v][0], b"enc", context)
-            plain = crypto.decrypt_share(key, ct, context=context, sender=v, recipient=self.edge_id)
+            plain = crypto.decrypt_share(self._enc_keys[v], ct, context=context, sender=v,
+                                         recipient=self.edge_id)
             try:
                 held[v] = (
                     shamir.share_from_bytes(plain[: shamir.SHARE_BYTES]),
