@@ -40,6 +40,12 @@ class Spool:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        # Torn writes from a crash are removed here, once, before any writer of this
+        # process exists: removing ``.tmp`` files later (e.g. while listing) could delete a
+        # write in flight in a worker thread and lose an accepted update.
+        for p in self.root.iterdir():
+            if p.suffix == ".tmp":
+                p.unlink(missing_ok=True)
 
     def put(self, version: int, seq: int, edge: str, data: bytes) -> Path:
         """Store one accepted frame durably (fsync + atomic rename); return its path."""
@@ -111,14 +117,15 @@ class Spool:
             raise
 
     def entries(self) -> list[tuple[int, int, str, Path]]:
-        """Stored frames as ``(version, seq, edge, path)``, oldest round first."""
+        """Stored frames as ``(version, seq, edge, path)``, oldest round first.
+
+        Read-only: a ``.tmp`` file is a write in flight (or a torn one, removed when the
+        spool was opened) and is never listed nor touched here."""
         out = []
         for p in self.root.iterdir():
             m = _NAME.match(p.name)
             if m:
                 out.append((int(m.group(1)), int(m.group(2)), m.group(3), p))
-            elif p.suffix == ".tmp":
-                p.unlink(missing_ok=True)  # a torn write from a crash
         return sorted(out)
 
     def drop_except(self, keep: tuple[int, int] | None) -> int:
