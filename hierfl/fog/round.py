@@ -359,6 +359,7 @@ class FogRound:
         if self._cycle is not None and frame.version <= self._cycle.version:
             return []
         w = frame.weights.astype(np.float32, copy=True)
+        carried = self._buffer_carry(w.size)  # buffered: the open buffer survives
         self._cycle = _Cycle(frame.version, w.copy(), w, frame.layout, np.zeros_like(w))
         self._cycle.control = frame.control
         if self.config.personalise_alpha is not None and self.regional is not None:
@@ -368,6 +369,7 @@ class FogRound:
         if self.privacy is not None and not self.privacy.can_start(self.config.k2):
             return self._with_early(self._budget_spent())
         actions = self._open_round(now)
+        self._buffer_restore(carried)
         if self.region_edges or self.region_spent:  # record-level DP: a spent region stops
             actions += self.on_edges_spent(self.edges_spent, self.region_edges, now)
         return self._with_early(actions)
@@ -506,6 +508,9 @@ class FogRound:
         validator.accept_norm(norm)
         if frame.control is not None:
             checks.check_finite(frame.control)
+        replaced = self._updates.get(frame.edge_id)  # buffered: its older update, if any
+        if replaced is not None and self._cycle is not None:
+            self._cycle.proofs.pop((frame.edge_id, replaced.base_seq), None)
         self._updates[frame.edge_id] = _Accepted(frame.num_samples, frame.delta, frame.metrics,
                                                  frame.base_seq, self._staleness(frame),
                                                  frame.control)
@@ -610,9 +615,13 @@ class FogRound:
             )
         stale = self._staleness(frame)
         try:
+            # an edge's newer update replaces its older one still in the buffer (carried
+            # over a new global model): one update per edge per buffer, the newest
+            held = self._updates.get(frame.edge_id)
+            seen = ({e: u for e, u in self._updates.items() if e != frame.edge_id}
+                    if held is not None and held.base_seq < frame.base_seq else self._updates)
             return validator.validate(frame.edge_id, self.seq - stale, self.seq,
-                                      frame.num_samples, frame.delta,
-                                      already_seen=self._updates)
+                                      frame.num_samples, frame.delta, already_seen=seen)
         except StaleUpdateError as exc:
             raise StaleUpdateError(f"{exc} [buffered: {stale} fog models behind, "
                                    f"max_staleness {self.config.max_staleness}]") from None
@@ -647,6 +656,36 @@ class FogRound:
         for e, proof in getattr(result, "proofs", {}).items():
             c.proofs[(e, result.seq)] = proof  # the masked inputs' signed claims
         return self._close(now, timed_out=False, secure=mean.astype(np.float32))
+
+    def _buffer_carry(self, size: int) -> tuple[dict[str, _Accepted], dict[Any, Any]] | None:
+        """Buffered mode, collecting, a newer global model of the same size: the open
+        buffer and its proofs, to carry into the new cycle (None otherwise)."""
+        c = self._cycle
+        if (not self.config.buffered or self.state is not FogState.COLLECTING or c is None
+                or c.weights.size != size or not self._updates):
+            return None
+        proofs = {k: p for k, p in c.proofs.items()
+                  if k[0] in self._updates and self._updates[k[0]].base_seq == k[1]}
+        return dict(self._updates), proofs
+
+    def _buffer_restore(self, carried: tuple[dict[str, _Accepted], dict[Any, Any]] | None
+                        ) -> None:
+        """Put a carried buffer into the new cycle: each update one model staler, dropped
+        when that exceeds ``max_staleness`` (FedBuff applies a stale delta to the current
+        model; the buffer is a set of deltas, whatever model they came from)."""
+        if carried is None or self._cycle is None or self.state is not FogState.COLLECTING:
+            return
+        updates, proofs = carried
+        for edge, u in updates.items():
+            u.staleness = self._clock.staleness(u.base_seq, self.seq)
+            if u.staleness > self.config.max_staleness:
+                log.info("fog %s: dropped %s's buffered update (now %d models behind)",
+                         self.config.fog_id, edge, u.staleness)
+                continue
+            self._updates[edge] = u
+            key = (edge, u.base_seq)
+            if key in proofs:
+                self._cycle.proofs[key] = proofs[key]
 
     def on_sent(self, frame: AggregateFrame, now: float) -> None:
         """The aggregate ``frame`` (of a :class:`Forward`) is written to Kafka: the resend

@@ -195,3 +195,27 @@ def test_settings_enable_buffering_and_refuse_what_cannot_work():
     assert cs.max_staleness == 2
     with pytest.raises(ConfigError, match="could never fill"):
         CloudSettings.load(fogs=["f0"], aggregation="buffered", buffer_size=2)
+
+
+def test_buffer_survives_a_newer_global_model_and_an_edge_newer_update_replaces_its_own():
+    f = fog(k=3, k2=1, max_staleness=3)
+    f.on_update(update("a", 1, 5.0), 0.0)
+    f.on_update(update("b", 1, 1.0), 0.0)
+    # the cloud moved on without this fog (a buffered cloud): the buffer is carried over
+    f.on_global_model(ModelFrame(FED, 1, np.ones(D, np.float32), layout=LAYOUT), 1.0)
+    assert sorted(f.pending) == ["a", "b"] and f._updates["a"].staleness == 1
+    f.on_update(update("a", 2, 2.0, version=1), 1.0)  # a's newer update replaces its older one
+    assert sorted(f.pending) == ["a", "b"]
+    actions = f.on_update(update("c", 2, 2.0, version=1), 1.0)
+    fwd = next(a for a in actions if isinstance(a, Forward))
+    assert fwd.frame.contributors == ("a", "b", "c")
+    w = 1 / math.sqrt(2)  # b is one model behind; a and c are fresh
+    np.testing.assert_allclose(fwd.frame.delta, np.full(D, (2 * 10 + w * 10 + 2 * 10) /
+                                                       (10 + w * 10 + 10)), rtol=1e-5)
+
+
+def test_a_carried_update_too_stale_for_the_new_model_is_dropped():
+    f = fog(k=3, k2=1, max_staleness=0)
+    f.on_update(update("a", 1, 5.0), 0.0)
+    f.on_global_model(ModelFrame(FED, 1, np.ones(D, np.float32), layout=LAYOUT), 1.0)
+    assert f.pending == ()
