@@ -62,16 +62,20 @@ EDGE_KINDS = frozenset({"advertise", "shares", "masked", "reveal"})
 FOG_KINDS = frozenset({"begin", "adverts", "forwarded", "unmask"})
 _ENVELOPE_KEYS = frozenset({"f", "body", "signer", "ctr", "sig"})
 SEQ_BITS = 20
+ATTEMPT_BITS = 8
 
 
-def round_id(version: int, seq: int) -> int:
-    """The SecAgg+ round id of fog model ``(version, seq)``: ``version * 2^20 + seq mod 2^20``."""
-    return (version << SEQ_BITS) | (seq & ((1 << SEQ_BITS) - 1))
+def round_id(version: int, seq: int, attempt: int = 0) -> int:
+    """The SecAgg+ round id of the ``attempt``-th round for fog model ``(version, seq)``:
+    ``version * 2^28 + (seq mod 2^20) * 2^8 + attempt mod 2^8``. A refused round is retried
+    under the next attempt: a round id is never used twice."""
+    seq_part = (seq & ((1 << SEQ_BITS) - 1)) << ATTEMPT_BITS
+    return (version << (SEQ_BITS + ATTEMPT_BITS)) | seq_part | (attempt & 0xFF)
 
 
 def split_round_id(rid: int) -> tuple[int, int]:
-    """Inverse of :func:`round_id`: ``(version, seq mod 2^20)``."""
-    return rid >> SEQ_BITS, rid & ((1 << SEQ_BITS) - 1)
+    """The fog model ``(version, seq mod 2^20)`` of a round id (:func:`round_id`)."""
+    return rid >> (SEQ_BITS + ATTEMPT_BITS), (rid >> ATTEMPT_BITS) & ((1 << SEQ_BITS) - 1)
 
 
 def _claims(kind: str, rnd: int) -> tuple[str, int, int]:

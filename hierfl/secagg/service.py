@@ -161,18 +161,28 @@ class FogSecureRegion:
                     current = tg.create_task(self._one(driver, version, seq, dim))
 
     async def _one(self, driver: FogSecAggDriver, version: int, seq: int, dim: int) -> None:
-        roster = self.roster()
+        """The fog model's secure round; one refused below the threshold (edges not yet
+        connected, too many dropouts) is tried again under a new round id until it succeeds
+        or a newer model cancels it (at most one attempt per ``advertise_s``)."""
         weighted = self.settings.secagg.weighted
-        try:
-            result = await driver.run_round(round_id(version, seq), roster,
-                                            dim + 1 if weighted else dim)
-        except SecAggError as exc:
-            if self.on_reject is not None:
-                self.on_reject(exc.reason)
-            level = logging.WARNING if isinstance(exc, SecAggThresholdError) else logging.ERROR
-            log.log(level, "fog %s: secure round of (v%d, seq %d) refused: %s",
-                    self.settings.fog_id, version, seq, exc)
-            return
+        attempt = 0
+        while True:
+            try:
+                result = await driver.run_round(round_id(version, seq, attempt), self.roster(),
+                                                dim + 1 if weighted else dim)
+                break
+            except SecAggError as exc:
+                if self.on_reject is not None:
+                    self.on_reject(exc.reason)
+                retry = isinstance(exc, SecAggThresholdError) and attempt < 255
+                log.log(logging.WARNING if retry else logging.ERROR,
+                        "fog %s: secure round of (v%d, seq %d) refused: %s%s",
+                        self.settings.fog_id, version, seq, exc,
+                        "; trying again" if retry else "")
+                if not retry:
+                    return
+                attempt += 1
+                await asyncio.sleep(0.5)
         proofs = {e: EdgeProof(e, version, seq, *driver.proofs[e])
                   for e in result.survivors if e in driver.proofs}
         total, weight = result.sum, None

@@ -39,6 +39,9 @@ def masked(sender: str = "e0", rnd: int = round_id(3, 7)) -> dict:
 def test_round_ids_round_trip() -> None:
     assert split_round_id(round_id(3, 7)) == (3, 7)
     assert round_id(0, 1) < round_id(0, 2) < round_id(1, 0)
+    # a refused round is retried under the next attempt: a new id of the same fog model
+    assert split_round_id(round_id(3, 7, 5)) == (3, 7)
+    assert round_id(3, 7) < round_id(3, 7, 1) < round_id(3, 7, 255) < round_id(3, 8)
 
 
 def test_an_edge_message_opens_and_its_masked_input_is_an_update_proof(keys, trust) -> None:
