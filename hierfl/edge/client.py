@@ -374,7 +374,10 @@ class EdgeClient:
         self.hooks.run_evaluate(frame.version, self.model)  # the received model, untrained
         if self.privacy is not None:
             self.privacy.check_budget()  # untrusted_fog: nothing is trained past the budget
-        scaffold = self.scaffold.before(self.task, frame.control)
+        # SCAFFOLD's control change is sent in the clear: never beside a private or masked
+        # update (it would reveal the update the noise or the masks protect)
+        scaffold = (self.settings.privacy.mode == "off" and self.settings.secagg.mode != "secure"
+                    and self.scaffold.before(self.task, frame.control))
         result = self.task.train(self.model, self.settings.local_epochs)
         delta = _to_vector(self.model)  # a fresh float32 vector: subtract in place
         control = (self.scaffold.after(self.task, frame.control, base, delta)
