@@ -3,6 +3,8 @@ trainer, FedProx's proximal step, and the control vectors on the wire (old frame
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgpack
 import numpy as np
 import pytest
@@ -133,3 +135,42 @@ def test_control_round_trips_and_frames_without_it_are_unchanged() -> None:
     assert "control" not in _body(encode_frame(ModelFrame("fed", 4, delta, created_at=1.0)))
     with pytest.raises(FrameFieldError):
         UpdateFrame("fed", "north", "n0", 3, 7, 12, delta, control=np.zeros(5, F))
+
+
+def test_cloud_round_updates_c_by_the_edge_weighted_mean_and_applies_its_optimiser() -> None:
+    from hierfl.aggregation import FedAvg
+    from hierfl.cloud.round import CloudRound, CloudRoundConfig, NewGlobal
+    from hierfl.optim.server import make_server_optimizer
+    from hierfl.wire.frames import LayoutEntry
+
+    w0 = np.zeros(2, F)
+    r = CloudRound(CloudRoundConfig(federation="fed", fogs=frozenset({"a", "b"})), FedAvg(),
+                   version=0, weights=w0, layout=(LayoutEntry("w", (2,)),),
+                   server_opt=make_server_optimizer("fedavgm", 2, server_lr=2.0),
+                   control=np.array([1.0, 1.0], F))
+    r.on_aggregate(AggregateFrame("fed", "a", 0, 10, ("e1",), 1, np.array([1.0, 0.0], F),
+                                  control=np.array([4.0, 0.0], F)), 0.0)
+    out = r.on_aggregate(AggregateFrame("fed", "b", 0, 30, ("e2", "e3", "e4"), 1,
+                                        np.array([0.0, 1.0], F),
+                                        control=np.array([0.0, 8.0], F)), 0.0)
+    new = next(a for a in out if isinstance(a, NewGlobal))
+    # FedAvg by samples [0.25, 0.75], then FedAvgM's first step: server_lr * delta
+    np.testing.assert_allclose(new.weights, [0.5, 1.5])
+    # c + (1 * [4, 0] + 3 * [0, 8]) / 4: weighted by contributing edges, not samples
+    np.testing.assert_allclose(new.control, [2.0, 7.0])
+    np.testing.assert_allclose(r.control, [2.0, 7.0])
+
+
+def test_control_checkpoint_round_trip_and_tampering(tmp_path: Path) -> None:
+    from hierfl.errors import StoreError
+    from hierfl.optim.checkpoint import restore_control, save_control
+
+    c = np.linspace(-1, 1, 5).astype(F)
+    entry = save_control(tmp_path, 7, c)
+    np.testing.assert_array_equal(restore_control(tmp_path, {"scaffold": entry}, 5), c)
+    assert restore_control(tmp_path, {}, 5) is None  # a record without SCAFFOLD: start at 0
+    with pytest.raises(StoreError):
+        restore_control(tmp_path, {"scaffold": entry}, 6)  # another model size
+    (tmp_path / entry["file"]).write_bytes(b"x")
+    with pytest.raises(StoreError):
+        restore_control(tmp_path, {"scaffold": entry}, 5)
