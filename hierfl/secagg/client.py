@@ -1,14 +1,18 @@
 """The edge's side of one SecAgg+ round: a state machine that turns each fog message into the
 next edge message, and refuses what an honest edge must refuse.
 
-Paper: doi.org/10.1145/3133956.3133982 (Bonawitz et al., 2017, the protocol of figure 4 without
-the consistency-check round) and arxiv.org/abs/2008.05767 (Bell et al., 2020: masks and shares
-only along a k-regular graph).
+Paper: doi.org/10.1145/3133956.3133982 (Bonawitz et al., 2017, the protocol of figure 4) and
+arxiv.org/abs/2008.05767 (Bell et al., 2020: masks and shares only along a k-regular graph).
 
 Stages: ``init`` -> :meth:`advertise` -> ``advertised`` -> :meth:`on_roster` -> ``shared`` ->
-:meth:`on_shares` -> ``masked`` -> :meth:`on_unmask` -> ``done``; ``aborted`` once a threshold
-check fails. A call in the wrong stage raises SecAggStageError; a message that fails a check
-raises a typed error and leaves the stage as it was (except a failed threshold, which aborts:
+:meth:`on_shares` -> ``masked`` -> :meth:`on_check` -> ``checked`` -> :meth:`on_unmask` ->
+``done``; ``aborted`` once a threshold or consistency check fails. An edge built with
+``sign``/``verify`` (its provisioned identity key and its neighbours', as every wired edge is)
+requires the consistency check before it reveals a share; one built without them runs the
+semi-honest protocol (``masked`` -> :meth:`on_unmask`), for in-memory use only. A call in
+the wrong stage raises SecAggStageError; a message that fails a check
+raises a typed error and leaves the stage as it was (except a failed threshold or consistency
+check, which aborts:
 the round cannot complete safely any more).
 """
 
@@ -24,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from hierfl.secagg import crypto, shamir
 from hierfl.secagg.errors import (
+    SecAggConsistencyError,
     SecAggError,
     SecAggMessageError,
     SecAggPrivacyError,
@@ -32,6 +37,8 @@ from hierfl.secagg.errors import (
 )
 from hierfl.secagg.messages import (
     AdvertiseKeys,
+    ConsistencyCheck,
+    ConsistencySignature,
     ForwardedShares,
     KeyRoster,
     MaskedInput,
@@ -39,6 +46,7 @@ from hierfl.secagg.messages import (
     ShareKeys,
     UnmaskRequest,
     UnmaskResponse,
+    consistency_message,
     parse,
 )
 from hierfl.secagg.params import SecAggParams
@@ -60,17 +68,27 @@ class EdgeSecAgg:
         edge_id: this edge, a member of ``params.roster``.
         random_bytes: randomness for keys, seeds and shares (``os.urandom``; tests pass a
             seeded generator to make a round reproducible).
+        sign: signs :func:`~hierfl.secagg.messages.consistency_message` bytes with this
+            edge's identity key (the consistency check); None with ``verify``: semi-honest.
+        verify: ``verify(edge, message, signature)``: whether ``signature`` is ``edge``'s
+            identity-key signature on ``message``.
 
     Raises:
-        SecAggError: if ``edge_id`` is not in the roster.
+        SecAggError: if ``edge_id`` is not in the roster, or only one of sign / verify given.
     """
 
     def __init__(
         self, params: SecAggParams, edge_id: str, *,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        sign: Callable[[bytes], bytes] | None = None,
+        verify: Callable[[str, bytes, bytes], bool] | None = None,
     ) -> None:
         if edge_id not in params.roster:
             raise SecAggError(f"{edge_id!r} is not in the region's roster")
+        if (sign is None) != (verify is None):
+            raise SecAggError("the consistency check needs both sign and verify")
+        self._sign, self._verify = sign, verify
+        self._signed: frozenset[str] | None = None  # the U3 this edge signed
         self.params = params
         self.edge_id = edge_id
         self.stage = "init"
@@ -227,18 +245,89 @@ class EdgeSecAgg:
             self.params.region, self.params.round, self.edge_id, masked.astype("<u4").tobytes()
         )
 
+    @property
+    def checks_consistency(self) -> bool:
+        """Whether this edge requires the consistency check (it holds identity keys)."""
+        return self._sign is not None
+
+    def _check_survivors(self, survivors: set[str]) -> None:
+        if len(survivors) < self.params.t:
+            raise SecAggPrivacyError(
+                f"edge {self.edge_id}: {len(survivors)} survivors, threshold {self.params.t}"
+            )
+        if self.edge_id not in survivors:
+            raise SecAggMessageError("the survivors omit this edge, which sent its input")
+        if not survivors <= set(self.params.roster):
+            raise SecAggMessageError("the survivors name edges outside the roster")
+
+    def on_check(self, msg: ConsistencyCheck | dict[str, Any]) -> ConsistencySignature:
+        """Stage 2b (consistency check): sign the survivor set U3 the fog announces, once.
+
+        Raises:
+            SecAggStageError: outside stage ``masked``, or an edge without identity keys.
+            SecAggPrivacyError: fewer than t survivors.
+            SecAggMessageError: a set omitting this edge, naming edges outside the roster, or
+                naming a neighbour whose shares never reached this edge.
+        """
+        if self._sign is None:
+            raise SecAggStageError(f"edge {self.edge_id}: no identity keys, no consistency check")
+        m: ConsistencyCheck = self._expect("masked", msg, ConsistencyCheck)
+        survivors = set(m.survivors)
+        self._check_survivors(survivors)
+        if not (survivors & self._neighbours) <= set(self._held):
+            raise SecAggMessageError("the survivors name a neighbour that never shared with us")
+        self._signed = frozenset(survivors)
+        signature = self._sign(consistency_message(self.params.region, self.params.round,
+                                                   survivors))
+        self.stage = "checked"
+        return ConsistencySignature(self.params.region, self.params.round, self.edge_id,
+                                    signature)
+
+    def _consistent(self, m: UnmaskRequest) -> None:
+        """The consistency rule: the request's U3 is the one signed here, and at least t
+        members of this edge's neighbourhood (itself included) signed that same U3."""
+        assert self._signed is not None
+        assert self._verify is not None
+        if set(m.survivors) != self._signed:
+            raise self._refuse("the unmasking request names another survivor set than signed")
+        allowed = self._neighbours | {self.edge_id}
+        if not set(m.signatures) <= allowed:
+            raise self._refuse("signatures relayed from outside this edge's neighbourhood")
+        message = consistency_message(self.params.region, self.params.round, self._signed)
+        valid = 0
+        for w in sorted(m.signatures):
+            if not self._verify(w, message, m.signatures[w]):
+                raise self._refuse(f"the signature of {w!r} on the survivor set does not verify")
+            valid += 1
+        if valid < self.params.t:
+            raise self._refuse(f"{valid} valid signatures on the survivor set, threshold "
+                               f"{self.params.t}")
+
+    def _refuse(self, why: str) -> SecAggConsistencyError:
+        self.stage = "aborted"
+        return SecAggConsistencyError(f"edge {self.edge_id}: {why}; nothing revealed")
+
     def on_unmask(self, msg: UnmaskRequest | dict[str, Any]) -> UnmaskResponse:
         """Stage 3: reveal, per neighbour, the self-mask seed share if it sent its masked input
-        or the secret-key share if it dropped; never both, and only once per round.
+        or the secret-key share if it dropped; never both, and only once per round. An edge
+        with identity keys first checks the consistency signatures (:meth:`on_check`).
 
         Raises:
             SecAggPrivacyError: a second request, a request for both shares of one edge, for
                 the key share of an edge listed as a survivor, or fewer than t survivors.
+            SecAggConsistencyError: (a SecAggPrivacyError) another survivor set than signed, a
+                forged or out-of-neighbourhood signature, or fewer than t valid ones: the
+                round is aborted.
             SecAggMessageError: on ids this edge holds no share of, or a list omitting it.
         """
         if self.stage == "done":
             raise SecAggPrivacyError(f"edge {self.edge_id}: a second unmasking request refused")
-        m: UnmaskRequest = self._expect("masked", msg, UnmaskRequest)
+        m: UnmaskRequest = self._expect(
+            "checked" if self.checks_consistency else "masked", msg, UnmaskRequest)
+        if self.checks_consistency:
+            self._consistent(m)
+        elif m.signatures:
+            raise SecAggMessageError("signatures relayed to an edge without identity keys")
         both = set(m.self_mask_of) & set(m.secret_key_of)
         if both:
             raise SecAggPrivacyError(
@@ -246,12 +335,7 @@ class EdgeSecAgg:
                 f"shares of {sorted(both)}"
             )
         survivors = set(m.survivors)
-        if len(survivors) < self.params.t:
-            raise SecAggPrivacyError(
-                f"edge {self.edge_id}: {len(survivors)} survivors, threshold {self.params.t}"
-            )
-        if self.edge_id not in survivors:
-            raise SecAggMessageError("the survivors omit this edge, which sent its input")
+        self._check_survivors(survivors)
         if survivors & set(m.secret_key_of):
             raise SecAggPrivacyError("asked for the secret-key share of an edge that survived")
         if not set(m.self_mask_of) <= survivors:

@@ -16,7 +16,9 @@ One round (docs/secure-aggregation.md)::
     edge -> fog   secagg/up/E      shares
     fog  -> E     secagg/down/E    forwarded
     edge -> fog   secagg/up/E      masked (the clipped, encoded, masked update)
-    fog  -> E     secagg/down/E    unmask
+    fog  -> E     secagg/down/E    check: the survivor set U3 (the consistency check)
+    edge -> fog   secagg/up/E      consistency: E's identity-key signature on (round, U3)
+    fog  -> E     secagg/down/E    unmask, with E's neighbours' signatures on U3
     edge -> fog   secagg/up/E      reveal            -> the fog computes the sum
 
 The fog closes a stage when every edge still in the round has sent, or at the stage's deadline;
@@ -48,7 +50,12 @@ from hierfl import topics
 from hierfl.errors import HierflError, ReplayError
 from hierfl.secagg.client import EdgeSecAgg
 from hierfl.secagg.encoding import FixedPoint
-from hierfl.secagg.envelope import open_envelope, seal
+from hierfl.secagg.envelope import (
+    open_envelope,
+    seal,
+    sign_consistency,
+    verify_consistency,
+)
 from hierfl.secagg.errors import SecAggError, SecAggMessageError, SecAggStageError
 from hierfl.secagg.messages import AdvertiseKeys, KeyRoster, parse
 from hierfl.secagg.params import SecAggParams
@@ -70,24 +77,28 @@ Publish = Callable[[str, bytes], Awaitable[None]]
 UpdateSource = Callable[["BeginRound"], "Awaitable[npt.ArrayLike] | npt.ArrayLike"]
 IntegerNoise = Callable[[npt.NDArray[np.int64]], npt.NDArray[np.int64]]
 
-_EDGE_STAGES = ("advertise", "shares", "masked", "reveal")
+_EDGE_STAGES = ("advertise", "shares", "masked", "consistency", "reveal")
 
 
 @dataclass(frozen=True, slots=True)
 class StageDeadlines:
     """Seconds the fog waits for each stage's messages before it closes the stage.
 
-    ``masked_s`` covers the edges' local training when they train after advertising.
+    ``masked_s`` covers the edges' local training when they train after advertising;
+    ``check_s`` is the consistency check's (None: ``unmask_s``).
     """
 
     advertise_s: float = 10.0
     share_s: float = 10.0
     masked_s: float = 60.0
     unmask_s: float = 10.0
+    check_s: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("advertise_s", "share_s", "masked_s", "unmask_s"):
+        for name in ("advertise_s", "share_s", "masked_s", "unmask_s", "check_s"):
             v = getattr(self, name)
+            if v is None and name == "check_s":
+                continue
             if not (math.isfinite(v) and v > 0):
                 raise SecAggError(f"{name} must be finite and > 0, got {v}")
 
@@ -250,28 +261,38 @@ class FogSecAggDriver:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), min(left, 0.5))
 
-    def begin(self, round_id: int, roster: tuple[str, ...] | list[str], dim: int) -> BeginRound:
-        """The opening of round ``round_id`` for ``roster`` (validated here).
+    def begin(self, round_id: int, roster: tuple[str, ...] | list[str], dim: int,
+              scale: float | None = None) -> BeginRound:
+        """The opening of round ``round_id`` for ``roster`` (validated here); ``scale``
+        overrides the driver's for this round (distributed DP sizes it per round).
 
         Raises:
             SecAggError: if the parameters are inconsistent.
         """
         n = len(roster)
-        codec = (FixedPoint.for_region(n, self.clip_norm) if self.scale is None
-                 else FixedPoint(self.clip_norm, self.scale, n))
+        scale = self.scale if scale is None else scale
+        codec = (FixedPoint.for_region(n, self.clip_norm) if scale is None
+                 else FixedPoint(self.clip_norm, scale, n))
         params = SecAggParams(self.fog, round_id, tuple(roster), dim, codec,
                               degree=self.degree, threshold=self.threshold)
         return BeginRound(self.fog, round_id, params.roster, dim, codec.clip_norm,
                           codec.scale, params.k, params.t)
 
+    def _consistency_verifier(self, rnd: int) -> Callable[[str, bytes, bytes], bool]:
+        def verify(edge: str, message: bytes, signature: bytes) -> bool:
+            return verify_consistency(self.trust, self.federation, self.fog, rnd, edge,
+                                      message, signature)
+        return verify
+
     async def run_round(self, round_id: int, roster: tuple[str, ...] | list[str],
-                        dim: int) -> SecAggResult:
+                        dim: int, scale: float | None = None) -> SecAggResult:
         """Run one round over MQTT and return the region's sum.
 
         Args:
             round_id: the round's number (binds every key and share to it; never reuse one).
             roster: the edges that may take part.
             dim: the update's length.
+            scale: this round's fixed-point scale (None: the driver's).
 
         Returns:
             The unmasked sum of the edges whose masked input arrived, and who dropped when.
@@ -281,8 +302,9 @@ class FogSecAggDriver:
                 the round is refused (counted in :attr:`refused`).
             SecAggRecoveryError: a rebuilt key does not match its advertisement.
         """
-        begin = self.begin(round_id, roster, dim)
-        sm = self.round_class(begin.params())
+        begin = self.begin(round_id, roster, dim, scale)
+        sm = self.round_class(begin.params(), consistency=True,
+                              verify=self._consistency_verifier(round_id))
         region, d = self.fog, self.deadlines
         self._round, self._adverts, self.proofs = sm, {}, {}
         self._arrived = {k: set() for k in _EDGE_STAGES}
@@ -305,7 +327,12 @@ class FogSecAggDriver:
             await self._send({u: m.to_wire() for u, m in forwarded.items()})
             await self._collect("masked", set(forwarded), d.masked_s)
             times["masked"] = self.clock() - t0
-            requests = sm.close_masked()
+            checks = sm.close_masked_check()
+            await self._send({u: m.to_wire() for u, m in checks.items()})
+            await self._collect("consistency", set(checks),
+                                d.unmask_s if d.check_s is None else d.check_s)
+            times["check"] = self.clock() - t0
+            requests = sm.close_check()
             await self._send({u: m.to_wire() for u, m in requests.items()})
             await self._collect("reveal", set(requests), d.unmask_s)
             result = sm.finish()
@@ -331,6 +358,7 @@ class _EdgeRound:
     begin: BeginRound
     sm: EdgeSecAgg
     sent: list[str] = field(default_factory=list)
+    noise: IntegerNoise | None = None
 
 
 class EdgeSecAggDriver:
@@ -351,8 +379,11 @@ class EdgeSecAggDriver:
         min_roster: the fewest edges a round may have (a fog cannot shrink the crowd an
             update hides in below it).
         integer_noise: distributed DP's hook (:meth:`EdgeSecAgg.on_shares`).
+        integer_noise_for: distributed DP: called with each round's ``begin``, returns that
+            round's hook (the noise depends on the roster's size and the dimension); an error
+            it raises refuses the round (counted). Overrides ``integer_noise``.
         stop_after: fault injection: go silent after sending this stage's message
-            (``advertise``, ``shares`` or ``masked``); None in service.
+            (``advertise``, ``shares``, ``masked`` or ``consistency``); None in service.
         random_bytes: randomness for keys, seeds and shares.
     """
 
@@ -360,15 +391,18 @@ class EdgeSecAggDriver:
                  trust: TrustStore, publish: Publish, update: UpdateSource,
                  clip_norm: float | None = None, min_roster: int = 2,
                  integer_noise: IntegerNoise | None = None, stop_after: str | None = None,
+                 integer_noise_for: Callable[[BeginRound], IntegerNoise] | None = None,
                  max_bytes: int = 1 << 30,
                  random_bytes: Callable[[int], bytes] = os.urandom,
                  on_reject: Callable[[str], None] | None = None) -> None:
-        if stop_after not in (None, "advertise", "shares", "masked"):
-            raise ValueError(f"stop_after must be advertise, shares or masked, not {stop_after}")
+        if stop_after not in (None, "advertise", "shares", "masked", "consistency"):
+            raise ValueError(f"stop_after must be advertise, shares, masked or consistency, "
+                             f"not {stop_after}")
         self.federation, self.fog, self.edge = federation, fog, edge
         self.signer, self.trust, self.publish = signer, trust, publish
         self.update, self.clip_norm, self.min_roster = update, clip_norm, min_roster
         self.integer_noise, self.stop_after = integer_noise, stop_after
+        self.integer_noise_for = integer_noise_for
         self.max_bytes, self.random_bytes = max_bytes, random_bytes
         self.on_reject = on_reject
         #: refused inbound messages by reason (never raised out of :meth:`handle`)
@@ -423,9 +457,21 @@ class EdgeSecAggDriver:
             raise SecAggMessageError(
                 f"round {b.round}: clip_norm {b.clip_norm}, this edge's is {self.clip_norm}"
             )
-        sm = EdgeSecAgg(b.params(), self.edge, random_bytes=self.random_bytes)
+        noise = (self.integer_noise if self.integer_noise_for is None
+                 else self.integer_noise_for(b))
+        rnd = b.round
+
+        def sign(message: bytes) -> bytes:
+            return sign_consistency(self.signer, self.fog, rnd, message)
+
+        def verify(edge: str, message: bytes, signature: bytes) -> bool:
+            return verify_consistency(self.trust, self.federation, self.fog, rnd, edge,
+                                      message, signature)
+
+        sm = EdgeSecAgg(b.params(), self.edge, random_bytes=self.random_bytes, sign=sign,
+                        verify=verify)
         self._last_round = b.round
-        self._round = _EdgeRound(b, sm)
+        self._round = _EdgeRound(b, sm, noise=noise)
         await self._send(sm.advertise().to_wire(), "advertise")
         if self.stop_after == "advertise":
             self._round = None
@@ -468,9 +514,13 @@ class EdgeSecAggDriver:
             if inspect.isawaitable(x):
                 x = await x
             out = r.sm.on_shares(body, np.asarray(x, dtype=np.float64),
-                                 integer_noise=self.integer_noise)
+                                 integer_noise=r.noise)
             await self._send(out.to_wire(), "masked")
             if self.stop_after == "masked":
+                self._round = None
+        elif kind == "check":
+            await self._send(r.sm.on_check(body).to_wire(), "consistency")
+            if self.stop_after == "consistency":
                 self._round = None
         elif kind == "unmask":
             await self._send(r.sm.on_unmask(body).to_wire(), "reveal")

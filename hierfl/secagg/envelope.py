@@ -23,6 +23,12 @@ claims. Everything from the broker is hostile: each failure raises a typed error
 (:class:`~hierfl.errors.SignatureError` or a subclass, or
 :class:`~hierfl.secagg.errors.SecAggMessageError`), which the drivers count by ``reason``.
 
+The consistency check's signatures (:func:`sign_consistency`) are a second, inner signature
+with the same identity key: kind ``"secagg.consistency"``, the round as ``base``, the hash of
+:func:`hierfl.secagg.messages.consistency_message` (region, round, U3) as the payload hash; an
+8-byte counter travels in front of the 64-byte Ed25519 signature. The fog relays them to the
+edges inside the unmasking request; each edge checks them with :func:`verify_consistency`.
+
 Because each key advertisement carries its edge's signature, the fog relays the signed
 advertisements themselves (``adverts``), not keys it could have replaced: a fog cannot
 substitute its own key for a neighbour's (the man in the middle of an unsigned SecAgg).
@@ -38,7 +44,7 @@ from blake3 import blake3
 from cryptography.exceptions import InvalidSignature
 
 from hierfl import topics
-from hierfl.errors import ConfigError, SignatureError, SignerError
+from hierfl.errors import ConfigError, HierflError, SignatureError, SignerError
 from hierfl.secagg.errors import SecAggMessageError
 from hierfl.security.trust import TrustStore, edge_party, fog_party
 from hierfl.wire.signing import Signer, signed_message
@@ -52,14 +58,17 @@ __all__ = [
     "open_envelope",
     "round_id",
     "seal",
+    "sign_consistency",
     "split_round_id",
+    "verify_consistency",
 ]
 
 ENVELOPE_FORMAT = "hierfl-secagg/1"
 #: message kinds an edge sends (hierfl.secagg.messages) and those a fog sends (``begin`` and
 #: ``adverts`` are the transport's own: the round's opening and the relayed signed adverts)
-EDGE_KINDS = frozenset({"advertise", "shares", "masked", "reveal"})
-FOG_KINDS = frozenset({"begin", "adverts", "forwarded", "unmask"})
+EDGE_KINDS = frozenset({"advertise", "shares", "masked", "consistency", "reveal"})
+FOG_KINDS = frozenset({"begin", "adverts", "forwarded", "check", "unmask"})
+CONSISTENCY_KIND = "secagg.consistency"
 _ENVELOPE_KEYS = frozenset({"f", "body", "signer", "ctr", "sig"})
 SEQ_BITS = 20
 ATTEMPT_BITS = 8
@@ -186,3 +195,32 @@ def open_envelope(data: bytes, *, trust: TrustStore, federation: str, fog: str,
     except InvalidSignature as exc:
         raise SignatureError(f"bad signature on a secagg {kind} claimed by {signer}") from exc
     return Opened(signer, msg, bytes(data), ctr, h, sig)
+
+
+def sign_consistency(signer: Signer, fog: str, rnd: int, message: bytes) -> bytes:
+    """An edge's consistency signature on ``message`` (:func:`consistency_message`) for round
+    ``rnd``: the 8-byte big-endian counter, then the Ed25519 signature of the claims."""
+    sb = signer.sign(CONSISTENCY_KIND, fog, rnd, 0, blake3(message).digest())
+    return sb.counter.to_bytes(8, "big") + sb.signature
+
+
+def verify_consistency(trust: TrustStore, federation: str, fog: str, rnd: int, edge: str,
+                       message: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` (:func:`sign_consistency`) is edge ``edge`` of region ``fog``'s
+    on ``message`` for round ``rnd``; an unknown or revoked signer, a bad id or a malformed
+    signature is False (the state machine raises the typed refusal)."""
+    if len(signature) != 8 + 64:
+        return False
+    try:
+        party_id = edge_party(fog, topics.check_id("edge", edge))
+        party = trust.get(party_id)
+    except (ConfigError, HierflError):
+        return False
+    ctr = int.from_bytes(signature[:8], "big")
+    claims = signed_message(federation, CONSISTENCY_KIND, party_id, fog, rnd, 0, ctr,
+                            blake3(message).digest())
+    try:
+        party.public_key.verify(signature[8:], claims)
+    except InvalidSignature:
+        return False
+    return True

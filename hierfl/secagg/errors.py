@@ -13,6 +13,7 @@ unique ``reason`` label (``secagg.*``), so a tier counts them like any other rej
         + SecAggDuplicateError    reason="secagg.duplicate"  a second message for one stage
         + SecAggAuthError         reason="secagg.auth"       a share that does not decrypt
         + SecAggPrivacyError      reason="secagg.privacy"    a request an honest edge refuses
+          + SecAggConsistencyError reason="secagg.consistency" survivor sets or signatures differ
         + SecAggThresholdError    reason="secagg.threshold"  too few left: round refused
         + SecAggRecoveryError     reason="secagg.recovery"   inconsistent recovered secret
 """
@@ -23,6 +24,7 @@ from hierfl.errors import HierflError
 
 __all__ = [
     "SecAggAuthError",
+    "SecAggConsistencyError",
     "SecAggDuplicateError",
     "SecAggError",
     "SecAggMessageError",
@@ -84,3 +86,12 @@ class SecAggRecoveryError(SecAggError):
     key does not match the public key it advertised): some shares were corrupted."""
 
     reason = "secagg.recovery"
+
+
+class SecAggConsistencyError(SecAggPrivacyError):
+    """The consistency check failed (Bonawitz et al. 2017, round 3): the unmasking request
+    names another survivor set than the one this edge signed, relays a signature that does not
+    verify or comes from outside the neighbourhood, or carries fewer than t valid signatures on
+    the same set. The edge reveals nothing and aborts the round."""
+
+    reason = "secagg.consistency"

@@ -7,8 +7,15 @@ everything; edges never talk directly)::
     edge -> fog                    fog -> each edge
     AdvertiseKeys   (stage 0)      KeyRoster        neighbours' public keys
     ShareKeys       (stage 1)      ForwardedShares  shares encrypted to this edge
-    MaskedInput     (stage 2)      UnmaskRequest    whose self-mask / secret-key shares to reveal
+    MaskedInput     (stage 2)      ConsistencyCheck the survivor set U3 (malicious-fog mode)
+    ConsistencySignature (2b)      UnmaskRequest    whose self-mask / secret-key shares to reveal,
+                                                    with the neighbours' signatures on U3
     UnmaskResponse  (stage 3)      -                the fog now computes the sum
+
+In the semi-honest mode (a state machine built without identity keys) the fog answers the
+masked inputs with the unmasking request directly; an edge built with keys
+(:class:`~hierfl.secagg.client.EdgeSecAgg` ``sign``/``verify``, as every wired edge is)
+insists on the consistency check (Bonawitz et al. 2017, round 3) first.
 
 :func:`parse` turns an untrusted dict back into a message and raises
 :class:`~hierfl.secagg.errors.SecAggMessageError` for anything else (missing or extra fields,
@@ -18,17 +25,23 @@ roster, the update's length) the state machines check.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+import msgpack
 
 from hierfl.secagg.crypto import KEY_BYTES, NONCE_BYTES
 from hierfl.secagg.errors import SecAggMessageError
 from hierfl.secagg.shamir import SHARE_BYTES
 
 __all__ = [
+    "CONSISTENCY_DOMAIN",
+    "MAX_SIGNATURE_BYTES",
     "SHARE_CIPHERTEXT_BYTES",
     "AdvertiseKeys",
+    "ConsistencyCheck",
+    "ConsistencySignature",
     "ForwardedShares",
     "KeyRoster",
     "MaskedInput",
@@ -36,6 +49,7 @@ __all__ = [
     "ShareKeys",
     "UnmaskRequest",
     "UnmaskResponse",
+    "consistency_message",
     "parse",
 ]
 
@@ -43,6 +57,16 @@ __all__ = [
 SHARE_CIPHERTEXT_BYTES = NONCE_BYTES + 2 * SHARE_BYTES + 16
 _MAX_ENTRIES = 100_000
 _MAX_ID = 128
+#: a consistency signature is opaque to the protocol (the transport's: counter || Ed25519)
+MAX_SIGNATURE_BYTES = 128
+CONSISTENCY_DOMAIN = b"hierfl-secagg/consistency/1"
+
+
+def consistency_message(region: str, rnd: int, survivors: Iterable[str]) -> bytes:
+    """The bytes an edge signs in the consistency check: the domain, the region, the round and
+    the survivor set U3 (sorted, so every edge shown the same set signs the same bytes)."""
+    body = msgpack.packb([region, rnd, sorted(survivors)], use_bin_type=True)
+    return CONSISTENCY_DOMAIN + b"\x00" + body
 
 
 def _field(d: Mapping[str, Any], name: str) -> Any:
@@ -86,7 +110,7 @@ def _ids(d: Mapping[str, Any], name: str) -> tuple[str, ...]:
     return tuple(v)
 
 
-def _bytes_map(d: Mapping[str, Any], name: str, size: int) -> dict[str, bytes]:
+def _bytes_map(d: Mapping[str, Any], name: str, size: int | None) -> dict[str, bytes]:
     v = _field(d, name)
     if not isinstance(v, Mapping) or len(v) > _MAX_ENTRIES:
         raise SecAggMessageError(f"field {name!r} must be a map of id to bytes")
@@ -95,7 +119,15 @@ def _bytes_map(d: Mapping[str, Any], name: str, size: int) -> dict[str, bytes]:
         if not isinstance(k, str) or not 0 < len(k) <= _MAX_ID:
             raise SecAggMessageError(f"field {name!r} has a key that is not an id")
         out[k] = _bytes(b, f"{name}[{k}]", size)
+        if size is None:
+            _signature_size(out[k], f"{name}[{k}]")
     return out
+
+
+def _signature_size(b: bytes, name: str) -> bytes:
+    if not 0 < len(b) <= MAX_SIGNATURE_BYTES:
+        raise SecAggMessageError(f"field {name!r} must be 1 to {MAX_SIGNATURE_BYTES} bytes")
+    return b
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,16 +193,39 @@ class MaskedInput(_Base):
 
 
 @dataclass(frozen=True, slots=True)
+class ConsistencyCheck(_Base):
+    """Stage 2b, fog -> edge: the survivor set U3 (the edges whose masked input arrived), for
+    the recipient to sign (Bonawitz et al. 2017, round 3)."""
+
+    kind: ClassVar[str] = "check"
+    recipient: str
+    survivors: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsistencySignature(_Base):
+    """Stage 2b, edge -> fog: the sender's identity-key signature on
+    :func:`consistency_message` of the U3 it was shown (opaque bytes to the protocol)."""
+
+    kind: ClassVar[str] = "consistency"
+    sender: str
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class UnmaskRequest(_Base):
     """Stage 3, fog -> edge: the edges whose masked input arrived (``survivors``), and, per
     neighbour, which share to reveal: the self-mask seed's (``self_mask_of``: it sent) or
-    the secret key's (``secret_key_of``: it dropped). Never both for one edge."""
+    the secret key's (``secret_key_of``: it dropped). Never both for one edge. With the
+    consistency check, ``signatures`` relays the recipient's neighbours' (and its own)
+    signatures on ``survivors``, ``{signer: signature}``; empty in the semi-honest mode."""
 
     kind: ClassVar[str] = "unmask"
     recipient: str
     survivors: tuple[str, ...]
     self_mask_of: tuple[str, ...]
     secret_key_of: tuple[str, ...]
+    signatures: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,15 +239,15 @@ class UnmaskResponse(_Base):
 
 
 Message = (
-    AdvertiseKeys | KeyRoster | ShareKeys | ForwardedShares | MaskedInput | UnmaskRequest
-    | UnmaskResponse
+    AdvertiseKeys | KeyRoster | ShareKeys | ForwardedShares | MaskedInput | ConsistencyCheck
+    | ConsistencySignature | UnmaskRequest | UnmaskResponse
 )
 
 _FIELDS: dict[str, frozenset[str]] = {
     cls.kind: frozenset({"kind", *cls.__dataclass_fields__})
     for cls in (
-        AdvertiseKeys, KeyRoster, ShareKeys, ForwardedShares, MaskedInput, UnmaskRequest,
-        UnmaskResponse,
+        AdvertiseKeys, KeyRoster, ShareKeys, ForwardedShares, MaskedInput, ConsistencyCheck,
+        ConsistencySignature, UnmaskRequest, UnmaskResponse,
     )
 }
 
@@ -201,7 +256,7 @@ def parse(obj: Any) -> Message:
     """Validate an untrusted dict (as msgpack unpacked it) and build its message.
 
     Raises:
-        SecAggMessageError: if it is not exactly one of the seven messages, well-typed.
+        SecAggMessageError: if it is not exactly one of the nine messages, well-typed.
     """
     if isinstance(obj, _Base):
         obj = obj.to_wire()
@@ -243,10 +298,18 @@ def parse(obj: Any) -> Message:
         )
     if kind == "masked":
         return MaskedInput(region, rnd, _str(obj, "sender"), _bytes(obj["masked"], "masked", None))
+    if kind == "check":
+        return ConsistencyCheck(region, rnd, _str(obj, "recipient"), _ids(obj, "survivors"))
+    if kind == "consistency":
+        return ConsistencySignature(
+            region, rnd, _str(obj, "sender"),
+            _signature_size(_bytes(_field(obj, "signature"), "signature", None), "signature"),
+        )
     if kind == "unmask":
         return UnmaskRequest(
             region, rnd, _str(obj, "recipient"), _ids(obj, "survivors"),
             _ids(obj, "self_mask_of"), _ids(obj, "secret_key_of"),
+            _bytes_map(obj, "signatures", None),
         )
     return UnmaskResponse(
         region, rnd, _str(obj, "sender"), _bytes_map(obj, "self_mask_shares", SHARE_BYTES),

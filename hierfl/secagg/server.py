@@ -4,6 +4,12 @@ inputs, ask the survivors for exactly the shares that remove the masks, and comp
 Paper: doi.org/10.1145/3133956.3133982 (Bonawitz et al., 2017) and arxiv.org/abs/2008.05767
 (Bell et al., 2020).
 
+With ``consistency=True`` (every wired fog) the round has the consistency check of Bonawitz et
+al.'s round 3 between the masked inputs and the unmasking: :meth:`FogSecAgg.close_masked_check`
+sends U3 to each survivor, the survivors' signatures on it come back
+(:class:`~hierfl.secagg.messages.ConsistencySignature`), and :meth:`FogSecAgg.close_check`
+relays each edge its neighbourhood's signatures inside the unmasking request.
+
 The fog drives the stages: it feeds every edge message to :meth:`FogSecAgg.receive` and, when
 the stage's deadline passes (its own timer; this module has no clock), calls ``close_*`` to get
 the messages for the next stage. Edges that sent nothing by then have dropped. Each close checks
@@ -15,7 +21,7 @@ raises a typed error, is counted in :attr:`FogSecAgg.rejected` by reason, and ch
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +31,7 @@ import numpy.typing as npt
 from hierfl.secagg import crypto, shamir
 from hierfl.secagg.client import pairwise_sign
 from hierfl.secagg.errors import (
+    SecAggAuthError,
     SecAggDuplicateError,
     SecAggError,
     SecAggMessageError,
@@ -34,6 +41,8 @@ from hierfl.secagg.errors import (
 )
 from hierfl.secagg.messages import (
     AdvertiseKeys,
+    ConsistencyCheck,
+    ConsistencySignature,
     ForwardedShares,
     KeyRoster,
     MaskedInput,
@@ -41,6 +50,7 @@ from hierfl.secagg.messages import (
     ShareKeys,
     UnmaskRequest,
     UnmaskResponse,
+    consistency_message,
     parse,
 )
 from hierfl.secagg.params import SecAggParams
@@ -52,6 +62,7 @@ _STAGE_MESSAGE: dict[str, type[Message]] = {
     "advertise": AdvertiseKeys,
     "share": ShareKeys,
     "masked": MaskedInput,
+    "check": ConsistencySignature,
     "unmask": UnmaskResponse,
 }
 
@@ -66,8 +77,10 @@ class SecAggResult:
             ``len(survivors) / (2 * scale)`` per coordinate).
         survivors: edges whose masked input is in the sum.
         dropped: edge -> stage it dropped after (``"advertise"``, ``"share"``, ``"masked"``
-            for edges that sent their input but did not answer the unmasking request — their
-            input is still in the sum) or ``"absent"`` (never advertised).
+            for edges that sent their input but not their consistency signature (or, without
+            the check, did not answer the unmasking request), ``"check"`` for edges that signed
+            but did not answer — their inputs are still in the sum) or ``"absent"`` (never
+            advertised).
     """
 
     total: npt.NDArray[np.uint32]
@@ -81,10 +94,17 @@ class FogSecAgg:
 
     Args:
         params: the round's public parameters.
+        consistency: run the consistency check (Bonawitz et al.'s round 3) before unmasking.
+        verify: ``verify(edge, message, signature)`` for the edges' consistency signatures
+            (None: relay them unchecked; the edges check them anyway).
     """
 
-    def __init__(self, params: SecAggParams) -> None:
+    def __init__(self, params: SecAggParams, *, consistency: bool = False,
+                 verify: Callable[[str, bytes, bytes], bool] | None = None) -> None:
         self.params = params
+        self.consistency = consistency
+        self._verify = verify
+        self._signatures: dict[str, bytes] = {}  # U4: consistency signatures on U3
         self.stage = "advertise"
         self.rejected: Counter[str] = Counter()
         self._keys: dict[str, tuple[bytes, bytes]] = {}  # U1: advertised (c_pk, s_pk)
@@ -126,7 +146,8 @@ class FogSecAgg:
             )
         if m.region != self.params.region or m.round != self.params.round:
             raise SecAggMessageError(f"message for {m.region}/{m.round}, not this round")
-        if not isinstance(m, AdvertiseKeys | ShareKeys | MaskedInput | UnmaskResponse):
+        if not isinstance(m, AdvertiseKeys | ShareKeys | MaskedInput | ConsistencySignature
+                          | UnmaskResponse):
             raise SecAggStageError(f"fog: {m.kind!r} is a fog-to-edge message")
         who = m.sender
         if sender is not None and sender != who:
@@ -139,6 +160,8 @@ class FogSecAgg:
             self._on_share(m)
         elif isinstance(m, MaskedInput):
             self._on_masked(m)
+        elif isinstance(m, ConsistencySignature):
+            self._on_signature(m)
         else:
             self._on_response(m)
 
@@ -173,6 +196,14 @@ class FogSecAgg:
             )
         self._total += np.frombuffer(m.masked, dtype="<u4")
         self._masked.add(m.sender)
+
+    def _on_signature(self, m: ConsistencySignature) -> None:
+        self._check_new(m.sender, self._signatures, self._masked)
+        if self._verify is not None and not self._verify(
+                m.sender, consistency_message(self.params.region, self.params.round,
+                                              self._masked), m.signature):
+            raise SecAggAuthError(f"{m.sender!r}'s signature on the survivor set does not verify")
+        self._signatures[m.sender] = m.signature
 
     def _on_response(self, m: UnmaskResponse) -> None:
         self._check_new(m.sender, self._responses, self._requests)
@@ -240,29 +271,69 @@ class FogSecAgg:
         return {w for w, owners in self._holds.items() if owner in owners} | {owner}
 
     def close_masked(self) -> dict[str, UnmaskRequest]:
-        """End stage 2: ask each survivor for the self-mask shares of its surviving neighbours
-        and the secret-key shares of its dropped ones.
+        """End stage 2 (semi-honest mode): ask each survivor for the self-mask shares of its
+        surviving neighbours and the secret-key shares of its dropped ones.
 
         Raises:
+            SecAggStageError: in consistency mode (use :meth:`close_masked_check`).
             SecAggThresholdError: fewer than t inputs arrived, or some secret needed to unmask
                 has fewer than t holders among the survivors.
         """
+        if self.consistency:
+            raise SecAggStageError("fog: a consistency round closes stage 2 with "
+                                   "close_masked_check")
         self._close("masked", len(self._masked), "unmask")
-        survivors = set(self._masked)
+        self._check_holders(set(self._masked))
+        return self._unmask_requests(set(self._masked), {})
+
+    def close_masked_check(self) -> dict[str, ConsistencyCheck]:
+        """End stage 2 (consistency mode): send the survivor set U3 to every survivor.
+
+        Raises:
+            SecAggStageError: in semi-honest mode.
+            SecAggThresholdError: as :meth:`close_masked`.
+        """
+        if not self.consistency:
+            raise SecAggStageError("fog: no consistency check in a semi-honest round")
+        self._close("masked", len(self._masked), "check")
+        self._check_holders(set(self._masked))
+        listed = tuple(sorted(self._masked))
+        return {u: ConsistencyCheck(self.params.region, self.params.round, u, listed)
+                for u in listed}
+
+    def close_check(self) -> dict[str, UnmaskRequest]:
+        """End the consistency check: ask each edge that signed (U4) for its shares, relaying
+        the valid signatures of its neighbourhood (itself included) on U3.
+
+        Raises:
+            SecAggThresholdError: fewer than t signatures, or some secret needed to unmask has
+                fewer than t holders among the signers.
+        """
+        self._close("check", len(self._signatures), "unmask")
+        self._check_holders(set(self._signatures))
+        return self._unmask_requests(set(self._signatures), self._signatures)
+
+    def _check_holders(self, answering: set[str]) -> None:
         for owner in self._needed():
-            have = len(self._holders(owner) & survivors)
+            have = len(self._holders(owner) & answering)
             if have < self.params.t:
                 self.stage = "aborted"
                 raise SecAggThresholdError(
                     f"fog: only {have} survivors hold shares of {owner!r}, threshold "
                     f"{self.params.t}; round refused"
                 )
+
+    def _unmask_requests(self, asked: set[str],
+                         signatures: dict[str, bytes]) -> dict[str, UnmaskRequest]:
+        survivors = set(self._masked)
         listed = tuple(sorted(survivors))
-        for u in listed:
+        for u in sorted(asked):
             holds = self._holds[u]
+            mine = (self.params.graph[u] | {u}) & set(signatures)
             self._requests[u] = UnmaskRequest(
                 self.params.region, self.params.round, u, listed,
                 tuple(sorted((holds | {u}) & survivors)), tuple(sorted(holds - survivors)),
+                {w: signatures[w] for w in sorted(mine)},
             )
         return dict(self._requests)
 
@@ -324,7 +395,11 @@ class FogSecAgg:
         dropped = {e: "absent" for e in self.params.roster if e not in self._keys}
         dropped |= {e: "advertise" for e in self._keys if e not in self._shares}
         dropped |= {e: "share" for e in self._shares if e not in self._masked}
-        dropped |= {e: "masked" for e in self._masked if e not in self._responses}
+        if self.consistency:
+            dropped |= {e: "masked" for e in self._masked if e not in self._signatures}
+            dropped |= {e: "check" for e in self._signatures if e not in self._responses}
+        else:
+            dropped |= {e: "masked" for e in self._masked if e not in self._responses}
         return SecAggResult(
             total=total, sum=self.params.codec.decode_sum(total),
             survivors=tuple(survivors), dropped=dropped,

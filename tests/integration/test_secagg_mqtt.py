@@ -52,7 +52,7 @@ async def test_unmasked_sum_equals_the_plain_sum_exactly(mqtt_broker, unique_id,
 
 
 # n = 5: complete graph, k = 4, t = 4: one edge may drop, two may not.
-@pytest.mark.parametrize("stage", ["advertise", "shares", "masked"])
+@pytest.mark.parametrize("stage", ["advertise", "shares", "masked", "consistency"])
 @pytest.mark.parametrize("drops", [1, 2])
 async def test_dropouts_at_each_stage_at_and_below_the_threshold(
     mqtt_broker, unique_id, tmp_path, stage, drops
@@ -69,7 +69,7 @@ async def test_dropouts_at_each_stage_at_and_below_the_threshold(
             assert reg.fog.refused["secagg.threshold"] == 1
             assert reg.fog.completed == 0
             return
-        if drops == 2:  # both inputs are in the sum, but only 3 of 5 can answer: refused
+        if drops == 2:  # both inputs are in the sum, but only 3 of 5 sign or answer: refused
             with pytest.raises(SecAggThresholdError):
                 await asyncio.wait_for(run, ROUND_TIMEOUT)
             assert reg.fog.refused["secagg.threshold"] == 1
@@ -77,10 +77,13 @@ async def test_dropouts_at_each_stage_at_and_below_the_threshold(
         result = await asyncio.wait_for(run, ROUND_TIMEOUT)
         codec = reg.fog.begin(1, ids, 64).params().codec
         # an edge that sent its masked input and then vanished is still in the sum
-        survivors = ids if stage == "masked" else [e for e in ids if e not in gone]
+        # an edge that sent its masked input and then vanished (before or after signing the
+        # survivor set) is still in the sum
+        late = stage in ("masked", "consistency")
+        survivors = ids if late else [e for e in ids if e not in gone]
         assert list(result.survivors) == survivors
         assert result.dropped == {gone[0]: {"advertise": "advertise", "shares": "share",
-                                            "masked": "masked"}[stage]}
+                                            "masked": "masked", "consistency": "check"}[stage]}
         np.testing.assert_array_equal(result.total, plain_sum(reg, survivors, codec))
 
 
@@ -117,12 +120,13 @@ class _BothSharesFog(FogSecAgg):
     """A dishonest fog: tells every edge that e01 both sent and dropped, asking for the
     self-mask share and the secret-key share of e01 (which would unmask its input)."""
 
-    def close_masked(self) -> dict[str, UnmaskRequest]:
-        requests = super().close_masked()
+    def close_check(self) -> dict[str, UnmaskRequest]:
+        requests = super().close_check()
         out = {}
         for u, r in requests.items():
             keys = r.secret_key_of if u == "e01" else (*r.secret_key_of, "e01")
-            out[u] = UnmaskRequest(r.region, r.round, u, r.survivors, r.self_mask_of, keys)
+            out[u] = UnmaskRequest(r.region, r.round, u, r.survivors, r.self_mask_of, keys,
+                                   r.signatures)
         self._requests = out
         return out
 
