@@ -125,6 +125,7 @@ def ingest(n_edges: int, round_size: int, signed: bool, pki: Provisioned | None,
         "encode_all_s": round(encode_s, 3),
         "peak_rss_mb": round(_rss_mb(), 1),
         "cpu": os.cpu_count(),
+        "loadavg_1m": float(Path("/proc/loadavg").read_text().split()[0]),
     }
 
 
