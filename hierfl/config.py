@@ -561,6 +561,17 @@ def _check_secure_rule(s: SecAggSettings, aggregator: str, signing: str) -> None
         )
 
 
+def _secure_ddp(tier: Any) -> Any:
+    """Distributed DP (untrusted_fog + secure): the ``[secagg]`` it runs with
+    (hierfl/secagg/ddp.py: weighted forced off, the clip norm DP's; conflicts refused)."""
+    from hierfl.secagg.ddp import secure_ddp_secagg  # noqa: PLC0415
+
+    fixed = secure_ddp_secagg(tier.privacy, tier.secagg)
+    if fixed is not tier.secagg:
+        object.__setattr__(tier, "secagg", fixed)  # frozen: set once, while validating
+    return tier
+
+
 class MonitoringSettings(_Section):
     """Where a service serves `/metrics`, `/healthz` and `/readyz` (with `metrics_port`) and
     when `/readyz` calls it stalled (hierfl/health.py)."""
@@ -812,7 +823,7 @@ class EdgeSettings(_TierSettings):
         if self.secagg.mode == "secure" and self.security.signing != "required":
             raise ValueError("secagg.mode = 'secure' needs security.signing = 'required' "
                              "(every SecAgg+ message is signed; docs/secure-aggregation.md)")
-        return self
+        return _secure_ddp(self)
 
 
 class FogSettings(_TierSettings):
@@ -963,6 +974,7 @@ class FogSettings(_TierSettings):
     @model_validator(mode="after")
     def _secagg(self) -> Self:
         _check_secure_rule(self.secagg, self.aggregator, self.security.signing)
+        _secure_ddp(self)
         g = self.secagg
         stages = g.advertise_s + g.share_s + g.masked_s + g.unmask_s
         if g.mode == "secure" and self.round_timeout_s <= stages:

@@ -420,6 +420,9 @@ def _edge_privacy(settings: EdgeSettings) -> Any:
         return None
     from hierfl.privacy.local import EdgePrivacy  # noqa: PLC0415
 
+    if p.mode == "untrusted_fog" and settings.secagg.mode == "secure":
+        # distributed DP: clip only; the Skellam share is added inside SecAgg+ (secagg/ddp.py)
+        return EdgePrivacy(p.mode, p.clip_norm, p.noise_multiplier, distributed=True)
     shares = p.expected_updates or 1
     ledger = None
     if p.mode == "untrusted_fog":

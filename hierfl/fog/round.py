@@ -655,6 +655,8 @@ class FogRound:
                          for i, e in enumerate(result.survivors)}
         for e, proof in getattr(result, "proofs", {}).items():
             c.proofs[(e, result.seq)] = proof  # the masked inputs' signed claims
+        if (note := getattr(self.privacy, "note_secure_sum", None)) is not None:
+            note(result)  # distributed DP: the sum's noise shares (hierfl/secagg/ddp.py)
         return self._close(now, timed_out=False, secure=mean.astype(np.float32))
 
     def _buffer_carry(self, size: int) -> tuple[dict[str, _Accepted], dict[Any, Any]] | None:

@@ -960,6 +960,10 @@ def _region_privacy(s: FogSettings) -> Any:
     p = s.privacy
     if p.mode not in ("trusted_fog", "untrusted_fog"):
         return None
+    if p.mode == "untrusted_fog" and s.secagg.mode == "secure":
+        from hierfl.secagg.ddp import distributed_region  # noqa: PLC0415
+
+        return distributed_region(s)  # distributed DP: the Skellam ledger of the sums
     from hierfl.privacy.ledger import LEDGER_FILE, PrivacyLedger  # noqa: PLC0415
     from hierfl.privacy.region import RegionPrivacy  # noqa: PLC0415
 

@@ -486,11 +486,12 @@ class DistributedLedger:
             total += n * skellam_rdp(mu * shares, l2, l1)
         return total
 
-    def epsilon(self, surviving: int | None = None) -> float:
-        """Epsilon after the releases so far (plus one whose sum holds ``surviving`` shares)."""
+    def epsilon(self, surviving: int | None = None, releases: int = 1) -> float:
+        """Epsilon after the releases so far (plus ``releases`` more whose sums hold
+        ``surviving`` shares each)."""
         total = self._rdp_total()
         if surviving is not None:
-            total = total + self.params.rdp(surviving)
+            total = total + releases * self.params.rdp(surviving)
         if not total.any():
             return 0.0
         return _epsilon_from_rdp(total, self.delta)

@@ -92,6 +92,10 @@ class FederationPrivacy:
                 "delta": float(m.get("dp.delta", self.delta)),
                 "fixed_from": float(m.get("dp.fixed_from", 0.0)),
             }
+            if "dp.next_epsilon" in m:
+                # distributed DP (hierfl/secagg/ddp.py): the region's own Skellam account of
+                # its next cloud round, which the Gaussian formula would understate
+                self.regions[fog]["next_epsilon"] = float(m["dp.next_epsilon"])
             if "dp.local_epsilon" in m:
                 # untrusted_fog: the worst edge's local DP, its guarantee against its own fog
                 self.regions[fog]["local_epsilon"] = float(m["dp.local_epsilon"])
@@ -111,6 +115,8 @@ class FederationPrivacy:
             # the fog's own figure composes every parameter set its ledger holds (sigma
             # changed between restarts): never report less than it
             eps = max(eps, r.get("epsilon", 0.0))
+            if extra and "next_epsilon" in r:
+                eps = max(eps, r["next_epsilon"])
         return eps
 
     def spent_regions(self) -> frozenset[str]:

@@ -45,6 +45,9 @@ class EdgePrivacy:
         target_epsilon: the edge's budget (None: account only).
         rng: the noise generator; None (production): a fresh :func:`csprng` per update. A
             fixed seed is for tests only.
+        distributed: untrusted_fog behind a secure fog (distributed DP): only clip; the
+            edge's noise share is an integer Skellam share added inside the SecAgg+ round
+            (hierfl/secagg/ddp.py) and the fog's ledger accounts the region's sum.
     """
 
     mode: str
@@ -55,6 +58,7 @@ class EdgePrivacy:
     target_epsilon: float | None = None
     rng: np.random.Generator | None = None
     clipped: int = 0
+    distributed: bool = False
 
     @classmethod
     def local_ledger(cls, folder: Path | None, edge: str, *, noise_multiplier: float,
@@ -91,7 +95,7 @@ class EdgePrivacy:
         out, norm = clip_vector(delta, self.clip_norm)
         if norm > self.clip_norm:
             self.clipped += 1
-        if self.mode != "untrusted_fog":
+        if self.mode != "untrusted_fog" or self.distributed:
             return out
         self.check_budget()
         ledger = self.ledger

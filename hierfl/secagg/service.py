@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hierfl.errors import ConfigError
+from hierfl.secagg.ddp import edge_noise_for, round_params, secure_ddp
 from hierfl.secagg.driver import BeginRound, EdgeSecAggDriver, FogSecAggDriver, StageDeadlines
 from hierfl.secagg.envelope import SEQ_BITS, round_id, split_round_id
 from hierfl.secagg.errors import SecAggError, SecAggThresholdError
@@ -59,6 +60,9 @@ class SecureSum:
     #: weighted mode: the sum of the survivors' weights (``sum`` is then of ``w x``); None:
     #: each survivor counts once
     weight: float | None = None
+    #: distributed DP: the round's :class:`~hierfl.privacy.distributed.DistributedDP` (the sum
+    #: carries one Skellam share per survivor; the fog's ledger accounts it); None: off
+    dp_params: Any = None
 
 
 def codec_clip(s: SecAggSettings) -> float:
@@ -166,12 +170,20 @@ class FogSecureRegion:
         or a newer model cancels it (at most one attempt per ``advertise_s``)."""
         weighted = self.settings.secagg.weighted
         attempt = 0
+        dp_params = None
         while True:
             try:
-                result = await driver.run_round(round_id(version, seq, attempt), self.roster(),
-                                                dim + 1 if weighted else dim)
+                roster = self.roster()
+                scale = None
+                if secure_ddp(self.settings.privacy, self.settings.secagg):
+                    # distributed DP: the scale sized for this roster's noise (edges check it)
+                    dp_params = round_params(self.settings.privacy, roster_size=len(roster),
+                                             dim=dim)
+                    scale = dp_params.scale
+                result = await driver.run_round(round_id(version, seq, attempt), roster,
+                                                dim + 1 if weighted else dim, scale)
                 break
-            except SecAggError as exc:
+            except (SecAggError, ConfigError) as exc:
                 if self.on_reject is not None:
                     self.on_reject(exc.reason)
                 retry = isinstance(exc, SecAggThresholdError) and attempt < 255
@@ -189,7 +201,7 @@ class FogSecureRegion:
         if weighted:
             total, weight = result.sum[:-1], float(result.sum[-1])
         await self.submit(SecureSum(version, seq, result.survivors, total,
-                                    dict(result.dropped), proofs, weight))
+                                    dict(result.dropped), proofs, weight, dp_params))
 
 
 class EdgeSecureLink:
@@ -200,6 +212,8 @@ class EdgeSecureLink:
         security: the edge's :class:`~hierfl.security.tier.TierSecurity`.
         on_reject: called with the reason of each refused message.
         integer_noise: distributed DP's hook (see :class:`EdgeSecAggDriver`).
+        integer_noise_for: distributed DP's per-round hook factory (see
+            :class:`EdgeSecAggDriver`; :func:`hierfl.secagg.ddp.edge_noise_for`).
 
     Raises:
         ConfigError: if signatures are off.
@@ -207,7 +221,7 @@ class EdgeSecureLink:
 
     def __init__(self, settings: EdgeSettings, security: Any,
                  on_reject: Callable[[str], None] | None = None,
-                 integer_noise: Any = None) -> None:
+                 integer_noise: Any = None, integer_noise_for: Any = None) -> None:
         if security.signer is None or security.trust is None:
             raise ConfigError(f"edge {settings.edge_id}: secagg.mode = 'secure' needs "
                               "signatures")
@@ -228,6 +242,7 @@ class EdgeSecureLink:
             signer=security.signer, trust=security.trust, publish=publish,
             update=self._update, clip_norm=codec_clip(settings.secagg),
             min_roster=settings.secagg.min_roster, integer_noise=integer_noise,
+            integer_noise_for=integer_noise_for,
             max_bytes=settings.limits.max_frame_bytes, on_reject=on_reject,
         )
         self._topics = frozenset(self.driver.filters())
@@ -307,7 +322,10 @@ def fog_secure_region(settings: FogSettings, security: Any,
 
 def edge_secure_link(settings: EdgeSettings, security: Any,
                      on_reject: Callable[[str], None] | None = None) -> EdgeSecureLink | None:
-    """The edge's secure rounds, or None in robust mode."""
+    """The edge's secure rounds, or None in robust mode (with distributed DP, each round's
+    masked input carries the edge's Skellam share: hierfl/secagg/ddp.py)."""
     if settings.secagg.mode != "secure":
         return None
-    return EdgeSecureLink(settings, security, on_reject)
+    noise_for = (edge_noise_for(settings.privacy)
+                 if secure_ddp(settings.privacy, settings.secagg) else None)
+    return EdgeSecureLink(settings, security, on_reject, integer_noise_for=noise_for)

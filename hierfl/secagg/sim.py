@@ -3,7 +3,9 @@
 Every fog runs in secure mode (SecAgg+ per region, docs/secure-aggregation.md), its rule the
 masked sum (FedAvg over the survivors); the stage deadlines are fractions of the fog round's
 timeout, so a secure round always fits in its fog round: 10 % each for the key, share and
-unmasking stages, 60 % for the masked inputs (the edges train meanwhile).
+unmasking stages, 60 % for the masked inputs (the edges train meanwhile). With
+``--dp untrusted_fog`` the secure rounds carry distributed DP (hierfl/secagg/ddp.py): edges
+clip to ``--dp-clip`` and every survivor counts once.
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ def secagg_section(cfg: Any) -> dict[str, Any]:
     if not getattr(cfg, "secagg", False):
         return {}
     t = float(cfg.round_timeout_s)
-    return {"secagg": {"mode": "secure", "clip_norm": float(cfg.secagg_clip),
-                       "advertise_s": 0.1 * t, "share_s": 0.1 * t, "masked_s": 0.6 * t,
-                       "unmask_s": 0.1 * t}}
+    section: dict[str, Any] = {
+        "mode": "secure", "clip_norm": float(cfg.secagg_clip), "advertise_s": 0.1 * t,
+        "share_s": 0.1 * t, "masked_s": 0.6 * t, "unmask_s": 0.1 * t}
+    if getattr(cfg, "dp", "off") == "untrusted_fog":
+        # distributed DP (hierfl/secagg/ddp.py): each survivor counts once, and edges clip to
+        # the bound the noise is calibrated to (--dp-clip, not --secagg-clip)
+        section.update(clip_norm=float(cfg.dp_clip), weighted=False)
+    return {"secagg": section}
