@@ -303,7 +303,8 @@ class FogSecAgg:
 
     def close_check(self) -> dict[str, UnmaskRequest]:
         """End the consistency check: ask each edge that signed (U4) for its shares, relaying
-        the valid signatures of its neighbourhood (itself included) on U3.
+        t valid signatures of its neighbourhood on U3: its own, then its neighbours' in id order
+        (t is all an edge needs; relaying more would only cost it verifications).
 
         Raises:
             SecAggThresholdError: fewer than t signatures, or some secret needed to unmask has
@@ -329,11 +330,13 @@ class FogSecAgg:
         listed = tuple(sorted(survivors))
         for u in sorted(asked):
             holds = self._holds[u]
-            mine = (self.params.graph[u] | {u}) & set(signatures)
+            others = sorted(self.params.graph[u] & set(signatures))
+            mine = ([u] if u in signatures else []) + others
+            mine = mine[: self.params.t]
             self._requests[u] = UnmaskRequest(
                 self.params.region, self.params.round, u, listed,
                 tuple(sorted((holds | {u}) & survivors)), tuple(sorted(holds - survivors)),
-                {w: signatures[w] for w in sorted(mine)},
+                {w: signatures[w] for w in mine},
             )
         return dict(self._requests)
 

@@ -63,11 +63,14 @@ class _EquivocatingFog(FogSecAgg):
         requests = super().close_check()
         lie = tuple(v for v in sorted(self._masked) if v != VICTIM)
         for u, r in requests.items():
+            near = self.params.graph[u] | {u}
             if u in self.LIARS_TO:  # "the victim dropped: its secret-key share, please"
-                sigs = {w: s for w, s in r.signatures.items() if w in self.LIARS_TO}
+                sigs = {w: s for w, s in self._signatures.items()
+                        if w in near and w in self.LIARS_TO}
                 requests[u] = UnmaskRequest(r.region, r.round, u, lie, lie, (VICTIM,), sigs)
             else:
-                sigs = {w: s for w, s in r.signatures.items() if w not in self.LIARS_TO}
+                sigs = {w: s for w, s in self._signatures.items()
+                        if w in near and w not in self.LIARS_TO}
                 requests[u] = UnmaskRequest(r.region, r.round, u, r.survivors, r.self_mask_of,
                                             r.secret_key_of, sigs)
         self._requests = dict(requests)

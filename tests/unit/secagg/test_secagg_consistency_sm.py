@@ -109,15 +109,17 @@ def test_honest_round_with_the_check_gives_the_exact_sum(n: int) -> None:
     assert all(c.survivors == params.roster for c in checks.values())
     reg.sign(checks, params.roster)
     requests = reg.server.close_check()
-    for u, r in requests.items():  # each edge gets its neighbourhood's signatures, itself too
-        assert set(r.signatures) == params.graph[u] | {u}
+    for u, r in requests.items():  # each edge gets t of its neighbourhood's, its own first
+        assert len(r.signatures) == params.t
+        assert next(iter(r.signatures)) == u
+        assert set(r.signatures) <= params.graph[u] | {u}
     before = reg.keys.checked
     result = reg.finish(requests, params.roster)
     assert result.survivors == params.roster
     assert result.dropped == {}
     assert is_exact(params, result, reg.inputs, params.roster)
-    # each edge verified its neighbourhood's signatures (k + 1 of them), no more
-    assert reg.keys.checked - before == sum(len(params.graph[u]) + 1 for u in params.roster)
+    # each edge verified t - 1 signatures (its own it compares byte for byte), no more
+    assert reg.keys.checked - before == n * (params.t - 1)
 
 
 def test_dropouts_between_masked_input_and_check_and_after_signing_keep_the_sum() -> None:
@@ -233,6 +235,10 @@ def test_a_forged_signature_is_refused() -> None:
         reg.clients["edge-001"].on_unmask(
             wire(_with(requests["edge-001"], signatures=replayed)))
     assert reg.clients["edge-000"].stage == reg.clients["edge-001"].stage == "aborted"
+    # its own signature relayed back altered (it checks that one byte for byte)
+    mine = dict(requests["edge-002"].signatures) | {"edge-002": b"\1" * 64}
+    with pytest.raises(SecAggConsistencyError, match="edge-002"):
+        reg.clients["edge-002"].on_unmask(wire(_with(requests["edge-002"], signatures=mine)))
 
 
 def test_signatures_from_outside_the_neighbourhood_do_not_count() -> None:
