@@ -90,6 +90,7 @@ class EdgeSecAgg:
         self._sign, self._verify = sign, verify
         self._signed: frozenset[str] | None = None  # the U3 this edge signed
         self._signature = b""  # and its signature on it
+        self._signed_message = b""  # consistency_message of that U3
         self.params = params
         self.edge_id = edge_id
         self.stage = "init"
@@ -278,8 +279,9 @@ class EdgeSecAgg:
         if not (survivors & self._neighbours) <= set(self._held):
             raise SecAggMessageError("the survivors name a neighbour that never shared with us")
         self._signed = frozenset(survivors)
-        signature = self._sign(consistency_message(self.params.region, self.params.round,
-                                                   survivors))
+        self._signed_message = consistency_message(self.params.region, self.params.round,
+                                                   survivors)
+        signature = self._sign(self._signed_message)
         self._signature = signature
         self.stage = "checked"
         return ConsistencySignature(self.params.region, self.params.round, self.edge_id,
@@ -295,7 +297,7 @@ class EdgeSecAgg:
         allowed = self._neighbours | {self.edge_id}
         if not set(m.signatures) <= allowed:
             raise self._refuse("signatures relayed from outside this edge's neighbourhood")
-        message = consistency_message(self.params.region, self.params.round, self._signed)
+        message = self._signed_message
         valid = 0
         for w in sorted(m.signatures):
             sig = m.signatures[w]

@@ -105,6 +105,7 @@ class FogSecAgg:
         self.consistency = consistency
         self._verify = verify
         self._signatures: dict[str, bytes] = {}  # U4: consistency signatures on U3
+        self._u3_message = b""  # consistency_message of U3, made once
         self.stage = "advertise"
         self.rejected: Counter[str] = Counter()
         self._keys: dict[str, tuple[bytes, bytes]] = {}  # U1: advertised (c_pk, s_pk)
@@ -199,9 +200,8 @@ class FogSecAgg:
 
     def _on_signature(self, m: ConsistencySignature) -> None:
         self._check_new(m.sender, self._signatures, self._masked)
-        if self._verify is not None and not self._verify(
-                m.sender, consistency_message(self.params.region, self.params.round,
-                                              self._masked), m.signature):
+        if self._verify is not None and not self._verify(m.sender, self._u3_message,
+                                                         m.signature):
             raise SecAggAuthError(f"{m.sender!r}'s signature on the survivor set does not verify")
         self._signatures[m.sender] = m.signature
 
@@ -298,6 +298,7 @@ class FogSecAgg:
         self._close("masked", len(self._masked), "check")
         self._check_holders(set(self._masked))
         listed = tuple(sorted(self._masked))
+        self._u3_message = consistency_message(self.params.region, self.params.round, listed)
         return {u: ConsistencyCheck(self.params.region, self.params.round, u, listed)
                 for u in listed}
 
