@@ -6,10 +6,14 @@ will carry it), optionally with a share of the edges dropping out after sharing 
 case for the fog: it reconstructs their secret keys and recomputes their pairwise masks)::
 
     {"system": "hierfl", "edges": 100, "params": 4810, "k": 14, "t": 11, "dropped": 0,
-     "edge_cpu_ms": {"advertise": .., "share": .., "masked": .., "unmask": ..},   # median edge
+     "edge_cpu_ms": {"advertise": .., "share": .., "masked": .., "check": .., "unmask": ..},
      "edge_cpu_ms_max": {..}, "edge_uplink_bytes": {..}, "edge_downlink_bytes": {..},
-     "fog_cpu_ms": {"advertise": .., "share": .., "masked": .., "unmask": ..},
+     "fog_cpu_ms": {"advertise": .., "share": .., "masked": .., "check": .., "unmask": ..},
      "total_s": .., "total_cpu_s": .., "parallel_round_s": .., "plain_sum_ms": .., "exact": true}
+
+The round includes the consistency check (``check``: the fog sends U3, each edge signs it
+with its Ed25519 identity key, each edge verifies t - 1 of its neighbours' signatures before
+it reveals a share; docs/secure-aggregation.md), as every wired round runs it.
 
 - ``edge_cpu_ms``: thread CPU of one edge per stage, median over edges (``_max``: the slowest),
   unpacking the fog's message and packing the edge's answer included.
@@ -71,6 +75,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import msgpack
 import numpy as np
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hierfl.secagg import (
     EdgeSecAgg,
@@ -83,7 +89,7 @@ from hierfl.secagg import (
 # digits_model() of hierfl/sim/scenarios.py: 64-64-10 and 64-1024-1024-10 MLPs
 MODELS = {"digits": 64 * 64 + 64 + 64 * 10 + 10, "wide": 64 * 1024 + 1024 + 1024 * 1024 + 1024
           + 1024 * 10 + 10}
-STAGES = ("advertise", "share", "masked", "unmask")
+STAGES = ("advertise", "share", "masked", "check", "unmask")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -121,19 +127,31 @@ def run_region(n: int, dim: int, dropout: float = 0.0, seed: int = 0) -> dict[st
             down[stage][e] = len(incoming)
         return out
 
+    # provisioned identity keys (not per round): the consistency check's signatures
+    identity = {e: Ed25519PrivateKey.generate() for e in roster}
+    public = {e: k.public_key() for e, k in identity.items()}
+
+    def verify(e: str, message: bytes, signature: bytes) -> bool:
+        try:
+            public[e].verify(signature, message)
+        except InvalidSignature:
+            return False
+        return True
+
     start, start_cpu = time.perf_counter(), time.process_time()
-    clients = {e: EdgeSecAgg(params, e) for e in roster}
-    fog = FogSecAgg(params)
+    clients = {e: EdgeSecAgg(params, e, sign=identity[e].sign, verify=verify) for e in roster}
+    fog = FogSecAgg(params, consistency=True, verify=verify)
     alive = [e for e in roster if e not in dropped]
     calls = {
         "advertise": lambda e: clients[e].advertise,
         "share": lambda e: clients[e].on_roster,
         "masked": lambda e: lambda m: clients[e].on_shares(m, current[0]),
+        "check": lambda e: clients[e].on_check,
         "unmask": lambda e: clients[e].on_unmask,
     }
     closes = {
         "advertise": fog.close_advertise, "share": fog.close_share,
-        "masked": fog.close_masked, "unmask": fog.finish,
+        "masked": fog.close_masked_check, "check": fog.close_check, "unmask": fog.finish,
     }
     replies: dict[str, bytes] = {}
     result = None
