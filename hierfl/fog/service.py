@@ -34,7 +34,7 @@ from typing import Any
 from hierfl import topics
 from hierfl.aggregation import make_aggregator
 from hierfl.config import FogSettings
-from hierfl.errors import HierflError, TransportError, UnknownSenderError
+from hierfl.errors import HierflError, StoreError, TransportError, UnknownSenderError
 from hierfl.fog.buffered import buffer_policy
 from hierfl.fog.round import (
     Admit,
@@ -48,6 +48,7 @@ from hierfl.fog.round import (
     RoundSkipped,
 )
 from hierfl.fog.spool import Spool
+from hierfl.fog.spool_commit import BURST_MAX, Burst, check_burst, take_burst
 from hierfl.health import monitoring
 from hierfl.metrics import ServiceMetrics
 from hierfl.offload import Steps, offload
@@ -140,6 +141,9 @@ class FogService:
                      p.noise_multiplier, p.clip_norm, p.sample_rate, p.delta, p.target_epsilon,
                      self.round.privacy.ledger.releases, self.round.privacy.ledger.epsilon())
         self._events: asyncio.Queue[_Event] = asyncio.Queue(maxsize=s.mqtt.queue_size)
+        # events taken off the queue but not yet handled (the rest of a spool burst; updates
+        # that came before the model): handled before the queue, in order
+        self._backlog: deque[_Event] = deque()
         self._replay_dirty = False  # accepted updates' replay counters not yet on disk
         self._replay_saved_at = 0.0
         # accepted / rejected per base version, for monitors that attribute counts to rounds
@@ -184,9 +188,8 @@ class FogService:
         self.metrics.gauge_fn("round_number", lambda: self.round.seq)
         if self._spool is not None:
             spool = self._spool
-            # read-only count (Spool.entries() also deletes .tmp files: a write in flight)
-            self.metrics.gauge_fn("spool_depth", lambda: sum(
-                1 for p in spool.root.iterdir() if p.name.endswith(".hfl")))
+            # read-only count from the file names (a .tmp file is a write in flight)
+            self.metrics.gauge_fn("spool_depth", spool.depth)
 
     def stop(self) -> None:
         """Ask :meth:`run` to return."""
@@ -560,8 +563,11 @@ class FogService:
             deadline = self.round.deadline  # the round's, or the resend timer's
             timeout = None if deadline is None else max(0.0, deadline - self.clock())
             try:
-                async with asyncio.timeout(timeout):
-                    event = await self._events.get()
+                if self._backlog:
+                    event = self._backlog.popleft()
+                else:
+                    async with asyncio.timeout(timeout):
+                        event = await self._events.get()
             except TimeoutError:
                 # a deadline may close the round, and aggregation runs off the event loop
                 version, started = self.round.version, time.time()
@@ -583,6 +589,11 @@ class FogService:
                         self.metrics.inc("accepted")
                         self._count_for_version("accepted")
                 await self._apply(actions)
+            elif self._spool is not None and event.raw:
+                await self._on_burst(self._burst(event))  # group commit: one fsync a burst
+                if (self._events.empty() and not self._backlog
+                        and time.monotonic() - self._replay_saved_at >= 1.0):
+                    await self._save_replay()
             else:
                 await self._on_update(event.frame, event.raw, event.sig)
                 if self._events.empty() and time.monotonic() - self._replay_saved_at >= 1.0:
@@ -618,9 +629,9 @@ class FogService:
         if self._spool is not None and not self._replayed:
             self._replayed = True
             await self._replay_spool()
-        for a in early:
-            raw, sig = a.handle
-            await self._on_update(a.frame, raw, sig)
+        # next, before the queue, in order (a spooling fog writes them as one burst)
+        self._backlog.extendleft(reversed([_Event("update", a.frame, len(a.handle[0]), *a.handle)
+                                           for a in early]))
 
     def _stored_aggregate(self, version: int | None) -> tuple[AggregateFrame, bytes] | None:
         """The aggregate for ``version`` this fog wrote to its spool before sending it."""
@@ -642,26 +653,32 @@ class FogService:
         assert self._spool is not None
         limits = dataclasses.replace(self.settings.limits.decode_limits(),
                                      expected_params=self.round.model_size)
-        for v, s, edge, path in self._spool.entries():
-            verdict = self.round.spooled(v, s)
+        for rec in self._spool.records():  # single-update files and batch files alike
+            v, edge, path = rec.version, rec.edge, rec.path
+            verdict = self.round.spooled(v, rec.seq)
             if verdict == "drop":
-                path.unlink(missing_ok=True)
+                path.unlink(missing_ok=True)  # a batch file holds one round: all of it goes
                 continue
             try:
-                raw = path.read_bytes()
+                if rec.data is None:
+                    raise rec.error or StoreError(f"unreadable spool record in {path.name}")
+                raw = rec.data
                 verified = self.security.decode(raw, limits=limits, replay=False)
                 frame = verified.frame
             except (OSError, HierflError) as exc:
-                log.warning("fog %s: dropping unreadable spool file %s: %s",
-                            self.settings.fog_id, path.name, exc)
-                path.unlink(missing_ok=True)
+                log.warning("fog %s: dropping unreadable spool record %s[%s]: %s",
+                            self.settings.fog_id, path.name, rec.index, exc)
+                self.metrics.inc("spool_unreadable")
+                if rec.index is None:  # a batch file goes with its round (drop_except)
+                    path.unlink(missing_ok=True)
                 continue
             # The file is named by the round that accepted it: (version, round seq, edge). The
             # update's own base seq may be older (max_staleness >= 1); the round decides.
             if not isinstance(frame, UpdateFrame) or (v, edge) != (
                 frame.base_version, frame.edge_id
             ):
-                path.unlink(missing_ok=True)
+                if rec.index is None:
+                    path.unlink(missing_ok=True)
                 continue
             self.metrics.inc("spool_replayed")
             await self._on_update(frame, raw, verified.sig, replay=True,
@@ -705,8 +722,8 @@ class FogService:
         started = time.time()
         if self._spool is not None and raw and not replay:
             await offload(self.round.check_update, frame)  # refused here: no write
-            spooled = await offload(self._spool.put, key[0], key[1], frame.edge_id, raw)
-        version = frame.base_version
+            spooled = await offload(self._spool.put_batch, key[0], key[1],
+                                    [(frame.edge_id, raw)])
         try:
             # Aggregation may run here (when this update closes the round): off the loop.
             admitted = time.time()
@@ -717,7 +734,13 @@ class FogService:
             if spooled is not None:  # the round moved on while the file was written
                 spooled.unlink(missing_ok=True)
             raise
-        done = time.time()
+        self._accepted(frame, actions, started, admitted, time.time(), replay=replay)
+        return actions
+
+    def _accepted(self, frame: UpdateFrame, actions: list[Any], started: float,
+                  admitted: float, done: float, *, replay: bool) -> None:
+        """Count an update the round took (after its spool write) and record its spans."""
+        version = frame.base_version
         tl = self.timeline
         # the edge's own spans, then the fog's: admission (checks, spool) and, when this
         # update closed the round, the aggregation it ran
@@ -740,6 +763,83 @@ class FogService:
             # file holds every counter the fog knew, and rewriting it per update cost a fog
             # 100 edges x 100 counters per round (docs/scale.md)
             self._replay_dirty = True
+
+    def _burst(self, first: _Event) -> list[_Event]:
+        """``first`` and the updates queued right behind it (group commit): up to
+        ``BURST_MAX``, stopping before anything else and before a second update of an edge
+        already in the burst (both would need one file name); those stay first in line."""
+        burst, edges = [first], {first.frame.edge_id}
+        while len(burst) < BURST_MAX:
+            if self._backlog:
+                ev = self._backlog.popleft()
+            else:
+                try:
+                    ev = self._events.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+            if ev.kind != "update" or not ev.raw or ev.frame.edge_id in edges:
+                self._backlog.appendleft(ev)
+                break
+            burst.append(ev)
+            edges.add(ev.frame.edge_id)
+        return burst
+
+    async def _on_burst(self, burst: list[_Event]) -> None:
+        """Admit a burst of updates with one durable spool write (see :meth:`_admit_burst`)."""
+        if self.round.state is FogState.WAITING_MODEL or self.round.holds_updates:
+            for ev in burst:  # kept unjudged until the model comes (no spool write)
+                await self._on_update(ev.frame, ev.raw, ev.sig)
+            return
+        actions = await self._steps.run(self._admit_burst(burst))
+        await self._publish_stats(force=False)  # refusals, if any (rate-limited)
+        await self._apply(actions)
+
+    async def _admit_burst(self, burst: list[_Event]) -> list[Any]:
+        """Group commit: check every update of ``burst``, write those that pass into one
+        spool batch file made durable with one fsync (and one of the directory), then let
+        the round take them in order.
+
+        An update counts as accepted (joins the round, counted, foldable into a model that
+        leaves the fog) only after its batch is durable: a crash before that loses no
+        accepted update (the edge's QoS 1 delivery was acknowledged on receipt, as for a
+        single update, and the edge re-sends when the fog comes back at the same round).
+        Updates the round then refuses are removed from the batch file again; when one of
+        them closes the round, the rest go back to the front of the line, to be judged and
+        spooled under the next round. Run as one step (:class:`~hierfl.offload.Steps`).
+
+        Returns:
+            The round's actions, in order.
+        """
+        assert self._spool is not None
+        started = time.time()
+        key = (self.round.version or 0, self.round.seq)
+        fit: list[_Event] = []
+        refusals = await offload(check_burst, self.round, [ev.frame for ev in burst])
+        for ev, exc in zip(burst, refusals, strict=True):
+            if exc is None:
+                fit.append(ev)
+            else:  # refused before the write: costs no disk
+                self._reject(exc, f"edge {ev.frame.edge_id}")
+        if not fit:
+            return []
+        path = await offload(self._spool.put_batch, key[0], key[1],
+                             [(ev.frame.edge_id, ev.raw) for ev in fit])
+        # durable: from here on each may join the round
+        proofs = [None if ev.sig is None else edge_proof(ev.sig, ev.frame.edge_id)
+                  for ev in fit]
+        taken: Burst = await offload(take_burst, self.round, key,
+                                     [ev.frame for ev in fit], proofs, self.clock())
+        actions: list[Any] = []
+        for i, outcome, admitted, done in taken.outcomes:
+            frame = fit[i].frame
+            if isinstance(outcome, HierflError):
+                self._reject(outcome, f"edge {frame.edge_id}")
+                continue
+            self._accepted(frame, outcome, started, admitted, done, replay=False)
+            actions += outcome
+        self._backlog.extendleft(reversed(fit[taken.stopped:]))
+        if len(taken.kept) < len(fit):
+            await offload(self._spool.keep_only, path, taken.kept)
         return actions
 
     async def _save_replay(self) -> None:
