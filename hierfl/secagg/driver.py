@@ -85,7 +85,8 @@ class StageDeadlines:
     """Seconds the fog waits for each stage's messages before it closes the stage.
 
     ``masked_s`` covers the edges' local training when they train after advertising;
-    ``check_s`` is the consistency check's (None: ``unmask_s``).
+    ``check_s`` is the consistency check's (None: the check and the unmasking share
+    ``unmask_s``, the check at most half of it, so the round fits the four deadlines).
     """
 
     advertise_s: float = 10.0
@@ -328,13 +329,17 @@ class FogSecAggDriver:
             await self._collect("masked", set(forwarded), d.masked_s)
             times["masked"] = self.clock() - t0
             checks = sm.close_masked_check()
+            t_check = self.clock()
             await self._send({u: m.to_wire() for u, m in checks.items()})
             await self._collect("consistency", set(checks),
-                                d.unmask_s if d.check_s is None else d.check_s)
+                                d.unmask_s / 2 if d.check_s is None else d.check_s)
             times["check"] = self.clock() - t0
             requests = sm.close_check()
             await self._send({u: m.to_wire() for u, m in requests.items()})
-            await self._collect("reveal", set(requests), d.unmask_s)
+            # without its own check_s, the check shares unmask_s with the unmasking (which
+            # gets at least half of it), so a round never outlasts the four deadlines
+            await self._collect("reveal", set(requests), d.unmask_s if d.check_s is not None
+                                else max(d.unmask_s - (self.clock() - t_check), d.unmask_s / 2))
             result = sm.finish()
             times["unmask"] = self.clock() - t0
         except SecAggError as exc:
