@@ -193,6 +193,11 @@ class FogSecureRegion:
                         "; trying again" if retry else "")
                 if not retry:
                     return
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # a cancellation that a finishing wait_for swallowed (seen at shutdown:
+                    # the round retried forever and the fog never stopped)
+                    raise asyncio.CancelledError from None
                 attempt += 1
                 await asyncio.sleep(0.5)
         proofs = {e: EdgeProof(e, version, seq, *driver.proofs[e])
