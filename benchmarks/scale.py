@@ -13,10 +13,22 @@ each edge's own key and pre-encoded before the clock starts; the fog's rounds cl
 update, and the split into verify+decode and round (check + accept + aggregate). The same
 path unsigned (``security.signing = "off"``) is printed for comparison.
 
+``--part spool`` (no broker): the same signed path with the fog's spool on, in the service's
+shape: one thread verifies and decodes (the service's judge stage) while the admission loop
+takes what is queued. ``per-update`` is the admission before group commit (checks, one
+:meth:`~hierfl.fog.spool.Spool.put` with its fsync, acceptance, per update); ``group`` is
+:class:`~hierfl.fog.service.FogService`'s group commit: the updates queued behind one another
+(at most :data:`~hierfl.fog.spool_commit.BURST_MAX`) checked
+(:func:`~hierfl.fog.spool_commit.check_burst`), written in one batch file with one fsync
+(:meth:`~hierfl.fog.spool.Spool.put_batch`), then taken by the round
+(:func:`~hierfl.fog.spool_commit.take_burst`). The spool lives in ``--spool-dir`` (default: a
+temporary folder; put it on the disk a fog would use). One line per mode, with the number of
+fsyncs and the mean burst.
+
 ``--part population`` (real brokers): see :mod:`hierfl.sim.population`.
 
-Usage: python benchmarks/scale.py [--part ingest|population|all] [--edges 1000]
-       [--round-size 100] [--repeat 3] [--results FILE]
+Usage: python benchmarks/scale.py [--part ingest|spool|population|all] [--edges 1000]
+       [--round-size 100] [--repeat 3] [--results FILE] [--spool-dir DIR]
 """
 
 from __future__ import annotations
@@ -24,9 +36,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import resource
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +51,8 @@ from hierfl import __version__
 from hierfl.aggregation import make_aggregator
 from hierfl.config import SecuritySettings
 from hierfl.fog.round import FogRound, FogRoundConfig
+from hierfl.fog.spool import Spool
+from hierfl.fog.spool_commit import BURST_MAX, check_burst, take_burst
 from hierfl.provision import ProjectSpec, Provisioned, provision
 from hierfl.security.tier import tier_security
 from hierfl.security.trust import load_signing_key
@@ -129,10 +145,144 @@ def ingest(n_edges: int, round_size: int, signed: bool, pki: Provisioned | None,
     }
 
 
+def _security(signed: bool, pki: Provisioned | None) -> SecuritySettings:
+    if not signed:
+        return SecuritySettings(signing="off")
+    assert pki is not None
+    return SecuritySettings(signing="required", key_file=pki.kit(f"fog/{FOG}") / "signing.key",
+                            trust_bundle=pki.trust_bundle, revocation_list=pki.revocation_list)
+
+
+def _signed_frames(n_edges: int, pki: Provisioned) -> list[bytes]:
+    rng = np.random.default_rng(0)
+    frames = []
+    for e in _edges(n_edges):
+        key = load_signing_key(pki.kit(f"edge/{FOG}/{e}") / "signing.key")
+        delta = (rng.normal(size=PARAMS) * 0.01).astype(np.float32)
+        frames.append(encode_frame(UpdateFrame(FED, FOG, e, 0, 1, 50, delta, {"train_loss": 1.0}),
+                                   signer=Signer(f"edge/{FOG}/{e}", key, FED)))
+    return frames
+
+
+def spooled_ingest(n_edges: int, round_size: int, pki: Provisioned, mode: str, repeat: int,
+                   spool_root: Path | None) -> dict[str, Any]:
+    """Time the signed per-update path with the spool on (``mode``: per-update or group)."""
+    frames = _signed_frames(n_edges, pki)
+    limits = DecodeLimits(expected_params=PARAMS)
+    rates, fsyncs, bursts = [], [], []
+    real_fsync = os.fsync
+    for _ in range(repeat):
+        security = tier_security(_security(True, pki), federation=FED, party_id=f"fog/{FOG}",
+                                 tier="fog", replay_file=None, autosave=False)
+        fog = FogRound(FogRoundConfig(federation=FED, fog_id=FOG, min_updates=round_size,
+                                      k2=10_000, round_timeout_s=3600.0,
+                                      max_samples=100_000),
+                       make_aggregator("fedavg", {}))
+        fog.on_global_model(ModelFrame(FED, 0, np.zeros(PARAMS, np.float32), layout=LAYOUT),
+                            0.0)
+        count = [0]
+
+        def counted(fd: int, count: list[int] = count) -> None:
+            count[0] += 1
+            real_fsync(fd)
+
+        with tempfile.TemporaryDirectory(prefix="hierfl-spool-", dir=spool_root) as tmp:
+            spool = Spool(tmp)
+            q: queue.Queue[tuple[UpdateFrame, bytes] | None] = queue.Queue(maxsize=1000)
+
+            def judge(security: Any = security,
+                      q: queue.Queue[tuple[UpdateFrame, bytes] | None] = q) -> None:
+                # the service's judge stage: verify + decode, in order
+                for raw in frames:
+                    frame = security.decode(raw, limits=limits).frame
+                    assert isinstance(frame, UpdateFrame)
+                    q.put((frame, raw))
+                q.put(None)
+
+            os.fsync = counted  # type: ignore[assignment]  # count what the spool syncs
+            try:
+                start = time.perf_counter()
+                t = threading.Thread(target=judge)
+                t.start()
+                n_bursts = _admit_all(fog, spool, q, mode)
+                total = time.perf_counter() - start
+                t.join()
+            finally:
+                os.fsync = real_fsync  # type: ignore[assignment]
+            drained = spool.drop_except(None)
+        assert drained == n_edges, drained  # every update was spooled once
+        rates.append(n_edges / total)
+        fsyncs.append(count[0])
+        bursts.append(n_edges / n_bursts)
+    return {
+        "system": f"hierfl-{__version__}", "bench": "fog-ingest-spool", "signed": True,
+        "spool": mode, "edges": n_edges, "round_size": round_size, "params": PARAMS,
+        "frame_bytes": len(frames[0]),
+        "updates_per_s": round(statistics.median(rates), 1),
+        "updates_per_s_runs": [round(r, 1) for r in rates],
+        "us_per_update": round(1e6 / statistics.median(rates), 1),
+        "fsyncs": fsyncs, "mean_burst": round(statistics.median(bursts), 1),
+        "burst_max": BURST_MAX if mode == "group" else 1,
+        "peak_rss_mb": round(_rss_mb(), 1), "cpu": os.cpu_count(),
+        "loadavg_1m": float(Path("/proc/loadavg").read_text().split()[0]),
+    }
+
+
+def _admit_all(fog: FogRound, spool: Spool,
+               q: queue.Queue[tuple[UpdateFrame, bytes] | None], mode: str) -> int:
+    """Admit everything the judge thread queues; return the number of spool writes."""
+    writes = 0
+    backlog: list[tuple[UpdateFrame, bytes]] = []
+    done = False
+    while not done or backlog:
+        if backlog:
+            burst, backlog = backlog[:BURST_MAX], backlog[BURST_MAX:]
+        else:
+            item = q.get()
+            if item is None:
+                done = True
+                continue
+            burst = [item]
+        while mode == "group" and len(burst) < BURST_MAX and not done:
+            try:
+                item = q.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                done = True
+            else:
+                burst.append(item)
+        if mode == "per-update":
+            backlog = burst[1:] + backlog
+            burst = burst[:1]
+        key = (fog.version or 0, fog.seq)
+        for frame, _ in burst:  # each round is a new fog model: re-base (see ingest)
+            object.__setattr__(frame, "base_seq", fog.seq)
+        if mode == "per-update":
+            ((frame, raw),) = burst
+            fog.check_update(frame)
+            spool.put(key[0], key[1], frame.edge_id, raw)
+            fog.on_update(frame, 0.0)
+            writes += 1
+            continue
+        refused = check_burst(fog, [f for f, _ in burst])
+        assert not any(refused), refused
+        path = spool.put_batch(key[0], key[1], [(f.edge_id, raw) for f, raw in burst])
+        writes += 1
+        taken = take_burst(fog, key, [f for f, _ in burst], [None] * len(burst), 0.0)
+        assert len(taken.kept) == taken.stopped, taken  # nothing refused
+        if taken.stopped < len(burst):  # the round closed: the rest go to the next one
+            spool.keep_only(path, list(taken.kept))
+            backlog = burst[taken.stopped:] + backlog
+    return writes
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the selected parts; print one JSON line per measurement."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--part", default="ingest", choices=["ingest", "population", "all"])
+    p.add_argument("--part", default="ingest", choices=["ingest", "spool", "population", "all"])
+    p.add_argument("--spool-dir", type=Path, default=None)
+    p.add_argument("--spool-modes", default="per-update,group")
     p.add_argument("--edges", type=int, default=1000)
     p.add_argument("--round-size", type=int, default=100)
     p.add_argument("--repeat", type=int, default=3)
@@ -149,6 +299,13 @@ def main(argv: list[str] | None = None) -> int:
                 row = ingest(a.edges, a.round_size, signed, prov if signed else None, a.repeat)
                 row["provision_s"] = round(provision_s, 2)
                 lines.append(row)
+                _emit(row, a.results)
+    if a.part in ("spool", "all"):
+        with tempfile.TemporaryDirectory(prefix="hierfl-scale-") as tmp:
+            prov = provision(ProjectSpec(federation=FED, fogs={FOG: tuple(_edges(a.edges))}),
+                             Path(tmp) / "pki", tls=False)
+            for mode in a.spool_modes.split(","):
+                row = spooled_ingest(a.edges, a.round_size, prov, mode, a.repeat, a.spool_dir)
                 _emit(row, a.results)
     if a.part in ("population", "all"):
         from hierfl.sim.population import run_population_benchmark  # noqa: PLC0415
