@@ -92,10 +92,12 @@ class FederationPrivacy:
                 "delta": float(m.get("dp.delta", self.delta)),
                 "fixed_from": float(m.get("dp.fixed_from", 0.0)),
             }
-            if "dp.next_epsilon" in m:
-                # distributed DP (hierfl/secagg/ddp.py): the region's own Skellam account of
-                # its next cloud round, which the Gaussian formula would understate
-                self.regions[fog]["next_epsilon"] = float(m["dp.next_epsilon"])
+            if float(m.get("dp.distributed", 0.0)) >= 1.0:
+                # distributed DP (hierfl/secagg/ddp.py): Skellam shares counted by survivors;
+                # the region's own account (now, and after its next cloud round) is the figure
+                self.regions[fog]["distributed"] = 1.0
+                self.regions[fog]["next_epsilon"] = float(
+                    m.get("dp.next_epsilon", m.get("dp.epsilon", 0.0)))
             if "dp.local_epsilon" in m:
                 # untrusted_fog: the worst edge's local DP, its guarantee against its own fog
                 self.regions[fog]["local_epsilon"] = float(m["dp.local_epsilon"])
@@ -103,6 +105,8 @@ class FederationPrivacy:
     def _epsilon(self, r: dict[str, float], extra: int = 0) -> float:
         if "releases" not in r:
             return r.get("epsilon", 0.0)
+        if r.get("distributed"):  # no Gaussian formula applies to Skellam sums
+            return r.get("next_epsilon", math.inf) if extra else r.get("epsilon", 0.0)
         try:
             eps = epsilon_for(noise_multiplier=r["noise_multiplier"],
                               sample_rate=r["sample_rate"],
@@ -115,8 +119,6 @@ class FederationPrivacy:
             # the fog's own figure composes every parameter set its ledger holds (sigma
             # changed between restarts): never report less than it
             eps = max(eps, r.get("epsilon", 0.0))
-            if extra and "next_epsilon" in r:
-                eps = max(eps, r["next_epsilon"])
         return eps
 
     def spent_regions(self) -> frozenset[str]:

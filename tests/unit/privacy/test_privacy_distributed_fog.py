@@ -17,6 +17,7 @@ from hierfl.config import EdgeSettings, FogSettings
 from hierfl.errors import ConfigError
 from hierfl.fog.round import FogRound, FogRoundConfig, FogState, Forward, PrivacyStop
 from hierfl.privacy.distributed import DISTRIBUTED_LEDGER_FILE, DistributedLedger
+from hierfl.privacy.federation import STOPPED, FederationPrivacy
 from hierfl.secagg.ddp import DistributedRegion, distributed_region, edge_noise_for, round_params
 from hierfl.secagg.driver import BeginRound
 from hierfl.secagg.service import SecureSum
@@ -125,3 +126,18 @@ def test_privacy_distributed_fog_edge_refuses_another_codec() -> None:
     with pytest.raises(ConfigError, match="calibrated"):
         edge_noise_for(edge.privacy)(
             BeginRound("north", 8, roster, D, 0.5, params.scale / 2, 2, 3))
+
+
+def test_privacy_distributed_fog_cloud_takes_the_regions_own_account(tmp_path: Path) -> None:
+    region, _, actions = _release(tmp_path, ("a", "c"))  # one release of 2 shares
+    m = next(a for a in actions if isinstance(a, Forward)).frame.metrics
+    # a target between the region's epsilon now and after its next cloud round
+    target = (m["dp.epsilon"] + m["dp.next_epsilon"]) / 2
+    fed = FederationPrivacy(mode="untrusted_fog", delta=1e-5, target_epsilon=target)
+    meta = fed.close_round({"north": {"metrics": m}})
+    # the worst region's epsilon is the Skellam ledger's, not a Gaussian formula's
+    assert meta["epsilon"] == pytest.approx(region.ledger.epsilon(), rel=1e-12)
+    assert meta["status"] == STOPPED  # the next round would exceed: this version is final
+    loose = FederationPrivacy(mode="untrusted_fog", delta=1e-5,
+                              target_epsilon=m["dp.next_epsilon"] * 1.01)
+    assert loose.close_round({"north": {"metrics": m}})["status"] == "running"
