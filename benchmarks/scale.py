@@ -25,9 +25,15 @@ takes what is queued. ``per-update`` is the admission before group commit (check
 temporary folder; put it on the disk a fog would use). One line per mode, with the number of
 fsyncs and the mean burst.
 
+``--part service`` (in-memory brokers): a real :class:`~hierfl.fog.service.FogService`, spool
+on and off, admitting ``--edges`` unsigned updates published at once into one round (from the
+first publish to the last update accepted). It uses only APIs older than group commit, so it
+also runs against an export of an older tree (``PYTHONPATH=<export>``, ``HIERFL_TREE=<name>``
+labels the line).
+
 ``--part population`` (real brokers): see :mod:`hierfl.sim.population`.
 
-Usage: python benchmarks/scale.py [--part ingest|spool|population|all] [--edges 1000]
+Usage: python benchmarks/scale.py [--part ingest|spool|service|population|all] [--edges 1000]
        [--round-size 100] [--repeat 3] [--results FILE] [--spool-dir DIR]
 """
 
@@ -51,8 +57,6 @@ from hierfl import __version__
 from hierfl.aggregation import make_aggregator
 from hierfl.config import SecuritySettings
 from hierfl.fog.round import FogRound, FogRoundConfig
-from hierfl.fog.spool import Spool
-from hierfl.fog.spool_commit import BURST_MAX, check_burst, take_burst
 from hierfl.provision import ProjectSpec, Provisioned, provision
 from hierfl.security.tier import tier_security
 from hierfl.security.trust import load_signing_key
@@ -167,6 +171,9 @@ def _signed_frames(n_edges: int, pki: Provisioned) -> list[bytes]:
 def spooled_ingest(n_edges: int, round_size: int, pki: Provisioned, mode: str, repeat: int,
                    spool_root: Path | None) -> dict[str, Any]:
     """Time the signed per-update path with the spool on (``mode``: per-update or group)."""
+    from hierfl.fog.spool import Spool  # noqa: PLC0415
+    from hierfl.fog.spool_commit import BURST_MAX  # noqa: PLC0415
+
     frames = _signed_frames(n_edges, pki)
     limits = DecodeLimits(expected_params=PARAMS)
     rates, fsyncs, bursts = [], [], []
@@ -228,9 +235,11 @@ def spooled_ingest(n_edges: int, round_size: int, pki: Provisioned, mode: str, r
     }
 
 
-def _admit_all(fog: FogRound, spool: Spool,
+def _admit_all(fog: FogRound, spool: Any,
                q: queue.Queue[tuple[UpdateFrame, bytes] | None], mode: str) -> int:
     """Admit everything the judge thread queues; return the number of spool writes."""
+    from hierfl.fog.spool_commit import BURST_MAX, check_burst, take_burst  # noqa: PLC0415
+
     writes = 0
     backlog: list[tuple[UpdateFrame, bytes]] = []
     done = False
@@ -277,10 +286,78 @@ def _admit_all(fog: FogRound, spool: Spool,
     return writes
 
 
+def service_ingest(n_edges: int, spool_root: Path | None, repeat: int,
+                   spool: bool = True) -> dict[str, Any]:
+    """Time a real :class:`~hierfl.fog.service.FogService` (in-memory brokers, unsigned,
+    spool on) admitting ``n_edges`` updates published at once into one round: from the
+    first publish to the last update accepted. Runs against whatever ``hierfl`` is imported
+    (the tree before group commit too: it uses no API group commit added)."""
+    import asyncio  # noqa: PLC0415
+
+    from hierfl import topics  # noqa: PLC0415
+    from hierfl.config import FogSettings  # noqa: PLC0415
+    from hierfl.fog.round import FogState  # noqa: PLC0415
+    from hierfl.fog.service import FogService  # noqa: PLC0415
+    from hierfl.transport.factory import MemoryTransports  # noqa: PLC0415
+    from hierfl.transport.memory_kafka import MemoryKafkaBroker  # noqa: PLC0415
+    from hierfl.transport.memory_mqtt import MemoryMqttBroker  # noqa: PLC0415
+
+    edges = _edges(n_edges)
+    rng = np.random.default_rng(0)
+
+    async def once(spool_dir: Path | None) -> float:
+        t = MemoryTransports(MemoryMqttBroker(), MemoryKafkaBroker())
+        s = FogSettings.load(federation=FED, fog_id=FOG, security={"signing": "off"},
+                             spool_dir=spool_dir, min_updates=n_edges, k2=10_000,
+                             round_timeout_s=3600.0,
+                             max_samples=100_000)
+        fog = FogService(s, transports=t)
+        task = asyncio.create_task(fog.run())
+        await asyncio.wait_for(fog.ready.wait(), 30)
+        async with t.producer(s.kafka, client_id="cloud") as producer:
+            await producer.send_frame(topics.models(FED), key=b"global", frame=encode_frame(
+                ModelFrame(FED, 0, np.zeros(PARAMS, np.float32), layout=LAYOUT)))
+        while fog.round.state is not FogState.COLLECTING:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        seq = fog.round.seq
+        frames = [encode_frame(UpdateFrame(
+            FED, FOG, e, 0, seq, 50, (rng.normal(size=PARAMS) * 0.01).astype(np.float32),
+            {"train_loss": 1.0})) for e in edges]
+        async with t.mqtt(s.mqtt, client_id="edges") as mqtt:
+            start = time.perf_counter()
+            for e, raw in zip(edges, frames, strict=True):
+                await mqtt.publish(topics.update(FED, FOG, e), raw)
+            while fog.round.seq == seq and len(fog.round.pending) < n_edges:  # noqa: ASYNC110
+                await asyncio.sleep(0.002)
+            total = time.perf_counter() - start
+        fog.stop()
+        await asyncio.wait_for(task, 30)
+        return total
+
+    rates, files = [], []
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory(prefix="hierfl-spool-", dir=spool_root) as tmp:
+            spool_dir = Path(tmp) / "spool"
+            total = asyncio.run(once(spool_dir if spool else None))
+            n_files = sum(1 for p in spool_dir.iterdir() if p.suffix in (".hfl", ".hfb")
+                          ) if spool else 0
+        rates.append(n_edges / total)
+        files.append(n_files)
+    return {
+        "system": f"hierfl-{__version__}", "bench": "fog-service-spool", "signed": False,
+        "spool": spool, "edges": n_edges, "params": PARAMS,
+        "updates_per_s": round(statistics.median(rates), 1),
+        "updates_per_s_runs": [round(r, 1) for r in rates],
+        "spool_files": files, "cpu": os.cpu_count(),
+        "loadavg_1m": float(Path("/proc/loadavg").read_text().split()[0]),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the selected parts; print one JSON line per measurement."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--part", default="ingest", choices=["ingest", "spool", "population", "all"])
+    p.add_argument("--part", default="ingest",
+                   choices=["ingest", "spool", "service", "population", "all"])
     p.add_argument("--spool-dir", type=Path, default=None)
     p.add_argument("--spool-modes", default="per-update,group")
     p.add_argument("--edges", type=int, default=1000)
@@ -307,6 +384,11 @@ def main(argv: list[str] | None = None) -> int:
             for mode in a.spool_modes.split(","):
                 row = spooled_ingest(a.edges, a.round_size, prov, mode, a.repeat, a.spool_dir)
                 _emit(row, a.results)
+    if a.part in ("service", "all"):
+        for spool in (True, False):
+            row = service_ingest(a.edges, a.spool_dir, a.repeat, spool)
+            row["tree"] = os.environ.get("HIERFL_TREE", "this")
+            _emit(row, a.results)
     if a.part in ("population", "all"):
         from hierfl.sim.population import run_population_benchmark  # noqa: PLC0415
 
