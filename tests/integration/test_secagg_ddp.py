@@ -48,13 +48,14 @@ def _privacy(sigma: float, target: float | None = None) -> dict[str, Any]:
 
 
 async def _run(url: str, bootstrap: str, fed: str, folder: Path, *, versions: int,
-               privacy: dict[str, Any] | None, stop: bool = False) -> Any:
+               privacy: dict[str, Any] | None, stop: bool = False, topo: Topology = TOPO,
+               stages: dict[str, Any] = STAGES, drop: str | None = None) -> Any:
     initial = folder / "init.npz"
     folder.mkdir()
     write_initial(initial)
     # without DP, the same secure fog unweighted (each survivor counts once) and clipping to
     # the same bound: the plain FedAvg of the clipped updates the DP run is compared with
-    secagg: dict[str, Any] = dict(STAGES) if privacy else {**STAGES, "weighted": False,
+    secagg: dict[str, Any] = dict(stages) if privacy else {**stages, "weighted": False,
                                                             "clip_norm": CLIP}
     fog_over: dict[str, Any] = {"round_timeout_s": 90, "secagg": secagg,
                                 "spool_dir": folder / "spool"}
@@ -62,7 +63,7 @@ async def _run(url: str, bootstrap: str, fed: str, folder: Path, *, versions: in
     if privacy:
         fog_over["privacy"] = privacy
         cloud_over["privacy"] = privacy
-    cloud_s, fog_s, edge_s = settings_for(url, bootstrap, fed, TOPO, folder / "store", initial,
+    cloud_s, fog_s, edge_s = settings_for(url, bootstrap, fed, topo, folder / "store", initial,
                                           versions=versions, fog_overrides=fog_over,
                                           cloud_overrides=cloud_over)
     # through the validators (model_copy skips them): weighted forced off, clip = privacy's
@@ -72,6 +73,10 @@ async def _run(url: str, bootstrap: str, fed: str, folder: Path, *, versions: in
     cloud = CloudService(cloud_s)
     fogs = make_fogs(fog_s)
     edges = [EdgeClient(s, tiny_task(i)) for i, s in enumerate(edge_s)]
+    for e in edges:
+        if e.settings.edge_id == drop:  # fault injection: silent after sharing its keys
+            assert e.secagg is not None
+            e.secagg.driver.stop_after = "shares"
     async with spy_updates(url, fed, ["north"]) as spy:
         async with running(cloud, *fogs, *edges) as tasks:
             await wait_for(cloud.finished.is_set, 120, "the cloud rounds")
@@ -155,3 +160,28 @@ async def test_secagg_ddp_federation_stops_at_its_budget(
     assert fog.metrics.gauges.get("privacy_budget_spent") == 1
     data = json.loads((tmp_path / "ddp" / "spool" / DISTRIBUTED_LEDGER_FILE).read_text())
     assert sum(g["releases"] for g in data["groups"]) == 2
+
+
+async def test_secagg_ddp_dropped_edge_is_accounted_with_less_noise(
+    mqtt_broker, kafka_broker, unique_id, tmp_path
+):
+    sigma = 0.5
+    topo = Topology({"north": ["n0", "n1", "n2", "n3"]})  # t = 3 of 4: one may drop
+    # n3 goes silent after sharing its keys in every round: its masked input (and its
+    # noise share) never reaches the sum; masked_s is short so the round does not wait long
+    stages = {**STAGES, "masked_s": 3}
+    store, (fog,), _, _, fog_s = await _run(
+        mqtt_broker.url, kafka_broker.bootstrap, unique_id, tmp_path / "ddp", versions=1,
+        privacy=_privacy(sigma), topo=topo, stages=stages, drop="n3")
+    meta = store.load(1).meta
+    m = meta["fogs"]["north"]["metrics"]
+    assert meta["fogs"]["north"]["num_edges"] == 3
+    assert (m["dp.expected_edges"], m["dp.surviving_edges"]) == (4.0, 3.0)
+    params = params_from_settings(fog_s.privacy, expected_edges=4, dim=DIM)
+    full = DistributedLedger(None, population="north", params=params, delta=1e-5)
+    ledger = DistributedLedger(None, population="north", params=params, delta=1e-5)
+    assert m["dp.epsilon"] == pytest.approx(ledger.spend(3), rel=1e-9)
+    assert m["dp.epsilon"] > full.spend(4)  # fewer shares: less noise, more epsilon
+    assert m["dp.effective_noise_multiplier"] == pytest.approx(
+        full.metrics()["dp.effective_noise_multiplier"] * np.sqrt(3 / 4), rel=1e-9)
+    assert fog.secagg is not None and fog.secagg.driver is not None
