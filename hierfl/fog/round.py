@@ -366,6 +366,8 @@ class FogRound:
             self._cycle.start = blend(w, self.regional, self.config.personalise_alpha)
             self._cycle.weights = self._cycle.start.copy()
         self._ensure_validator(w.size)
+        if (plan := getattr(self.privacy, "plan", None)) is not None:
+            plan(w.size)  # distributed DP: the budget check needs the update's dimension
         if self.privacy is not None and not self.privacy.can_start(self.config.k2):
             return self._with_early(self._budget_spent())
         actions = self._open_round(now)

@@ -166,6 +166,16 @@ class DistributedRegion:
     def _epsilon_after(self, releases: int, surviving: int) -> float:
         return self.ledger.epsilon(surviving, releases=releases)
 
+    def plan(self, dim: int) -> None:
+        """The update's dimension, from the fog's first (or resumed) global model: until a
+        secure round ran, the budget is checked with the parameters of ``expected_edges``
+        edges at that dimension (the noise a sum of all shares carries does not depend on
+        the count, only the scale does)."""
+        if not self.planned:
+            self.ledger.params = params_from_settings(
+                self.privacy, expected_edges=self.expected_edges, dim=dim)
+            self.planned = True
+
     def can_start(self, releases: int) -> bool:
         """Whether ``releases`` more releases stay within the budget: with the survivors of
         the sum at hand (when closing), else with every expected edge (a fog round about to

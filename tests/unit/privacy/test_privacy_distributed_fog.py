@@ -141,3 +141,23 @@ def test_privacy_distributed_fog_cloud_takes_the_regions_own_account(tmp_path: P
     loose = FederationPrivacy(mode="untrusted_fog", delta=1e-5,
                               target_epsilon=m["dp.next_epsilon"] * 1.01)
     assert loose.close_round({"north": {"metrics": m}})["status"] == "running"
+
+
+def test_privacy_distributed_fog_restarted_on_a_spent_ledger_opens_no_round(
+    tmp_path: Path,
+) -> None:
+    params = round_params(_fog_settings(tmp_path).privacy, roster_size=3, dim=D)
+    probe = DistributedLedger(None, population="north", params=params, delta=1e-5)
+    target = (probe.epsilon(3) + probe.epsilon(3, releases=2)) / 2  # pays for one release
+    _, _, first = _release(tmp_path, ("a", "b", "c"), target_epsilon=target)
+    assert any(isinstance(a, Forward) for a in first)
+    # a restart reads the ledger back: the first global model is checked against it before
+    # any secure round opens (the dimension comes with the model)
+    region = distributed_region(_fog_settings(tmp_path, target_epsilon=target))
+    assert region.ledger.releases == 1
+    fog = FogRound(FogRoundConfig(federation="fed", fog_id="north", secure=True),
+                   FedAvg(), privacy=region)
+    actions = fog.on_global_model(
+        ModelFrame("fed", 1, np.zeros(D, np.float32), layout=LAYOUT), 0.0)
+    assert [type(a) for a in actions] == [PrivacyStop]
+    assert fog.state is FogState.BUDGET_SPENT and region.ledger.releases == 1
