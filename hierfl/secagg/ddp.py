@@ -122,7 +122,12 @@ def edge_noise_for(privacy: Any) -> Callable[[BeginRound], IntegerNoise]:
     The returned callable raises ConfigError (the driver counts it and the edge sits the round
     out) when the announced codec differs from the one the edge's own settings give for that
     roster and dimension.
+
+    Raises:
+        ConfigError: at start, when the settings give no valid parameters and codec at all.
     """
+    round_params(privacy, roster_size=1, dim=1)  # checked at start, codec included
+
     def for_round(begin: BeginRound) -> IntegerNoise:
         params = round_params(privacy, roster_size=len(begin.roster), dim=begin.dim,
                               codec=begin.params().codec)
@@ -269,6 +274,6 @@ def distributed_region(s: FogSettings) -> DistributedRegion:
     expected = max(len(s.allowed_edges), p.population or 0, 1)
     # placeholder parameters until the first round's roster and dimension are known: the
     # ledger stores every release's own parameters, so nothing is accounted with these
-    params = params_from_settings(p, expected_edges=expected, dim=1)
+    params = round_params(p, roster_size=expected, dim=1)  # checked at start, codec included
     ledger = ledger_from_settings(p, s.fog_id, params, s.spool_dir, s.security.state_dir)
     return DistributedRegion(ledger, p, expected, p.target_epsilon, k2=s.k2)
