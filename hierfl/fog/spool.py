@@ -199,8 +199,9 @@ class Spool:
             entries = decode_batch(path.read_bytes())
         except OSError as exc:
             raise StoreError(f"cannot read spool batch {path.name}: {exc}") from exc
-        items = [e for i, e in enumerate(entries) if i in set(keep)]
-        kept = [e for e in items if not isinstance(e, StoreError)]
+        wanted = set(keep)
+        kept = [e for i, e in enumerate(entries)
+                if i in wanted and not isinstance(e, StoreError)]
         new = path.with_name(f"v{m.group(1)}-s{m.group(2)}-b{m.group(3)}-n{len(kept)}.hfb")
         if new != path:
             self._write(new, encode_batch(kept))

@@ -112,3 +112,23 @@ async def test_nothing_is_accepted_when_the_batch_write_fails(tmp_path, monkeypa
     assert not fog.round.pending
     monkeypatch.undo()
     assert Spool(tmp_path / "spool").entries() == []
+
+
+async def test_restart_replays_old_single_files_and_batches_into_the_round(tmp_path):
+    """The spool of a fog killed mid-round holds one update in the layout before group
+    commit (one .hfl file) and a batch: the fog resumed at that round takes all three."""
+    fog = _fog(tmp_path, min_updates=100)
+    seq = fog.round.seq
+    spool = Spool(tmp_path / "spool")
+
+    def raw(edge: str) -> bytes:
+        return encode_frame(UpdateFrame("f", "a", edge, 1, seq, 10,
+                                        np.full(D, 0.01, np.float32), {}))
+
+    spool.put(1, seq, "old", raw("old"))
+    spool.put_batch(1, seq, [("b1", raw("b1")), ("b2", raw("b2"))])
+    spool.put_batch(1, seq - 1, [("gone", raw("gone"))])  # a round folded already: dropped
+    await fog._replay_spool()
+    assert sorted(fog.round.pending) == ["b1", "b2", "old"]
+    assert fog.metrics.snapshot()["counters"]["spool_replayed"] == 3
+    assert sorted(e for _, _, e, _ in spool.entries()) == ["b1", "b2", "old"]
