@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def _doc_files() -> list[Path]:
     files = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted(ROOT.glob("*/README.md")),
              *sorted((ROOT / "docs").rglob("*.md"))]
-    return [f for f in files if f.is_file() and ".venv" not in f.parts]
+    # tool caches and virtual environments (.pytest_cache/README.md, .venv*) are not docs
+    return [f for f in files if f.is_file()
+            and not any(part.startswith(".") for part in f.relative_to(ROOT).parts)]
 
 
 DOCS = _doc_files()
