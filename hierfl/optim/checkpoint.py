@@ -15,14 +15,13 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hierfl.errors import StoreError
+from hierfl.model.store import _atomic_write
 from hierfl.optim.server import ServerOptimizer
 
 __all__ = ["restore_control", "restore_state", "save_control", "save_state"]
@@ -38,24 +37,9 @@ def save_state(store_dir: Path, version: int, opt: ServerOptimizer,
     Raises:
         StoreError: if it cannot be written.
     """
-    folder = Path(store_dir) / _DIR
     rel = f"{_DIR}/v{version:08d}.npz"
-    buf = io.BytesIO()
-    np.savez(buf, **opt.state())  # type: ignore[arg-type]
-    data = buf.getvalue()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz.tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        Path(tmp).replace(Path(store_dir) / rel)
-    except OSError as exc:
-        raise StoreError(f"cannot write the server optimiser state of v{version}: {exc}") from exc
-    old = sorted(p for p in folder.glob("v*.npz"))[:-keep]
-    for p in old:
-        p.unlink(missing_ok=True)
+    data = _write_npz(store_dir, rel, opt.state(), "v", keep,
+                      f"the server optimiser state of v{version}")
     return {"name": opt.config.name, "step": opt.t, "file": rel,
             "sha256": hashlib.sha256(data).hexdigest(), "config": opt.config.to_json()}
 
@@ -77,19 +61,7 @@ def restore_state(store_dir: Path, meta: dict[str, Any], opt: ServerOptimizer) -
         log.warning("cloud: the checkpoint's server optimiser is %s, now %s: starting fresh",
                     entry.get("name"), opt.config.name)
         return False
-    path = Path(store_dir) / str(entry.get("file", ""))
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise StoreError(f"server optimiser state {path} is unreadable: {exc}") from exc
-    if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
-        raise StoreError(f"server optimiser state {path} fails its sha256 check")
-    try:
-        # SAFETY: allow_pickle stays False: a state file must never run code.
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"server optimiser state {path} is malformed: {exc}") from exc
+    arrays = _read_npz(store_dir, entry, "server optimiser state")
     opt.load_state(arrays)
     return True
 
@@ -102,23 +74,9 @@ def save_control(store_dir: Path, version: int, control: np.ndarray,
     Raises:
         StoreError: if it cannot be written.
     """
-    folder = Path(store_dir) / _DIR
     rel = f"{_DIR}/c{version:08d}.npz"
-    buf = io.BytesIO()
-    np.savez(buf, c=np.asarray(control, dtype=np.float32))
-    data = buf.getvalue()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz.tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        Path(tmp).replace(Path(store_dir) / rel)
-    except OSError as exc:
-        raise StoreError(f"cannot write the SCAFFOLD control variate of v{version}: {exc}") from exc
-    for p in sorted(folder.glob("c*.npz"))[:-keep]:
-        p.unlink(missing_ok=True)
+    data = _write_npz(store_dir, rel, {"c": np.asarray(control, dtype=np.float32)}, "c", keep,
+                      f"the SCAFFOLD control variate of v{version}")
     return {"file": rel, "sha256": hashlib.sha256(data).hexdigest()}
 
 
@@ -131,19 +89,51 @@ def restore_control(store_dir: Path, meta: dict[str, Any], size: int) -> np.ndar
     entry = meta.get("scaffold")
     if not isinstance(entry, dict):
         return None
+    arrays = _read_npz(store_dir, entry, "SCAFFOLD control variate")
     path = Path(store_dir) / str(entry.get("file", ""))
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise StoreError(f"SCAFFOLD control variate {path} is unreadable: {exc}") from exc
-    if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
-        raise StoreError(f"SCAFFOLD control variate {path} fails its sha256 check")
-    try:
-        # SAFETY: allow_pickle stays False: a state file must never run code.
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            c = np.asarray(z["c"], dtype=np.float32).reshape(-1)
-    except (OSError, ValueError, KeyError) as exc:
+        c = np.asarray(arrays["c"], dtype=np.float32).reshape(-1)
+    except (KeyError, ValueError) as exc:
         raise StoreError(f"SCAFFOLD control variate {path} is malformed: {exc}") from exc
     if c.size != size or not np.isfinite(c).all():
         raise StoreError(f"SCAFFOLD control variate {path}: {c.size} values or not finite")
     return c
+
+
+def _write_npz(store_dir: Path, rel: str, arrays: dict[str, Any], prefix: str, keep: int,
+               what: str) -> bytes:
+    """Write ``arrays`` as npz to ``<store_dir>/<rel>`` atomically (the model store's writer),
+    keep the newest ``keep`` files named ``<prefix>*.npz``; return the bytes written."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    data = buf.getvalue()
+    folder = Path(store_dir) / _DIR
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _atomic_write(Path(store_dir) / rel, data)
+    except OSError as exc:
+        raise StoreError(f"cannot write {what}: {exc}") from exc
+    for p in sorted(folder.glob(f"{prefix}*.npz"))[:-keep]:
+        p.unlink(missing_ok=True)
+    return data
+
+
+def _read_npz(store_dir: Path, entry: dict[str, Any], what: str) -> dict[str, np.ndarray]:
+    """The arrays of the npz file a record's ``entry`` names, checked against its sha256.
+
+    Raises:
+        StoreError: the file is missing, altered or malformed.
+    """
+    path = Path(store_dir) / str(entry.get("file", ""))
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise StoreError(f"{what} {path} is unreadable: {exc}") from exc
+    if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        raise StoreError(f"{what} {path} fails its sha256 check")
+    try:
+        # SAFETY: allow_pickle stays False: a state file must never run code.
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{what} {path} is malformed: {exc}") from exc
