@@ -349,6 +349,10 @@ async def test_forged_fog_models_are_refused_by_edges(
         async with running(cloud, north) as tiers:
             await wait_for(lambda: north.round.version == 0, 30, "north on v0")
             assert north.metrics.rejected.get("wire.signer", 0) == 1
+            # n1 holds the fog's genuine model: the broker has replaced the planted retained one
+            # (publishes are delivered in order), so n0, joining now, never sees the planted one
+            await wait_for(lambda: n1._latest is not None and n1._latest.version == 0, 30,
+                           "n1 to receive the fog's genuine v0")
             (n0,) = make_edges(edge_s[:1])
             async with running(n0) as n0_task:
                 await wait_for(lambda: n0.updates_sent >= 1 and n1.updates_sent >= 1, 60,
