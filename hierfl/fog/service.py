@@ -110,7 +110,8 @@ class FogService:
         self.metrics = ServiceMetrics("fog", s.fog_id)
         self.security = tier_security(s.security, federation=s.federation,
                                       party_id=fog_party(s.fog_id), tier=f"fog {s.fog_id}",
-                                      autosave=False)  # saved after each accepted update
+                                      autosave=False,  # saved as accepted updates come
+                                      deferred=frozenset({"update"}))  # counted once kept
         self.round = FogRound(
             FogRoundConfig(
                 federation=s.federation,
@@ -734,11 +735,12 @@ class FogService:
             if spooled is not None:  # the round moved on while the file was written
                 spooled.unlink(missing_ok=True)
             raise
-        self._accepted(frame, actions, started, admitted, time.time(), replay=replay)
+        self._accepted(frame, actions, started, admitted, time.time(), replay=replay, sig=sig)
         return actions
 
     def _accepted(self, frame: UpdateFrame, actions: list[Any], started: float,
-                  admitted: float, done: float, *, replay: bool) -> None:
+                  admitted: float, done: float, *, replay: bool,
+                  sig: SigBlock | None = None) -> None:
         """Count an update the round took (after its spool write) and record its spans."""
         version = frame.base_version
         tl = self.timeline
@@ -754,6 +756,9 @@ class FogService:
         self.metrics.inc("accepted")
         self.metrics.seen(frame.edge_id)
         self._count_for_version("accepted")
+        if self.security.verifier is not None and sig is not None:
+            # only the counters of updates the fog kept persist (not of those still queued)
+            self.security.verifier.replay.commit(sig)
         if self.security.verifier is not None and not replay:
             # Replay counters become durable after the update they cover (spooled above): a
             # crash in between lets the edge's re-sent copy in (the round refuses a second
@@ -835,7 +840,8 @@ class FogService:
             if isinstance(outcome, HierflError):
                 self._reject(outcome, f"edge {frame.edge_id}")
                 continue
-            self._accepted(frame, outcome, started, admitted, done, replay=False)
+            self._accepted(frame, outcome, started, admitted, done, replay=False,
+                           sig=fit[i].sig)
             actions += outcome
         self._backlog.extendleft(reversed(fit[taken.stopped:]))
         if len(taken.kept) < len(fit):

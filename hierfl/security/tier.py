@@ -54,7 +54,8 @@ class TierSecurity:
 
 
 def tier_security(sec: SecuritySettings, *, federation: str, party_id: str, tier: str,
-                  replay_file: str | None = "replay.json", autosave: bool = True) -> TierSecurity:
+                  replay_file: str | None = "replay.json", autosave: bool = True,
+                  deferred: frozenset[str] = frozenset()) -> TierSecurity:
     """Build a tier's signer and verifier from its settings.
 
     Args:
@@ -64,6 +65,8 @@ def tier_security(sec: SecuritySettings, *, federation: str, party_id: str, tier
         tier: for messages.
         replay_file: name of the replay-counter file under ``state_dir`` (None: memory).
         autosave: persist replay counters on every new one (see :class:`ReplayGuard`).
+        deferred: frame kinds whose counters persist only once committed (see
+            :class:`ReplayGuard`).
 
     Raises:
         ConfigError: if signatures are required and a key or the bundle is missing or bad,
@@ -86,7 +89,7 @@ def tier_security(sec: SecuritySettings, *, federation: str, party_id: str, tier
                           f"{party_id}")
     state: Path | None = sec.state_dir
     guard = ReplayGuard(state / replay_file if state and replay_file else None,
-                        autosave=autosave)
+                        autosave=autosave, deferred=deferred)
     signer = Signer(party_id, key, federation,
                     state_path=state / "counter" if state is not None else None)
     log.info("%s: signing as %s; verifying frames against %s", tier, party_id,

@@ -253,19 +253,28 @@ class ReplayGuard:
             :meth:`check_and_record` when ``autosave``), or None for memory only.
         autosave: write the file on every new counter (a fog); a cloud instead saves
             :meth:`snapshot` with its checkpoints and seeds from them on restart.
+        deferred: frame kinds whose counters are refused at once in memory but persisted
+            (:meth:`save`, :meth:`snapshot`) only once :meth:`commit` says the frame was
+            kept. A fog defers ``update``: a counter saved for an update still queued when
+            the fog crashed would make it refuse, as a replay, the edge's re-sent copy of an
+            update it never kept.
     """
 
-    def __init__(self, path: Path | None = None, *, autosave: bool = True) -> None:
+    def __init__(self, path: Path | None = None, *, autosave: bool = True,
+                 deferred: frozenset[str] = frozenset()) -> None:
         self.path = path
         self.autosave = autosave
+        self.deferred = frozenset(deferred)
         self._lock = threading.Lock()
-        self._seen: dict[str, int] = {}
+        self._seen: dict[str, int] = {}  # refused in memory from here on
+        self._kept: dict[str, int] = {}  # what persists (deferred kinds: once committed)
         if path is not None and path.exists():
             try:
                 data = json.loads(path.read_text())
                 self._seen = {str(k): int(v) for k, v in data.items()}
             except (OSError, ValueError, AttributeError) as exc:
                 raise WireFormatError(f"replay state {path} is unreadable: {exc}") from exc
+        self._kept = dict(self._seen)
 
     def check_and_record(self, sb: SigBlock) -> None:
         """Refuse a counter already passed; else remember it.
@@ -285,9 +294,20 @@ class ReplayGuard:
             if last == sb.counter:
                 return
             self._seen[key] = sb.counter
-            snapshot = dict(self._seen) if self.path is not None and self.autosave else None
+            if sb.kind in self.deferred:
+                return  # persisted once committed
+            self._kept[key] = max(self._kept.get(key, 0), sb.counter)
+            snapshot = dict(self._kept) if self.path is not None and self.autosave else None
         if snapshot is not None and self.path is not None:
             _atomic_write_text(self.path, json.dumps(snapshot, sort_keys=True))
+
+    def commit(self, sb: SigBlock) -> None:
+        """Mark the frame ``sb`` signed as kept: its counter persists from now on (for a
+        deferred kind; other kinds persist when checked). Call it after the frame is
+        durable, e.g. after a fog spooled the update."""
+        key = f"{sb.signer}|{sb.kind}"
+        with self._lock:
+            self._kept[key] = max(self._kept.get(key, 0), sb.counter)
 
     def save(self) -> None:
         """Write the counters to :attr:`path` now (a no-op without one)."""
@@ -295,15 +315,17 @@ class ReplayGuard:
             _atomic_write_text(self.path, json.dumps(self.snapshot(), sort_keys=True))
 
     def snapshot(self) -> dict[str, int]:
-        """The counters, to persist with durable state."""
+        """The counters to persist with durable state: every one checked, except those of
+        deferred kinds not yet committed."""
         with self._lock:
-            return dict(self._seen)
+            return dict(self._kept)
 
     def seed(self, counters: dict[str, int]) -> None:
         """Raise counters to at least ``counters`` (e.g. from the newest checkpoint)."""
         with self._lock:
             for k, v in counters.items():
                 self._seen[k] = max(self._seen.get(k, 0), int(v))
+                self._kept[k] = max(self._kept.get(k, 0), int(v))
 
 
 @dataclass(frozen=True, slots=True)

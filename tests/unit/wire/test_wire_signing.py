@@ -243,6 +243,37 @@ def test_replay_counters_survive_a_restart_on_disk(keys, trust, tmp_path: Path) 
         Verifier(trust, FED, replay=g2).decode(up)
 
 
+def test_deferred_counters_persist_only_once_committed(keys, trust, tmp_path: Path) -> None:
+    """A fog defers ``update`` counters: one decoded but still queued when the fog crashed is
+    not in the saved state, so the edge's re-sent copy gets in after the restart; once the
+    update is kept (committed), its counter persists and a copy is refused."""
+    path = tmp_path / "replay.json"
+    queued = encode_frame(update(), signer=signer(keys, "edge/north/n0"))
+    kept = encode_frame(update(edge="n1"), signer=signer(keys, "edge/north/n1"))
+    model = encode_frame(ModelFrame(FED, 3, vec(), scope="fog", fog_id="north", seq=1),
+                         signer=signer(keys, "fog/north"))
+    guard = ReplayGuard(path, autosave=False, deferred=frozenset({"update"}))
+    v = Verifier(trust, FED, replay=guard)
+    got_kept = v.decode(kept)
+    v.decode(queued)
+    v.decode(model)  # not deferred: persists when checked
+    with pytest.raises(ReplayError):  # refused at once in memory, committed or not
+        v.decode(queued)
+    assert got_kept.sig is not None
+    guard.commit(got_kept.sig)
+    guard.save()
+    assert set(json.loads(path.read_text())) == {"edge/north/n1|update", "fog/north|model"}
+    after = Verifier(trust, FED, replay=ReplayGuard(path, deferred=frozenset({"update"})))
+    after.decode(queued)  # the re-sent copy of the update never kept
+    with pytest.raises(ReplayError):
+        after.decode(kept)
+    # without deferral (the old behaviour) the queued update's counter was saved too
+    plain = ReplayGuard(tmp_path / "plain.json", autosave=False)
+    Verifier(trust, FED, replay=plain).decode(queued)
+    plain.save()
+    assert "edge/north/n0|update" in json.loads((tmp_path / "plain.json").read_text())
+
+
 def test_unreadable_replay_state_is_a_typed_error(tmp_path: Path) -> None:
     path = tmp_path / "replay.json"
     path.write_text("{not json")
