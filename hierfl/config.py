@@ -196,6 +196,11 @@ class KafkaSettings(_Section):
         900_000, ge=4096, le=100 * 2**20, description="largest record produced (frames are split)"
     )
     request_timeout_ms: int = Field(30_000, ge=1000)
+    fetch_max_wait_ms: int = Field(
+        100, ge=1, le=10_000, description="longest a consumer's fetch waits at the broker when "
+        "no record is there; Apache Kafka answers as soon as one arrives, Tansu only when this "
+        "runs out (hierfl sim, on the Tansu it starts, uses 10)",
+    )
     create_topics: bool = Field(True, description="create hierfl topics when missing")
     connect_attempts: int | None = Field(
         10, ge=1, description="consecutive failed connects (unknown host, refused port) before "

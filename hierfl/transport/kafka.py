@@ -356,7 +356,7 @@ class KafkaConsumerTransport:
             auto_offset_reset="earliest",
             request_timeout_ms=settings.request_timeout_ms,
             max_partition_fetch_bytes=max(settings.chunk_bytes + 65536, 1 << 20),
-            fetch_max_wait_ms=100,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
             **kafka_client_kwargs(settings),
         )
         self._tps: list[TopicPartition] = []
