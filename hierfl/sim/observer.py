@@ -30,6 +30,7 @@ from hierfl.optim.personalise import blend
 from hierfl.transport.kafka import KafkaConsumerTransport
 from hierfl.transport.mqtt import MqttTransport
 from hierfl.wire import AggregateFrame, ModelDeltaFrame, ModelFrame, UpdateFrame, decode_frame
+from hierfl.wire.signing import unverified_claims
 
 __all__ = ["Observer", "RoundRecord"]
 
@@ -133,6 +134,19 @@ class Observer:
                 if t.kind == "stats":
                     with contextlib.suppress(ValueError):
                         self._stats[t.fog] = json.loads(inbound.payload)
+                    continue
+                # A signed frame's round is in its signature block: no need to decompress a
+                # multi-megabyte body on the machine the federation runs on (measurement only:
+                # hostile traffic is the fogs' business; they verify and count it)
+                claims = unverified_claims(inbound.payload)
+                if claims is not None and claims.kind == "update":
+                    self._up[claims.base] += len(inbound.payload)
+                    self._updates[claims.base] += 1
+                    continue
+                if claims is not None and claims.kind in ("model", "model_delta"):
+                    if t.kind == "delta":
+                        self._down[claims.base] += len(inbound.payload) * self.fog_edges.get(
+                            t.fog, 0)
                     continue
                 try:
                     frame = await asyncio.to_thread(decode_frame, inbound.payload)

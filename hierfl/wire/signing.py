@@ -38,7 +38,7 @@ from blake3 import blake3
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from hierfl.errors import ReplayError, SignatureError, SignerError, WireFormatError
+from hierfl.errors import HierflError, ReplayError, SignatureError, SignerError, WireFormatError
 from hierfl.security.trust import TrustStore, cloud_party
 from hierfl.wire.codec import DEFAULT_LIMITS, DecodeLimits, decode_frame, split_signed
 from hierfl.wire.frames import (
@@ -62,6 +62,7 @@ __all__ = [
     "edge_proof",
     "payload_hash",
     "signed_message",
+    "unverified_claims",
     "verify_proof",
 ]
 
@@ -216,6 +217,18 @@ class Signer:
              "h": sb.payload_hash, "sig": sb.signature},
             use_bin_type=True,
         )
+
+
+def unverified_claims(data: bytes | memoryview) -> SigBlock | None:
+    """The claims of a signed frame's signature block, read WITHOUT checking the signature
+    and without decompressing the body (None when the frame is unsigned or its block does
+    not parse). For measurement only, e.g. ``hierfl sim``'s observer attributing a frame's
+    bytes to its round: nothing may trust these claims."""
+    try:
+        _, block = split_signed(data)
+        return None if block is None else _parse_block(block)
+    except HierflError:
+        return None
 
 
 def _parse_block(raw: memoryview) -> SigBlock:

@@ -31,6 +31,7 @@ from hierfl.wire.signing import (
     Verifier,
     edge_proof,
     payload_hash,
+    unverified_claims,
     verify_proof,
 )
 
@@ -272,6 +273,17 @@ def test_deferred_counters_persist_only_once_committed(keys, trust, tmp_path: Pa
     Verifier(trust, FED, replay=plain).decode(queued)
     plain.save()
     assert "edge/north/n0|update" in json.loads((tmp_path / "plain.json").read_text())
+
+
+def test_unverified_claims_read_the_block_without_the_body(keys) -> None:
+    """What hierfl sim's observer uses to attribute bytes to a round: the signed claims, no
+    decompression; None for an unsigned frame or junk (never an exception)."""
+    data = encode_frame(update(), signer=signer(keys, "edge/north/n0"))
+    sb = unverified_claims(data)
+    assert sb is not None and (sb.kind, sb.fog, sb.base, sb.seq) == ("update", "north", 3, 7)
+    assert unverified_claims(encode_frame(update())) is None
+    assert unverified_claims(b"junk") is None
+    assert unverified_claims(data[:-3] + b"\xff\xff") is None  # a bad block length
 
 
 def test_unreadable_replay_state_is_a_typed_error(tmp_path: Path) -> None:
