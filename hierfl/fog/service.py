@@ -963,19 +963,38 @@ class FogService:
             if out is None or out.target is not frame:
                 # Encoded once per model: a retry after a reconnect sends the same bytes.
                 out = self._prepared = await offload(self._downlink.prepare, frame)
+            storing: asyncio.Future[None] | None = None
             if self._spool is not None and self._model_stored is not out:
-                # On disk first: the fog resumes from it even if the broker loses it.
+                # On disk: the fog resumes from it even if the broker loses it.
                 # what is folded in it, when the round said so (not for a re-announcement of
                 # the held model on reconnection: the record written with it stands)
                 target, (of, folded) = out.target, self._folded
-                await offload(self._spool.put_model, out.full, None if of is not target else {
-                    "version": target.version, "seq": target.seq, "folded": sorted(folded)})
-                self._model_stored = out
-            # Full model first: a fog that dies in between resumes from it and resends it.
-            await self._mqtt.publish(topics.model(s.federation, s.fog_id), out.full, retain=True)
-            self.metrics.inc("bytes_down_edges", len(out.full))
-            await self._mqtt.publish(topics.model_delta(s.federation, s.fog_id), out.stream)
-            self.metrics.inc("bytes_down_stream", len(out.stream))
+                record = None if of is not target else {
+                    "version": target.version, "seq": target.seq, "folded": sorted(folded)}
+                storing = asyncio.ensure_future(offload(self._spool.put_model, out.full, record))
+                if record is not None and record["folded"]:
+                    # Updates are folded in it: on disk FIRST. A fog that resumed from this
+                    # model without its record would fold them again from its spool.
+                    await storing
+                    storing = None
+                    self._model_stored = out
+                # else nothing is folded in it (a fresh global model: every round when k2 is
+                # 1): the write overlaps the publishes, off the round's critical path (it
+                # cost 3-60 ms per round here). A fog killed before the write lands resumes
+                # from the retained copy, which carries nothing to refold, or, if the broker
+                # lost that too, from its previous model, as if killed just before publishing,
+                # and the cloud's model stream brings this one again.
+            try:
+                # Full model first: a fog that dies in between resumes from it, resends it.
+                await self._mqtt.publish(topics.model(s.federation, s.fog_id), out.full,
+                                         retain=True)
+                self.metrics.inc("bytes_down_edges", len(out.full))
+                await self._mqtt.publish(topics.model_delta(s.federation, s.fog_id), out.stream)
+                self.metrics.inc("bytes_down_stream", len(out.stream))
+            finally:
+                if storing is not None:  # landed before anything else happens, even on failure
+                    await asyncio.shield(storing)
+                    self._model_stored = out
             self.metrics.inc("model_deltas_sent" if out.is_delta else "models_streamed_full")
             self._downlink.commit(out)
             self.timeline.add("fog.publish", frame.version, published, time.time())
