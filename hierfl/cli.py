@@ -18,7 +18,7 @@ import typer
 
 from hierfl import __version__
 from hierfl.errors import ConfigError, HierflError
-from hierfl.process import exit_code, fail
+from hierfl.process import exit_code, fail, fast_exit, fast_exit_requested
 from hierfl.process import run_service as _run_service
 from hierfl.process import setup_logging as _setup_logging
 
@@ -259,6 +259,10 @@ def main() -> None:
     except HierflError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(exit_code(exc))
+    except SystemExit as exc:  # how a typer app always ends
+        if fast_exit_requested():
+            fast_exit(exc.code)
+        raise
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import typer
 
@@ -128,6 +128,39 @@ def exit_code(exc: HierflError) -> int:
     if isinstance(exc, TransportError) and not exc.retriable:
         return EXIT_BROKER_REFUSED
     return EXIT_ERROR
+
+
+_FAST_EXIT = False
+
+
+def request_fast_exit() -> None:
+    """Let the console entry point end this process without the interpreter's teardown once
+    the command has returned (see :func:`fast_exit`). For commands that import torch,
+    scikit-learn and matplotlib and have stopped everything they started (``hierfl sim``):
+    tearing those modules down took ~0.9 s after the last line was printed."""
+    global _FAST_EXIT
+    _FAST_EXIT = True
+
+
+def fast_exit_requested() -> bool:
+    """Whether the running command asked for :func:`fast_exit`."""
+    return _FAST_EXIT
+
+
+def fast_exit(code: int | str | None) -> NoReturn:
+    """Run the atexit handlers, flush the streams and logging, then ``os._exit(code)``:
+    everything a normal exit does that anyone can observe, without unloading modules."""
+    import atexit  # noqa: PLC0415
+
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code or 0)
 
 
 def run_service(service: Service) -> None:

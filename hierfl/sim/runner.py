@@ -861,6 +861,9 @@ async def _run_started(cfg: SimConfig, on_round: Callable[[RoundRecord], None] |
                     # torch and writes it; the cloud reads it when it starts
                     initial = asyncio.create_task(asyncio.to_thread(
                         _write_initial, cfg, cfg.out / "initial.npz"))
+                    # the edges' data too (scikit-learn), beside torch's import: the edge
+                    # zygote waits for it, the cloud for the initial model
+                    data = asyncio.create_task(asyncio.to_thread(_write_data, cfg))
                     fogs = [(fs.fog_id, "fog", _env(fs)) for fs in fog_s]
                     if not await asyncio.to_thread(procs.fork_tiers, fogs):
                         for name, tier, env in fogs:
@@ -872,7 +875,7 @@ async def _run_started(cfg: SimConfig, on_round: Callable[[RoundRecord], None] |
                     if not await asyncio.to_thread(procs.fork_tiers, cloud):
                         procs.start("cloud", "cloud", cloud[0][2])
                     procs.mark("cloud_started")
-                    await asyncio.to_thread(_write_data, cfg)  # while they import
+                    await data  # while they import
                     procs.mark("data_written")
                     edges: list[tuple[EdgeSettings, dict[str, str], str | None]] = []
                     for i, es in enumerate(edge_s):
