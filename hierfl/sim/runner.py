@@ -921,6 +921,10 @@ async def _run_started(cfg: SimConfig, on_round: Callable[[RoundRecord], None] |
                             raise t.exception()  # type: ignore[misc]
                     with contextlib.suppress(TimeoutError):
                         await observer.wait_version(observer.version + 1, timeout=1.0)
+                # Every round is in: draw report.png while the tiers shut down (the cloud
+                # wrote each round's timeline before publishing the version that ended it).
+                plot = asyncio.create_task(asyncio.to_thread(
+                    _plot_rounds, cfg, list(observer.records)))
             finally:
                 for s in services:
                     s.stop()
@@ -952,7 +956,8 @@ async def _run_started(cfg: SimConfig, on_round: Callable[[RoundRecord], None] |
     if observer.privacy_stopped:
         stopped_by = "stopped: privacy budget"
     return _report(cfg, observer, wall, cloud_rss, fog_rss,
-                   _security_report(cfg, setup, observer, services), stopped=stopped_by)
+                   _security_report(cfg, setup, observer, services), stopped=stopped_by,
+                   plot_path=await plot)
 
 
 def _edges_finished(procs: Any, tasks: list[asyncio.Task[None]],
@@ -1017,7 +1022,9 @@ def _security_report(cfg: SimConfig, setup: _Setup, observer: Observer,
 
 def _report(cfg: SimConfig, observer: Observer, wall: float, cloud_rss: float | None,
             fog_rss: dict[str, float], security: dict[str, Any], *,
-            stopped: str | None = None) -> dict[str, Any]:
+            stopped: str | None = None, plot_path: str | bool | None = False) -> dict[str, Any]:
+    """Write report.json (and report.png, unless ``plot_path`` says where it was drawn
+    already: a path, or None when matplotlib is missing)."""
     rounds = [asdict(r) for r in observer.records]
     if cfg.dp == "off":  # the report of a run without DP is as it was
         for row in rounds:
@@ -1075,8 +1082,16 @@ def _report(cfg: SimConfig, observer: Observer, wall: float, cloud_rss: float | 
     path = cfg.out / "report.json"
     path.write_text(json.dumps(report, indent=2))
     report["report_path"] = str(path)
-    report["plot_path"] = _plot(cfg, observer.records, timeline)
+    report["plot_path"] = (_plot(cfg, observer.records, timeline) if plot_path is False
+                           else plot_path)
     return report
+
+
+def _plot_rounds(cfg: SimConfig, records: list[RoundRecord]) -> str | None:
+    """:func:`_plot` with the round timeline read from the cloud's store."""
+    from hierfl.sim.timeline_report import timeline_section  # noqa: PLC0415
+
+    return _plot(cfg, records, timeline_section(cfg.out / "store"))
 
 
 def _plot(cfg: SimConfig, records: list[RoundRecord],
