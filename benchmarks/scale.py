@@ -79,6 +79,15 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+
+def _fresh_fog(round_size: int) -> FogRound:
+    """A fog round on the global model v0, closing after ``round_size`` updates."""
+    fog = FogRound(FogRoundConfig(federation=FED, fog_id=FOG, min_updates=round_size,
+                                  k2=10_000, round_timeout_s=3600.0, max_samples=100_000),
+                   make_aggregator("fedavg", {}))
+    fog.on_global_model(ModelFrame(FED, 0, np.zeros(PARAMS, np.float32), layout=LAYOUT), 0.0)
+    return fog
+
 def ingest(n_edges: int, round_size: int, signed: bool, pki: Provisioned | None,
            repeat: int) -> dict[str, Any]:
     """Time the fog's per-update path over ``n_edges`` valid pre-encoded updates."""
@@ -109,12 +118,7 @@ def ingest(n_edges: int, round_size: int, signed: bool, pki: Provisioned | None,
     for _ in range(repeat):
         security = tier_security(sec, federation=FED, party_id=f"fog/{FOG}", tier="fog",
                                  replay_file=None, autosave=False)
-        fog = FogRound(FogRoundConfig(federation=FED, fog_id=FOG, min_updates=round_size,
-                                      k2=10_000, round_timeout_s=3600.0,
-                                      max_samples=100_000),
-                       make_aggregator("fedavg", {}))
-        fog.on_global_model(ModelFrame(FED, 0, np.zeros(PARAMS, np.float32), layout=LAYOUT),
-                            0.0)
+        fog = _fresh_fog(round_size)
         t_dec = t_round = 0.0
         start = time.perf_counter()
         for i, raw in enumerate(frames):
@@ -181,12 +185,7 @@ def spooled_ingest(n_edges: int, round_size: int, pki: Provisioned, mode: str, r
     for _ in range(repeat):
         security = tier_security(_security(True, pki), federation=FED, party_id=f"fog/{FOG}",
                                  tier="fog", replay_file=None, autosave=False)
-        fog = FogRound(FogRoundConfig(federation=FED, fog_id=FOG, min_updates=round_size,
-                                      k2=10_000, round_timeout_s=3600.0,
-                                      max_samples=100_000),
-                       make_aggregator("fedavg", {}))
-        fog.on_global_model(ModelFrame(FED, 0, np.zeros(PARAMS, np.float32), layout=LAYOUT),
-                            0.0)
+        fog = _fresh_fog(round_size)
         count = [0]
 
         def counted(fd: int, count: list[int] = count) -> None:

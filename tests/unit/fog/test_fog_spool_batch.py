@@ -4,7 +4,6 @@ and the layout before group commit (one file per update) still replays."""
 from __future__ import annotations
 
 import os
-import stat
 
 import pytest
 
@@ -12,23 +11,10 @@ from hierfl.errors import StoreError
 from hierfl.fog.spool import MAX_BATCH, Spool, decode_batch, encode_batch
 
 
-def _count_fsyncs(monkeypatch) -> list[str]:
-    """Patch os.fsync to record what each call synced ("file" or "dir"), then sync."""
-    calls: list[str] = []
-    real = os.fsync
-
-    def fsync(fd: int) -> None:
-        calls.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    return calls
-
-
 @pytest.mark.parametrize("n", [1, 7, 200])
-def test_one_fsync_per_burst_whatever_its_size(tmp_path, monkeypatch, n):
+def test_one_fsync_per_burst_whatever_its_size(tmp_path, n, fsync_calls):
     spool = Spool(tmp_path)
-    calls = _count_fsyncs(monkeypatch)
+    calls = fsync_calls
     items = [(f"e{i}", f"frame-{i}".encode() * 50) for i in range(n)]
     path = spool.put_batch(3, 2, items)
     assert calls == ["file", "dir"]  # the batch file once, then the directory once

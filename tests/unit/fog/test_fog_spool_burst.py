@@ -5,7 +5,6 @@ middle of a burst sends the rest to the next round."""
 from __future__ import annotations
 
 import os
-import stat
 
 import numpy as np
 import pytest
@@ -35,17 +34,6 @@ def _queue(fog: FogService, edges: list[str], seq: int) -> None:
         fog._events.put_nowait(_Event("update", frame, len(raw), raw, None))
 
 
-def _fsyncs(monkeypatch) -> list[str]:
-    calls: list[str] = []
-    real = os.fsync
-
-    def fsync(fd: int) -> None:
-        calls.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    return calls
-
 
 def _accepted(fog: FogService) -> int:
     return int(fog.metrics.snapshot()["counters"].get("accepted", 0))
@@ -57,11 +45,11 @@ async def _drain(fog: FogService) -> None:
         await fog._on_burst(fog._burst(ev))
 
 
-async def test_a_burst_is_one_batch_file_and_one_fsync(tmp_path, monkeypatch):
+async def test_a_burst_is_one_batch_file_and_one_fsync(tmp_path, fsync_calls):
     fog = _fog(tmp_path, min_updates=100)
     seq = fog.round.seq
     _queue(fog, [f"e{i}" for i in range(40)], seq)
-    calls = _fsyncs(monkeypatch)
+    calls = fsync_calls
     await _drain(fog)
     assert calls == ["file", "dir"]
     assert _accepted(fog) == 40

@@ -65,26 +65,42 @@ class Region:
         absent: Collection[str] = (),
     ) -> SecAggResult:
         """A full round; ``drop_after[stage]`` edges vanish after sending that stage's message."""
-        drop = {s: set((drop_after or {}).get(s, ())) for s in STAGES}
-        alive = [e for e in self.params.roster if e not in absent]
-        for e in alive:
-            self.server.receive(wire(self.clients[e].advertise()), sender=e)
-        alive = [e for e in alive if e not in drop["advertise"]]
-        rosters = self.server.close_advertise()
-        for e in alive:
-            self.server.receive(wire(self.clients[e].on_roster(wire(rosters[e]))), sender=e)
-        alive = [e for e in alive if e not in drop["share"]]
-        forwarded = self.server.close_share()
-        for e in alive:
-            out = self.clients[e].on_shares(wire(forwarded[e]), inputs[e])
-            self.masked[e] = out.masked
-            self.server.receive(wire(out), sender=e)
-        alive = [e for e in alive if e not in drop["masked"]]
+        alive = run_to_masked(self.server, self.clients, inputs, drop_after,
+                              [e for e in self.params.roster if e not in absent], self.masked)
         requests = self.server.close_masked()
         self.outbox["unmask"] = dict(requests)
         for e in alive:
             self.server.receive(wire(self.clients[e].on_unmask(wire(requests[e]))), sender=e)
         return self.server.finish()
+
+
+def run_to_masked(
+    server: FogSecAgg,
+    clients: Mapping[str, EdgeSecAgg],
+    inputs: Mapping[str, npt.ArrayLike],
+    drop_after: Mapping[str, Collection[str]] | None,
+    roster: Collection[str],
+    masked: dict[str, bytes] | None = None,
+) -> list[str]:
+    """Advertise, share and send masked inputs; ``drop_after[stage]`` edges vanish after
+    sending that stage's message. Returns the edges still there after the masked stage (what
+    the fog received from each one goes into ``masked``)."""
+    drop = {s: set((drop_after or {}).get(s, ())) for s in STAGES}
+    alive = list(roster)
+    for e in alive:
+        server.receive(wire(clients[e].advertise()), sender=e)
+    alive = [e for e in alive if e not in drop["advertise"]]
+    rosters = server.close_advertise()
+    for e in alive:
+        server.receive(wire(clients[e].on_roster(wire(rosters[e]))), sender=e)
+    alive = [e for e in alive if e not in drop["share"]]
+    forwarded = server.close_share()
+    for e in alive:
+        out = clients[e].on_shares(wire(forwarded[e]), inputs[e])
+        if masked is not None:
+            masked[e] = out.masked
+        server.receive(wire(out), sender=e)
+    return [e for e in alive if e not in drop["masked"]]
 
 
 def plain_sum(

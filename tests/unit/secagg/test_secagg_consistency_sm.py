@@ -31,7 +31,14 @@ from hierfl.secagg.messages import (
     consistency_message,
     parse,
 )
-from tests.unit.secagg.secagg_harness import is_exact, make_inputs, make_params, seeded, wire
+from tests.unit.secagg.secagg_harness import (
+    is_exact,
+    make_inputs,
+    make_params,
+    run_to_masked,
+    seeded,
+    wire,
+)
 
 
 class Keys:
@@ -73,20 +80,8 @@ class CheckedRegion:
 
     def to_check(self, drop_after: Mapping[str, Collection[str]] | None = None
                  ) -> dict[str, ConsistencyCheck]:
-        drop = {s: set((drop_after or {}).get(s, ())) for s in ("advertise", "share", "masked")}
-        alive = list(self.params.roster)
-        for e in alive:
-            self.server.receive(wire(self.clients[e].advertise()), sender=e)
-        alive = [e for e in alive if e not in drop["advertise"]]
-        rosters = self.server.close_advertise()
-        for e in alive:
-            self.server.receive(wire(self.clients[e].on_roster(wire(rosters[e]))), sender=e)
-        alive = [e for e in alive if e not in drop["share"]]
-        forwarded = self.server.close_share()
-        for e in alive:
-            out = self.clients[e].on_shares(wire(forwarded[e]), self.inputs[e])
-            self.server.receive(wire(out), sender=e)
-        self.alive = [e for e in alive if e not in drop["masked"]]
+        self.alive = run_to_masked(self.server, self.clients, self.inputs, drop_after,
+                                   self.params.roster)
         return self.server.close_masked_check()
 
     def sign(self, checks: Mapping[str, ConsistencyCheck], who: Collection[str]) -> None:
