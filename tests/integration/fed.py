@@ -196,3 +196,17 @@ def make_edges(edge_settings: list[EdgeSettings]) -> list[EdgeClient]:
 
 def make_fogs(fog_settings: list[FogSettings]) -> list[FogService]:
     return [FogService(s) for s in fog_settings]
+
+
+def first_per_edge(updates: list[Any], version: int) -> list[Any]:
+    """Each edge's first update against ``version``'s newest fog model, by edge id, in the
+    spy's order, which is the fog's (MQTT keeps each publisher's order for every subscriber).
+    The fog folds the first copy an edge sends for a model and refuses a second; after a
+    restart an edge may answer a fog model twice (the resumed fog publishes it again) or an
+    older one first (refused)."""
+    newest = max(u.base_seq for u in updates if u.base_version == version)
+    out: dict[str, Any] = {}
+    for u in updates:
+        if u.base_version == version and u.base_seq == newest:
+            out.setdefault(u.edge_id, u)
+    return [out[e] for e in sorted(out)]

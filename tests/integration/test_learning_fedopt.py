@@ -11,6 +11,7 @@ from hierfl.cloud.service import CloudService
 from hierfl.model import ModelStore
 from tests.integration.fed import (
     Topology,
+    first_per_edge,
     make_edges,
     make_fogs,
     running,
@@ -39,18 +40,6 @@ class Adam:
         self.v = B2 * self.v + (1 - B2) * delta * delta
         return LR * self.m / (np.sqrt(self.v) + TAU)
 
-
-def first_per_edge(updates: list, version: int) -> list:
-    """Each edge's first update against ``version`` and the newest fog model of it (spy order
-    = the fog's order: MQTT keeps each publisher's order for every subscriber). After the
-    restart an edge may answer a fog model twice (the resumed fog publishes it again: the fog
-    folds the first copy and refuses the second), or an older one first (refused)."""
-    newest = max(u.base_seq for u in updates if u.base_version == version)
-    out: dict[str, object] = {}
-    for u in updates:
-        if u.base_version == version and u.base_seq == newest:
-            out.setdefault(u.edge_id, u)
-    return [out[e] for e in sorted(out)]
 
 
 def fedavg_delta(updates: list) -> np.ndarray:

@@ -14,6 +14,7 @@ from hierfl.cloud.service import CloudService
 from hierfl.model import ModelStore
 from tests.integration.fed import (
     Topology,
+    first_per_edge,
     make_edges,
     make_fogs,
     running,
@@ -25,16 +26,6 @@ from tests.integration.fed import (
 
 pytestmark = pytest.mark.integration
 
-
-def first_per_edge(updates: list, version: int) -> list:
-    """Each edge's first update against ``version``'s newest fog model, in the fog's order
-    (the fog folds the first copy an edge sends for a model and refuses a second)."""
-    newest = max(u.base_seq for u in updates if u.base_version == version)
-    out: dict[str, object] = {}
-    for u in updates:
-        if u.base_version == version and u.base_seq == newest:
-            out.setdefault(u.edge_id, u)
-    return [out[e] for e in sorted(out)]
 
 
 async def test_scaffold_control_variates_travel_and_combine(
