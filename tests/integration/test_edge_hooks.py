@@ -80,6 +80,10 @@ async def test_on_model_and_evaluate_in_a_real_federation(
     async with running(cloud, fog, *edges):
         await wait_for(cloud.finished.is_set, 120, "v3")
         await wait_for(lambda: any(v == 3 for v, _ in seen), 30, "v3 at the edge")
+        # the edge evaluates a model when it trains on it, after its on_model hook: scrape
+        # once the last one (v3) is evaluated, so the scrape and the snapshot show the same
+        await wait_for(lambda: edges[0].metrics.snapshot()["gauges"].get(
+            "evaluated_version") == 3, 30, "v3 evaluated at the edge")
         scraped = await _metrics(port)
         evaluated = edges[0].metrics.snapshot()
 
