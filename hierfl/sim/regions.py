@@ -62,14 +62,25 @@ def region_weights(scenario: str, topology: dict[str, list[int]], parts: list[An
 
 
 def _build(cfg: Any) -> RegionEval:
+    from hierfl.sim.datasets import scenario_data  # noqa: PLC0415
+    from hierfl.sim.npeval import Mlp, per_sample  # noqa: PLC0415
+
+    data = scenario_data(cfg.scenario, cfg.edges, cfg.fogs, cfg.seed)
+    weights = region_weights(cfg.scenario, cfg.topology(), data.parts, data.y_test, cfg.edges)
+    mlp = Mlp.from_weights_file(cfg.out / "initial.npz")
+    if mlp is not None:  # numpy (hierfl.sim.npeval): the sim's process never imports torch
+
+        def run_np(vec: np.ndarray) -> dict[str, tuple[float, float]]:
+            right, losses = per_sample(mlp.logits(vec, data.x_test), data.y_test)
+            return {fog: (float(right @ w), float(losses @ w)) for fog, w in weights.items()}
+
+        return run_np
     import torch  # noqa: PLC0415
 
     from hierfl.model.torch_adapter import vector_to_model  # noqa: PLC0415
-    from hierfl.sim.scenarios import scenario_data, scenario_model  # noqa: PLC0415
+    from hierfl.sim.scenarios import scenario_model  # noqa: PLC0415
 
-    data = scenario_data(cfg.scenario, cfg.edges, cfg.fogs, cfg.seed)
     model = scenario_model(cfg.scenario, wide=cfg.wide)
-    weights = region_weights(cfg.scenario, cfg.topology(), data.parts, data.y_test, cfg.edges)
     x = torch.from_numpy(data.x_test)
     y = torch.from_numpy(data.y_test)
 

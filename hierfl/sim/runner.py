@@ -254,12 +254,24 @@ class SimConfig:
 
 
 def _evaluator(cfg: SimConfig) -> Callable[[np.ndarray], tuple[float, float]]:
+    """Test accuracy and loss of a global model: in numpy for the built-in scenarios' MLPs
+    (:mod:`hierfl.sim.npeval`: this process never imports torch), else with torch."""
+    from hierfl.sim.datasets import scenario_data  # noqa: PLC0415
+    from hierfl.sim.npeval import Mlp, accuracy_and_loss  # noqa: PLC0415
+
+    data = scenario_data(cfg.scenario, cfg.edges, cfg.fogs, cfg.seed)
+    mlp = Mlp.from_weights_file(cfg.out / "initial.npz")
+    if mlp is not None:
+
+        def run_np(weights: np.ndarray) -> tuple[float, float]:
+            return accuracy_and_loss(mlp.logits(weights, data.x_test), data.y_test)
+
+        return run_np
     import torch  # noqa: PLC0415
 
     from hierfl.model.torch_adapter import vector_to_model  # noqa: PLC0415
-    from hierfl.sim.scenarios import evaluate, scenario_data, scenario_model  # noqa: PLC0415
+    from hierfl.sim.scenarios import evaluate, scenario_model  # noqa: PLC0415
 
-    data = scenario_data(cfg.scenario, cfg.edges, cfg.fogs, cfg.seed)
     model = scenario_model(cfg.scenario, wide=cfg.wide)
     torch.set_num_threads(1)
 
@@ -277,19 +289,17 @@ def _data_path(cfg: SimConfig) -> Path:
 
 def _write_data(cfg: SimConfig) -> None:
     """Compute the scenario's data once (scikit-learn for digits) and write it for the edges."""
-    from hierfl.sim.scenarios import scenario_data, write_data  # noqa: PLC0415
+    from hierfl.sim.datasets import scenario_data, write_data  # noqa: PLC0415
 
     with _DATA_LOCK:
         write_data(_data_path(cfg), scenario_data(cfg.scenario, cfg.edges, cfg.fogs, cfg.seed))
 
 
 def _write_initial(cfg: SimConfig, path: Path) -> None:
-    from hierfl.model.flatten import unflatten  # noqa: PLC0415
-    from hierfl.model.torch_adapter import model_layout, model_to_vector  # noqa: PLC0415
-    from hierfl.sim.scenarios import scenario_model  # noqa: PLC0415
+    """The initial model, written by this process (imports torch)."""
+    from hierfl.sim.scenarios import write_initial_model  # noqa: PLC0415
 
-    m = scenario_model(cfg.scenario, wide=cfg.wide)
-    np.savez(path, **unflatten(model_to_vector(m), model_layout(m)))  # type: ignore[arg-type]
+    write_initial_model(path, cfg.scenario, wide=cfg.wide)
 
 
 def _task_options(cfg: SimConfig, index: int) -> dict[str, Any]:
@@ -522,6 +532,13 @@ class _Zygote:
         with self._cond:
             return self._exits.get(name)
 
+    def wait_exit(self, name: str, timeout: float) -> int | None:
+        """Wait for child ``name``'s exit code (None: not in ``timeout`` s, or the zygote
+        ended first)."""
+        with self._cond:
+            self._cond.wait_for(lambda: name in self._exits or self._eof, timeout)
+            return self._exits.get(name)
+
     def ready(self, timeout: float = 120.0) -> dict[str, Any]:
         """Wait for the zygote's imports; its ``ready`` event (``threads``: 1 when fork-safe)."""
         with self._cond:
@@ -621,6 +638,23 @@ class _Processes:
         self.zygote = _Zygote(log_dir / "zygote-edge.log", _child_env({}))
         self.tier_zygote = _Zygote(log_dir / "zygote-tiers.log", _child_env({}),
                                    tiers=("cloud", "fog"), label="tier zygote")
+
+    def write_initial(self, cfg: SimConfig, path: Path, timeout: float = 120.0) -> None:
+        """Write the initial model from a child of the edge zygote, which imported torch
+        already (this process then never does: 2 s less start-up on 2 cores); from this
+        process when there is no fork-safe zygote."""
+        z = self.zygote
+        if z is None or z.ready(timeout).get("threads", 1) != 1:
+            _write_initial(cfg, path)
+            return
+        log_path = self.log_dir / "initial-model.log"
+        z.fork_all([{"name": "initial-model", "env": _child_env({}), "log": str(log_path),
+                     "command": ["initial", str(path), cfg.scenario,
+                                 "wide" if cfg.wide else "narrow"]}], timeout)
+        code = z.wait_exit("initial-model", timeout)
+        if code != 0:
+            tail = log_path.read_text()[-2000:] if log_path.exists() else ""
+            raise RuntimeError(f"the initial model could not be written (exit {code}):\n{tail}")
 
     def fork_tiers(self, tiers: list[tuple[str, str, dict[str, str]]]) -> bool:
         """Fork ``(name, "cloud"|"fog", env)`` from the tier zygote; False (nothing forked) when
@@ -860,7 +894,7 @@ async def _run_started(cfg: SimConfig, on_round: Callable[[RoundRecord], None] |
                     # the fogs need no initial model: they start while this process imports
                     # torch and writes it; the cloud reads it when it starts
                     initial = asyncio.create_task(asyncio.to_thread(
-                        _write_initial, cfg, cfg.out / "initial.npz"))
+                        procs.write_initial, cfg, cfg.out / "initial.npz"))
                     # the edges' data too (scikit-learn), beside torch's import: the edge
                     # zygote waits for it, the cloud for the initial model
                     data = asyncio.create_task(asyncio.to_thread(_write_data, cfg))

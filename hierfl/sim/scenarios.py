@@ -19,8 +19,6 @@ bytes the sim computed. :func:`preload` loads the file in the sim's edge zygote
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,17 @@ import numpy as np
 import torch
 
 from hierfl.edge.trainer import SupervisedTask
+from hierfl.sim.datasets import (
+    _FEATURES,
+    Dataset,
+    digits_data,
+    dirichlet_partition,
+    load_data,
+    preload,
+    scenario_data,
+    sensors_data,
+    write_data,
+)
 
 __all__ = [
     "Dataset",
@@ -44,84 +53,8 @@ __all__ = [
     "sensors_model",
     "sensors_task",
     "write_data",
+    "write_initial_model",
 ]
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """A scenario's train partitions (one per edge) and its held-out test set."""
-
-    parts: list[tuple[np.ndarray, np.ndarray]]
-    x_test: np.ndarray
-    y_test: np.ndarray
-
-
-def dirichlet_partition(
-    y: np.ndarray, n_clients: int, alpha: float, rng: np.random.Generator, min_size: int = 10
-) -> list[np.ndarray]:
-    """Per-class Dirichlet split of sample indices; redrawn until every client has ``min_size``.
-
-    Args:
-        y: labels.
-        n_clients: number of partitions.
-        alpha: Dirichlet concentration (smaller = more skewed).
-        rng: the generator (redraws continue from it).
-        min_size: smallest partition accepted.
-
-    Returns:
-        One index array per client.
-    """
-    classes = np.unique(y)
-    for _ in range(10_000):
-        parts: list[list[int]] = [[] for _ in range(n_clients)]
-        for c in classes:
-            idx = np.flatnonzero(y == c)
-            rng.shuffle(idx)
-            p = rng.dirichlet(np.full(n_clients, alpha))
-            cuts = (np.cumsum(p)[:-1] * len(idx)).astype(int)
-            for k, chunk in enumerate(np.split(idx, cuts)):
-                parts[k].extend(chunk.tolist())
-        if min(len(p) for p in parts) >= min_size:
-            return [np.array(sorted(p), dtype=np.int64) for p in parts]
-    raise RuntimeError("could not draw a partition with the minimum size")
-
-
-def write_data(path: str | Path, data: Dataset) -> None:
-    """Write ``data`` as an .npz of plain arrays: ``x_test``, ``y_test``, ``x_<i>``, ``y_<i>``."""
-    arrays = {"x_test": data.x_test, "y_test": data.y_test}
-    for i, (x, y) in enumerate(data.parts):
-        arrays[f"x_{i}"], arrays[f"y_{i}"] = x, y
-    np.savez(path, **arrays)  # type: ignore[arg-type]
-
-
-@lru_cache(maxsize=4)
-def load_data(path: str) -> Dataset:
-    """The :class:`Dataset` :func:`write_data` wrote (read with ``allow_pickle=False``)."""
-    with np.load(path, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
-    n = sum(1 for k in arrays if k.startswith("x_") and k != "x_test")
-    return Dataset([(arrays[f"x_{i}"], arrays[f"y_{i}"]) for i in range(n)],
-                   arrays["x_test"], arrays["y_test"])
-
-
-def preload(options: dict[str, Any]) -> None:
-    """Load the data file a task's ``options`` name (the zygote calls this before forking)."""
-    if options.get("data"):
-        load_data(str(options["data"]))
-
-
-@lru_cache(maxsize=4)
-def digits_data(n_clients: int = 20, seed: int = 0) -> Dataset:
-    """The digits-20 data and partition (docs/benchmarks.md), for ``n_clients`` edges."""
-    from sklearn.datasets import load_digits  # noqa: PLC0415
-    from sklearn.model_selection import train_test_split  # noqa: PLC0415
-
-    d = load_digits()
-    x = (d.data / 16.0).astype(np.float32)
-    y = d.target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.25, stratify=y, random_state=0)
-    idx = dirichlet_partition(y_tr, n_clients, 0.5, np.random.default_rng(seed))
-    return Dataset([(x_tr[i], y_tr[i]) for i in idx], x_te, y_te)
 
 
 def digits_model(wide: bool = False) -> torch.nn.Module:
@@ -157,33 +90,6 @@ def digits_task(
 
 # --- sensors ----------------------------------------------------------------------------------
 
-_FEATURES = 12  # PM2.5, PM10, NO2, O3, CO, temp, humidity, wind, traffic, hour sin/cos, weekday
-
-
-@lru_cache(maxsize=4)
-def sensors_data(n_clients: int = 20, n_fogs: int = 4, seed: int = 0) -> Dataset:
-    """Synthetic air-quality readings with per-district drift; one district per fog."""
-    rng = np.random.default_rng(seed)
-    w = rng.normal(size=(_FEATURES, 3)).astype(np.float32)
-    district_shift = rng.normal(scale=1.0, size=(n_fogs, _FEATURES)).astype(np.float32)
-    district_bias = rng.normal(scale=0.8, size=(n_fogs, 3)).astype(np.float32)
-
-    def draw(district: int, n: int, r: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        x = r.normal(size=(n, _FEATURES)).astype(np.float32) + district_shift[district]
-        logits = x @ w + district_bias[district]
-        y = np.argmax(logits + r.gumbel(size=logits.shape) * 0.5, axis=1).astype(np.int64)
-        return x, y
-
-    parts = []
-    per_fog = -(-n_clients // n_fogs)
-    for i in range(n_clients):
-        r = np.random.default_rng(seed * 7919 + i + 1)
-        parts.append(draw(i // per_fog, int(r.integers(40, 160)), r))
-    tests = [draw(d, 200, np.random.default_rng(seed + 10_000 + d)) for d in range(n_fogs)]
-    return Dataset(parts, np.concatenate([t[0] for t in tests]),
-                   np.concatenate([t[1] for t in tests]))
-
-
 def sensors_model() -> torch.nn.Module:
     """A small MLP for 12 sensor features -> 3 air-quality classes."""
     torch.manual_seed(0)
@@ -210,11 +116,14 @@ def scenario_model(name: str, *, wide: bool = False) -> torch.nn.Module:
     return sensors_model() if name == "sensors" else digits_model(wide)
 
 
-def scenario_data(name: str, num_edges: int, num_fogs: int, seed: int) -> Dataset:
-    """The data of a built-in scenario."""
-    if name == "sensors":
-        return sensors_data(num_edges, num_fogs, seed)
-    return digits_data(num_edges, seed)
+def write_initial_model(path: str | Path, name: str, *, wide: bool = False) -> None:
+    """Write the scenario's initial model (seeded, see :func:`digits_model`) as an ``.npz`` of
+    its named float tensors, what ``hierfl cloud``'s ``initial_model`` reads."""
+    from hierfl.model.flatten import unflatten  # noqa: PLC0415
+    from hierfl.model.torch_adapter import model_layout, model_to_vector  # noqa: PLC0415
+
+    m = scenario_model(name, wide=wide)
+    np.savez(path, **unflatten(model_to_vector(m), model_layout(m)))  # type: ignore[arg-type]
 
 
 def evaluate(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -21,7 +21,8 @@ nothing: the children compute exactly what plain edge processes compute.
 
 Protocol, JSON lines (no pickle). On stdin, from the sim::
 
-    {"op": "fork", "name": "e003", "command": ["edge"] | ["attack", "sign-flip"],
+    {"op": "fork", "name": "e003", "command": ["edge"] | ["attack", "sign-flip"]
+     | ["initial", PATH, SCENARIO, "wide" | "narrow"],
      "env": {...the child's whole environment...}, "log": ".../logs/e003.log",
      "task": "hierfl.sim.scenarios:digits_task", "options": {...}}
 
@@ -35,6 +36,10 @@ Usage (by the sim): ``python -m hierfl.sim.zygote hierfl edge`` (the edge zygote
 ``python -m hierfl.sim.zygote hierfl cloud hierfl fog`` (the tier zygote: the same for the
 cloud and the fogs, without torch; their children run ``hierfl cloud|fog``'s command
 functions). The arguments name the commands its children run.
+
+The ``initial`` command writes the scenario's initial model (torch, seeded) to PATH and exits:
+the edge zygote has imported torch already, so the sim's own process never needs to
+(:mod:`hierfl.sim.npeval` evaluates the global models in numpy).
 """
 
 from __future__ import annotations
@@ -51,14 +56,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PRELOAD", "PRELOAD_TIERS", "main", "preload_modules"]
+__all__ = ["PRELOAD", "PRELOAD_DPSGD", "PRELOAD_TIERS", "main", "preload_modules"]
 
 PRELOAD = (
     "torch",
-    # torch.optim's first optimizer imports torch._dynamo (and sympy, torch.distributed...):
-    # some 800 modules and 70 MB, imported here once instead of in every edge
-    "torch.optim",
-    "torch._dynamo",
     "asyncio",
     "hierfl.cli",
     "hierfl.process",
@@ -70,7 +71,16 @@ PRELOAD = (
     "hierfl.sim.scenarios",
     "rich.logging",
 )
-"""Modules the edge zygote imports before it forks (what ``hierfl edge`` would import)."""
+"""Modules the edge zygote imports before it forks (what ``hierfl edge`` would import).
+
+Not torch.optim: the edge's own SGD (:class:`hierfl.edge.trainer.SupervisedTask`) does not use
+it, and torch.optim's first optimizer step imports torch._dynamo (sympy, torch.distributed...:
+some 800 modules and 70 MB, 1.8 s of the zygote's 3.0 s import on a 2-core machine). Only a
+DP-SGD edge (``privacy.mode = "record"``, :mod:`hierfl.privacy.dpsgd`) steps one:
+:data:`PRELOAD_DPSGD` is imported before the first such edge is forked, once for them all."""
+
+PRELOAD_DPSGD = ("torch.optim", "torch._dynamo")
+"""What a DP-SGD edge adds (its torch.optim.SGD's first step would import it in every edge)."""
 
 PRELOAD_TIERS = (
     "asyncio",
@@ -124,6 +134,8 @@ def _warm(req: dict[str, Any]) -> None:
     """In the zygote, before the fork: import the child's modules and load its task's data."""
     if req["command"][0] == "attack":
         importlib.import_module("hierfl.sim.attacks")
+    if (req.get("env") or {}).get("HIERFL_PRIVACY__MODE") == "record":
+        preload_modules(PRELOAD_DPSGD)
     task = req.get("task")
     if task:
         mod = importlib.import_module(task.partition(":")[0])
@@ -153,7 +165,8 @@ def _child(req: dict[str, Any], wake: tuple[int, int]) -> int:
     command = list(req["command"])
     sys.argv = ["hierfl", *command] if command[0] in _TIERS else ["hierfl.sim.attacks",
                                                                    *command[1:]]
-    _set_name(f"{command[0] if command[0] in _TIERS else 'edge'}-{req['name']}")
+    _set_name(req["name"] if command[0] == "initial" else
+              f"{command[0] if command[0] in _TIERS else 'edge'}-{req['name']}")
     gc.enable()  # the zygote's objects stay frozen (gc.freeze): only the child's own are collected
     from typer import Exit as TyperExit  # noqa: PLC0415
 
@@ -166,6 +179,10 @@ def _child(req: dict[str, Any], wake: tuple[int, int]) -> int:
             from hierfl import cli  # noqa: PLC0415
 
             getattr(cli, command[0])(None)  # hierfl edge|cloud|fog's command function
+        elif command[0] == "initial":  # ["initial", path, scenario, "wide" | "narrow"]
+            from hierfl.sim.scenarios import write_initial_model  # noqa: PLC0415
+
+            write_initial_model(command[1], command[2], wide=command[3] == "wide")
         else:
             from hierfl.sim.attacks import main as attack  # noqa: PLC0415
 

@@ -119,3 +119,43 @@ def test_the_data_file_holds_the_very_arrays(tmp_path, data):
         assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
     with np.load(tmp_path / "data.npz", allow_pickle=False) as f:
         assert all(f[k].dtype != object for k in f.files)
+
+
+_NO_TORCH_RUN = """
+import asyncio, json, sys
+from pathlib import Path
+from hierfl.sim.runner import SimConfig, run_sim_async
+cfg = SimConfig(scenario="digits", fogs=1, edges=2, rounds=2, k1=1, mode="processes",
+                mqtt_url={mqtt!r}, kafka_bootstrap={kafka!r}, out=Path({out!r}),
+                federation={fed!r}, live=False, lr=0.2, round_timeout_s=30.0)
+report = asyncio.run(run_sim_async(cfg))
+print(json.dumps({{"torch": "torch" in sys.modules, "rounds": len(report["rounds"]),
+                  "initial": report["initial_accuracy"], "final": report["final_accuracy"],
+                  "regions": sorted(report["regions"]["final"])}}))
+"""
+
+
+def test_the_sims_own_process_never_imports_torch(mqtt_broker, kafka_broker, tmp_path,
+                                                  unique_id):
+    """The initial model comes from a child of the edge zygote, the evaluation is numpy: the
+    sim's process saves torch's import (2 s of CPU on 2 cores) and the model is torch's."""
+    import subprocess
+    import sys
+
+    from hierfl.model.store import load_weights_file
+    from hierfl.model.torch_adapter import model_to_vector
+    from hierfl.sim.scenarios import evaluate, scenario_model
+
+    code = _NO_TORCH_RUN.format(mqtt=mqtt_broker.url, kafka=kafka_broker.bootstrap,
+                                out=str(tmp_path), fed=unique_id)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=180, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen["torch"] is False and seen["rounds"] == 2 and seen["regions"] == ["fog0"]
+    assert (tmp_path / "logs" / "initial-model.log").exists()  # written by the zygote's child
+    weights, _ = load_weights_file(tmp_path / "initial.npz")
+    model = scenario_model("digits")
+    assert weights.tobytes() == model_to_vector(model).tobytes()  # torch's seeded init
+    data = load_data(str(tmp_path / "data.npz"))
+    assert seen["initial"] == evaluate(model, data.x_test, data.y_test)[0]
