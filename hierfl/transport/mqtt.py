@@ -43,6 +43,7 @@ from hierfl.errors import (
     PublishTimeoutError,
     TransportError,
 )
+from hierfl.transport._paho_io import speed_up
 from hierfl.transport.base import Inbound
 from hierfl.transport.tls import client_ssl_context, find_ssl_error
 from hierfl.wire.chunking import (
@@ -240,6 +241,9 @@ class MqttTransport:
             tls_context=tls_context,
             logger=logger or log,
         )
+        # paho copies a large packet again for every piece the socket takes (hierfl/transport/
+        # _paho_io.py): 8-11 ms of CPU per 4.5 MB model sent, 2.6-3 ms without
+        speed_up(self._client._client)
         self._watch_early_disconnect()
         self._open = False
         self._on_reject = on_reject
