@@ -25,27 +25,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from paho.mqtt import _packet
+
+from hierfl.config import MqttSettings
+from hierfl.sim.brokers import MqttBroker
+from hierfl.transport import _paho_io, mqtt
+from hierfl.transport.mqtt import MqttTransport
+
 
 def _plain_paho() -> None:
     """Leave paho's I/O as it is in this process (the comparison's baseline)."""
-    from paho.mqtt import _packet
-
-    from hierfl.transport import _paho_io, mqtt
-
     mqtt.speed_up = lambda client: False  # type: ignore[assignment]
     if _paho_io._original_decode_publish is not None:
         _packet.decode_publish = _paho_io._original_decode_publish
 
 
-def _settings(port: int):  # noqa: ANN202 - MqttSettings, imported in the child
-    from hierfl.config import MqttSettings
-
+def _settings(port: int) -> MqttSettings:
     return MqttSettings(url=f"mqtt://127.0.0.1:{port}")
 
 
-async def _sub(port: int, count: int, ready, done) -> None:  # noqa: ANN001 - mp primitives
-    from hierfl.transport.mqtt import MqttTransport
-
+async def _sub(port: int, count: int, ready, done) -> None:
     async with MqttTransport(_settings(port), client_id=f"bench-sub-{os.getpid()}") as t:
         await t.subscribe("bench/large")
         ready.set()
@@ -59,15 +58,13 @@ async def _sub(port: int, count: int, ready, done) -> None:  # noqa: ANN001 - mp
         done.put(time.process_time() - started)
 
 
-def _sub_main(port: int, count: int, plain: bool, ready, done) -> None:  # noqa: ANN001
+def _sub_main(port: int, count: int, plain: bool, ready, done) -> None:
     if plain:
         _plain_paho()
     asyncio.run(_sub(port, count, ready, done))
 
 
 async def _pub(port: int, size: int, count: int) -> float:
-    from hierfl.transport.mqtt import MqttTransport
-
     payload = os.urandom(size)
     async with MqttTransport(_settings(port), client_id=f"bench-pub-{os.getpid()}") as t:
         started = time.process_time()
@@ -76,7 +73,7 @@ async def _pub(port: int, size: int, count: int) -> float:
         return time.process_time() - started
 
 
-def _pub_main(port: int, size: int, count: int, plain: bool, out) -> None:  # noqa: ANN001
+def _pub_main(port: int, size: int, count: int, plain: bool, out) -> None:
     if plain:
         _plain_paho()
     out.put(asyncio.run(_pub(port, size, count)))
@@ -109,8 +106,6 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per mode, alternating")
     ap.add_argument("--results", type=Path, help="append the JSON lines to this file")
     args = ap.parse_args()
-    from hierfl.sim.brokers import MqttBroker
-
     with MqttBroker() as broker:
         for _ in range(args.repeat):
             for plain in (True, False):
