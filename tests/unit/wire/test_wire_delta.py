@@ -141,6 +141,30 @@ def test_apply_reproduces_the_digest() -> None:
                                                                             "fog-a")
 
 
+def test_the_digest_is_blake3_of_the_little_endian_float32_bytes() -> None:
+    from blake3 import blake3
+
+    w = RNG.normal(size=257).astype(np.float32)
+    assert weights_digest(w) == blake3(w.astype("<f4").tobytes()).digest(length=16)
+    assert weights_digest(w.astype(">f4")) == weights_digest(w)  # values, not the byte order
+    assert weights_digest(w[::2]) == weights_digest(np.ascontiguousarray(w[::2]))
+    z = np.zeros(4, np.float32)
+    assert weights_digest(z) != weights_digest(-z)  # bit-exact: -0.0 is another model
+
+
+def test_a_delta_digested_the_old_way_is_refused_so_the_edge_takes_the_full_model() -> None:
+    """hierfl before 2026-12-07 digested with BLAKE2b-128: its deltas never apply here (and
+    ours never apply there), which sends the receiver to the full model, never to wrong
+    weights."""
+    import hashlib
+
+    held = fog_model(W0, 1)
+    d = (RNG.normal(size=W0.size) * 0.01).astype(np.float32)
+    old = hashlib.blake2b((W0 + d).astype("<f4").tobytes(), digest_size=16).digest()
+    with pytest.raises(ModelBaseError):
+        apply_model_delta(held, delta_frame(delta=d, digest=old, fog_round=1))
+
+
 @pytest.mark.parametrize(
     ("held", "delta"),
     [
