@@ -199,7 +199,12 @@ class KafkaSettings(_Section):
     fetch_max_wait_ms: int = Field(
         100, ge=1, le=10_000, description="longest a consumer's fetch waits at the broker when "
         "no record is there; Apache Kafka answers as soon as one arrives, Tansu only when this "
-        "runs out (hierfl sim, on the Tansu it starts, uses 10)",
+        "runs out (hierfl sim, on the Tansu it starts, uses 100, and 10 while a frame is due)",
+    )
+    fetch_wait_due_ms: int | None = Field(
+        None, ge=1, le=10_000, description="the fetch wait while the tier expects a frame "
+        "(a fog from forwarding its aggregate until the next global model); fetch_max_wait_ms "
+        "the rest of the time. None: fetch_max_wait_ms throughout",
     )
     create_topics: bool = Field(True, description="create hierfl topics when missing")
     connect_attempts: int | None = Field(

@@ -203,6 +203,9 @@ class CloudService:
                 max_frame_bytes=s.limits.max_frame_bytes,
             ) as consumer,
         ):
+            # The cloud waits for aggregates whenever it runs: a round is always open
+            # (kafka.fetch_wait_due_ms, when set, is its fetch wait throughout)
+            consumer.expect(True)
             # A version saved by a step the last connection's failure interrupted is
             # published below like any other (self._latest).
             await self._steps.settle()

@@ -168,6 +168,8 @@ class FogService:
         self._stats_at = float("-inf")
         self._mqtt: MqttLink | None = None
         self._producer: FrameProducer | None = None
+        self._models: FrameConsumer | None = None  # the global models' consumer, connected
+        self._model_due: bool | None = None  # what it was last told (FrameConsumer.expect)
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
         # the last aggregates forwarded (bounded: each holds a model-sized delta)
@@ -246,7 +248,9 @@ class FogService:
             ) as models,
             contextlib.AsyncExitStack() as update_links,
         ):
-            self._mqtt, self._producer = mqtt, producer
+            self._mqtt, self._producer, self._models = mqtt, producer, models
+            self._model_due = None
+            self._pace_models()
             await self._subscribe_updates(mqtt, update_links)
             await mqtt.publish(topics.status(fed, fog, fog), b"online", retain=True)
             self._resume = resume
@@ -270,11 +274,22 @@ class FogService:
             except* _Stopped:
                 pass
             finally:
-                self._mqtt = self._producer = None
+                self._mqtt = self._producer = self._models = None
                 with contextlib.suppress(TransportError):
                     await asyncio.wait_for(
                         mqtt.publish(topics.status(fed, fog, fog), b"offline", retain=True), 2
                     )
+
+    def _pace_models(self) -> None:
+        """Tell the models consumer whether a global model is due: before the first one, and
+        from the moment the fog has an aggregate to forward until the next model arrives
+        (``kafka.fetch_wait_due_ms``: on a broker that answers a fetch only when its wait
+        runs out, fast polls then, idle ones while the edges train)."""
+        r = self.round
+        due = r.version is None or r.state is FogState.FORWARDED or r.unsent is not None
+        if self._models is not None and due != self._model_due:
+            self._models.expect(due)
+            self._model_due = due
 
     def _stored_model(self) -> ModelFrame | None:
         """The fog model this fog wrote to its spool before it last published one."""
@@ -1000,6 +1015,7 @@ class FogService:
             self.timeline.add("fog.publish", frame.version, published, time.time())
             if self._to_publish is frame:
                 self._to_publish = None
+        self._pace_models()  # an aggregate to send: the next global model is due
         while (agg := self.round.unsent) is not None and self._producer is not None:
             if self._encoded is not None and self._encoded[0] is agg:
                 data = self._encoded[1]
@@ -1032,6 +1048,7 @@ class FogService:
             await offload(self._spool.drop_except, open_round)
             if self.round.version is not None:
                 await offload(self._spool.drop_forwarded, before=self.round.version)
+        self._pace_models()
 
 
 def _region_optimizer(s: FogSettings, size: int) -> Any:

@@ -25,7 +25,7 @@ import numpy as np
 
 from hierfl.wire.frames import LayoutEntry
 
-__all__ = ["Mlp", "accuracy_and_loss", "per_sample"]
+__all__ = ["Mlp", "accuracy_and_loss", "one_blas_thread", "per_sample"]
 
 _PARAM = re.compile(r"^(\d+)\.(weight|bias)$")
 
@@ -83,6 +83,19 @@ class Mlp:
             if i < layers - 1:
                 np.maximum(h, 0, out=h)
         return h
+
+
+def one_blas_thread() -> None:
+    """Limit this process's BLAS (numpy's OpenBLAS) to one thread, if threadpoolctl is there
+    (scikit-learn's dependency, so in the ``sim`` extra). The sim's children run with
+    ``OMP_NUM_THREADS=1``; the sim's own process does not, and OpenBLAS's worker threads spin
+    after every product: evaluating the wide model they took about 2 % of the machine, on the
+    cores the federation needs."""
+    try:
+        from threadpoolctl import threadpool_limits  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - the sim extra has it
+        return
+    threadpool_limits(limits=1, user_api="blas")
 
 
 def per_sample(logits: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

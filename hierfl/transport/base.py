@@ -186,3 +186,9 @@ class FrameConsumer(_AsyncConnection, Protocol):
     async def committed(self) -> dict[int, int | None]:
         """The group's committed offsets, by partition (None: nothing committed)."""
         ...
+
+    def expect(self, due: bool) -> None:
+        """Say whether a frame is due soon: the consumer may then poll its broker more often
+        (``kafka.fetch_wait_due_ms``) and less while nothing is due. A hint: frames are
+        delivered either way."""
+        ...

@@ -338,6 +338,9 @@ class MemoryKafkaConsumer:
             offset = min(offset, pending)
         self.broker._offsets[(self.group_id, inbound.topic, inbound.partition)] = offset
 
+    def expect(self, due: bool) -> None:
+        """A no-op: the in-memory broker delivers at once, it is never polled."""
+
     async def committed(self) -> dict[int, int | None]:
         """Committed offsets of the group, by partition."""
         self._live("committed")

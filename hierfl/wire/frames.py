@@ -57,7 +57,7 @@ def weights_digest(weights: Float32Vector) -> bytes:
     computes one per delta it applies, the fog one per model it publishes).
     """
     data = np.ascontiguousarray(weights, dtype="<f4")
-    return blake3(memoryview(data).cast("B")).digest(length=DIGEST_BYTES)
+    return blake3(data.data.cast("B")).digest(length=DIGEST_BYTES)
 
 
 def _check_id(name: str, value: object) -> None:
