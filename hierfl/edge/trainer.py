@@ -96,6 +96,7 @@ class SupervisedTask:
             order = torch.randperm(n, generator=self._gen)
             for i in range(0, n, self.batch_size):
                 idx = order[i : i + self.batch_size]
+                size = min(self.batch_size, n - i)  # len(idx), without Tensor.__len__
                 xb, yb = self.x[idx], self.y[idx]
                 opt.zero_grad()
                 out = model(xb)
@@ -110,10 +111,10 @@ class SupervisedTask:
                         p.grad.add_(corr)
                 opt.step()
                 self.last_steps += 1
-                total_loss += float(loss.detach()) * len(idx)
+                total_loss += float(loss.detach()) * size
                 if out.ndim == 2:
                     correct += int((out.argmax(1) == yb).sum())
-                seen += len(idx)
+                seen += size
         metrics = {"train_loss": total_loss / max(seen, 1)}
         if correct:
             metrics["train_acc"] = correct / max(seen, 1)
