@@ -25,7 +25,7 @@ import numpy as np
 
 from hierfl.wire.frames import LayoutEntry
 
-__all__ = ["Mlp", "accuracy_and_loss", "one_blas_thread", "per_sample"]
+__all__ = ["Mlp", "accuracy_and_loss", "one_blas_thread", "per_sample", "sim_mlp"]
 
 _PARAM = re.compile(r"^(\d+)\.(weight|bias)$")
 
@@ -96,6 +96,15 @@ def one_blas_thread() -> None:
     except ImportError:  # pragma: no cover - the sim extra has it
         return
     threadpool_limits(limits=1, user_api="blas")
+
+
+def sim_mlp(initial: str | Path) -> Mlp | None:
+    """The MLP of the sim's initial model file, with this process's BLAS set to one thread
+    (:func:`one_blas_thread`); None when the model is not such an MLP (evaluate with torch)."""
+    mlp = Mlp.from_weights_file(initial)
+    if mlp is not None:
+        one_blas_thread()
+    return mlp
 
 
 def per_sample(logits: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

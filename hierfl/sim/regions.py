@@ -63,13 +63,12 @@ def region_weights(scenario: str, topology: dict[str, list[int]], parts: list[An
 
 def _build(cfg: Any) -> RegionEval:
     from hierfl.sim.datasets import scenario_data  # noqa: PLC0415
-    from hierfl.sim.npeval import Mlp, one_blas_thread, per_sample  # noqa: PLC0415
+    from hierfl.sim.npeval import per_sample, sim_mlp  # noqa: PLC0415
 
     data = scenario_data(cfg.scenario, cfg.edges, cfg.fogs, cfg.seed)
     weights = region_weights(cfg.scenario, cfg.topology(), data.parts, data.y_test, cfg.edges)
-    mlp = Mlp.from_weights_file(cfg.out / "initial.npz")
+    mlp = sim_mlp(cfg.out / "initial.npz")
     if mlp is not None:  # numpy (hierfl.sim.npeval): the sim's process never imports torch
-        one_blas_thread()
 
         def run_np(vec: np.ndarray) -> dict[str, tuple[float, float]]:
             right, losses = per_sample(mlp.logits(vec, data.x_test), data.y_test)

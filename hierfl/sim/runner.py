@@ -257,12 +257,11 @@ def _evaluator(cfg: SimConfig) -> Callable[[np.ndarray], tuple[float, float]]:
     """Test accuracy and loss of a global model: in numpy for the built-in scenarios' MLPs
     (:mod:`hierfl.sim.npeval`: this process never imports torch), else with torch."""
     from hierfl.sim.datasets import scenario_data  # noqa: PLC0415
-    from hierfl.sim.npeval import Mlp, accuracy_and_loss, one_blas_thread  # noqa: PLC0415
+    from hierfl.sim.npeval import accuracy_and_loss, sim_mlp  # noqa: PLC0415
 
     data = scenario_data(cfg.scenario, cfg.edges, cfg.fogs, cfg.seed)
-    mlp = Mlp.from_weights_file(cfg.out / "initial.npz")
+    mlp = sim_mlp(cfg.out / "initial.npz")
     if mlp is not None:
-        one_blas_thread()
 
         def run_np(weights: np.ndarray) -> tuple[float, float]:
             return accuracy_and_loss(mlp.logits(weights, data.x_test), data.y_test)
@@ -898,12 +897,12 @@ async def _run_started(cfg: SimConfig, on_round: Callable[[RoundRecord], None] |
         try:
             try:
                 if cfg.mode == "processes":
-                    # the fogs need no initial model: they start while this process imports
-                    # torch and writes it; the cloud reads it when it starts
+                    # the fogs need no initial model: they start while a child of the edge
+                    # zygote writes it (torch); the cloud reads it when it starts
                     initial = asyncio.create_task(asyncio.to_thread(
                         procs.write_initial, cfg, cfg.out / "initial.npz"))
-                    # the edges' data too (scikit-learn), beside torch's import: the edge
-                    # zygote waits for it, the cloud for the initial model
+                    # the edges' data meanwhile (scikit-learn, in this process): the edges
+                    # are forked once it is written
                     data = asyncio.create_task(asyncio.to_thread(_write_data, cfg))
                     fogs = [(fs.fog_id, "fog", _env(fs)) for fs in fog_s]
                     if not await asyncio.to_thread(procs.fork_tiers, fogs):
