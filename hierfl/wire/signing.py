@@ -51,6 +51,7 @@ from hierfl.wire.frames import (
 )
 
 __all__ = [
+    "COUNTER_RESERVE_US",
     "DOMAIN",
     "RECORD_DOMAIN",
     "ReplayGuard",
@@ -155,13 +156,22 @@ def _allowed(role: str, party_fog: str | None, kind: str, fog: str) -> bool:
     return False
 
 
+#: how far above the counter that writes it a signer's state file is set (microseconds of
+#: wall clock): the file is rewritten once a counter passes it (:class:`Signer`)
+COUNTER_RESERVE_US = 60_000_000
+
+
 class Signer:
     """Signs frames as party ``party_id``.
 
     The counter is ``max(previous + 1, wall clock in microseconds)``: it increases across
     restarts without a state file as long as the clock does not step back; with
-    ``state_path`` the last counter is also kept on disk, so even a clock stepped back
-    cannot make this party reuse one.
+    ``state_path`` a floor is also kept on disk, so even a clock stepped back cannot make this
+    party reuse one. The file holds a reservation, :data:`COUNTER_RESERVE_US` above the
+    counter that wrote it, and is rewritten (before that counter is used) only once a counter
+    passes it: about once a minute instead of once per signature (224 us of CPU and a file
+    replaced each time, on an IoT gateway's flash). A restart continues above the
+    reservation, so above every counter issued before it.
 
     Args:
         party_id: ``cloud``, ``fog/<F>`` or ``edge/<F>/<E>``.
@@ -181,6 +191,7 @@ class Signer:
         if state_path is not None:
             with contextlib.suppress(OSError, ValueError):
                 self._last = int(state_path.read_text().strip())
+        self._reserved = self._last  # counters up to this one are covered by the file
 
     def __repr__(self) -> str:  # never the key
         return f"Signer({self.party_id!r})"
@@ -189,8 +200,12 @@ class Signer:
         with self._lock:
             self._last = max(self._last + 1, time.time_ns() // 1000)
             ctr = self._last
-        if self._state_path is not None:
-            _atomic_write_text(self._state_path, str(ctr))
+            if self._state_path is not None and ctr > self._reserved:
+                # on disk before the counter is used: a crash right after this signature
+                # restarts above it (under the lock: no thread signs past an unwritten floor)
+                reserved = ctr + COUNTER_RESERVE_US
+                _atomic_write_text(self._state_path, str(reserved))
+                self._reserved = reserved
         return ctr
 
     def sign_record(self, digest: bytes) -> tuple[str, bytes]:

@@ -22,9 +22,11 @@ from hierfl.errors import (
 from hierfl.provision import ProjectSpec, provision, revoke
 from hierfl.security.tier import tier_security
 from hierfl.security.trust import TrustStore, load_signing_key
+from hierfl.wire import signing
 from hierfl.wire.codec import decode_frame, encode_frame, split_signed
 from hierfl.wire.frames import AggregateFrame, EdgeProof, ModelDeltaFrame, ModelFrame, UpdateFrame
 from hierfl.wire.signing import (
+    COUNTER_RESERVE_US,
     ReplayGuard,
     SigBlock,
     Signer,
@@ -227,6 +229,56 @@ def test_counters_increase_across_signer_restarts(keys, tmp_path: Path) -> None:
     state.write_text(str(10**18))
     c = Signer("cloud", keys["cloud"], FED, state_path=state).sign("model", "", 1, 0, b"h" * 32)
     assert c.counter == 10**18 + 1
+
+
+def test_the_counter_file_is_a_reservation_written_once_a_minute(keys, tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """The state file holds a floor COUNTER_RESERVE_US above the counter that wrote it: one
+    write for a minute of signatures, and a restart (even with the clock stepped back)
+    continues above every counter issued."""
+    state = tmp_path / "counter"
+    writes: list[str] = []
+    real_write = signing._atomic_write_text
+
+    def counting(path: Path, text: str) -> None:
+        writes.append(text)
+        real_write(path, text)
+
+    monkeypatch.setattr(signing, "_atomic_write_text", counting)
+    now = [1_800_000_000 * 10**9]  # a fixed wall clock, ns
+    monkeypatch.setattr(signing.time, "time_ns", lambda: now[0])
+    s = Signer("fog/north", keys["fog/north"], FED, state_path=state)
+    ctrs = []
+    for _ in range(100):
+        ctrs.append(s.sign("model", "north", 1, 0, b"h" * 32).counter)
+        now[0] += 100_000_000  # 0.1 s apart: 10 s in all
+    assert ctrs == sorted(set(ctrs))
+    assert len(writes) == 1  # written before the first counter was used, not since
+    assert int(state.read_text()) == ctrs[0] + COUNTER_RESERVE_US > ctrs[-1]
+    # a counter past the reservation rewrites it first
+    now[0] += COUNTER_RESERVE_US * 1000
+    late = s.sign("model", "north", 1, 0, b"h" * 32).counter
+    assert len(writes) == 2
+    assert int(state.read_text()) == late + COUNTER_RESERVE_US
+    # a restart with the clock stepped back an hour: above every counter issued
+    now[0] -= 3600 * 10**9
+    again = Signer("fog/north", keys["fog/north"], FED, state_path=state)
+    assert again.sign("model", "north", 1, 0, b"h" * 32).counter > late
+
+
+def test_a_failed_reservation_write_issues_no_counter(keys, tmp_path: Path,
+                                                      monkeypatch) -> None:
+    def broken(path: Path, text: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(signing, "_atomic_write_text", broken)
+    s = Signer("fog/north", keys["fog/north"], FED, state_path=tmp_path / "counter")
+    with pytest.raises(OSError, match="disk full"):
+        s.sign("model", "north", 1, 0, b"h" * 32)
+    monkeypatch.setattr(signing, "_atomic_write_text", lambda p, t: p.write_text(t))
+    # the next attempt still writes (the failed one reserved nothing)
+    s.sign("model", "north", 1, 0, b"h" * 32)
+    assert (tmp_path / "counter").exists()
 
 
 def test_replay_counters_survive_a_restart_on_disk(keys, trust, tmp_path: Path) -> None:
