@@ -686,7 +686,7 @@ def _id(kind: str, v: str) -> str:
         raise ValueError(str(exc)) from exc
 
 
-_DENSE_CODECS = ("raw", "fp16", "int8")
+_DENSE_CODECS = ("raw", "shuffle", "fp16", "int8")
 
 
 def _codec_spec(v: str, *, full_model: bool = False) -> str:
@@ -699,8 +699,8 @@ def _codec_spec(v: str, *, full_model: bool = False) -> str:
         raise ValueError(str(exc)) from exc
     if full_model and codec.name not in _DENSE_CODECS:
         raise ValueError(
-            f"{v!r} would drop most of the weights of a full model: use raw, fp16 or int8 "
-            "(sparse codecs suit deltas: updates, aggregates, the fog's downlink_delta)"
+            f"{v!r} would drop most of the weights of a full model: use raw, shuffle, fp16 or "
+            "int8 (sparse codecs suit deltas: updates, aggregates, the fog's downlink_delta)"
         )
     return v
 

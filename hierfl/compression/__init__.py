@@ -1,8 +1,9 @@
 """Update compression: codecs that shrink a flat float32 delta, and error feedback.
 
-Codecs (``raw``, ``fp16``, ``int8``, ``topk``, ``randk`` and ``<sparse>+<dense>`` compositions
-such as ``topk+int8``) turn a vector into a msgpack-able field dict naming its codec, so
-:func:`decode_vector` decodes any of them without prior agreement. See
+Codecs (``raw``, ``shuffle`` (lossless byte planes), ``fp16``, ``int8``, ``topk``, ``randk``
+and ``<sparse>+<dense>`` compositions such as ``topk+int8``) turn a vector into a msgpack-able
+field dict naming its codec, so :func:`decode_vector` decodes any of them without prior
+agreement. See
 :mod:`hierfl.compression.base` for the spec grammar of :func:`make_codec`.
 """
 
@@ -12,6 +13,7 @@ from hierfl.compression.fp16 import FP16_MAX, Fp16Codec
 from hierfl.compression.int8 import Int8Codec
 from hierfl.compression.randk import RandKCodec, randk_indices
 from hierfl.compression.raw import RawCodec
+from hierfl.compression.shuffle import ShuffleCodec
 from hierfl.compression.topk import TopKCodec, topk_indices
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "PreEncoded",
     "RandKCodec",
     "RawCodec",
+    "ShuffleCodec",
     "TopKCodec",
     "decode_vector",
     "encode_vector",

@@ -1,8 +1,9 @@
 """Shared plumbing of the sparse codecs (top-k, rand-k) and their value sub-codec (internal).
 
-A sparse codec picks k coordinates and hands the k picked values to a dense codec (raw, fp16 or
-int8). The dense codec's fields travel in the same flat dict under the ``values.`` prefix,
-without its own ``codec`` entry: the composite's name ("topk+int8") already names it.
+A sparse codec picks k coordinates and hands the k picked values to a dense codec (raw,
+shuffle, fp16 or int8). The dense codec's fields travel in the same flat dict under the
+``values.`` prefix, without its own ``codec`` entry: the composite's name ("topk+int8")
+already names it.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def check_values_codec(owner: str, values: object) -> None:
     if not isinstance(name, str) or not hasattr(values, "encode") or not hasattr(values, "decode"):
         raise ConfigError(f"{owner} values= must be a codec, got {values!r}")
     if getattr(values, "sparse", False) or "+" in name:
-        raise ConfigError(f"{owner} values= must be a dense codec (raw, fp16, int8), got {name!r}")
+        raise ConfigError(
+            f"{owner} values= must be a dense codec (raw, shuffle, fp16, int8), got {name!r}")
 
 
 def name_of(base: str, values: Codec) -> str:

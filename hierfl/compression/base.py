@@ -12,7 +12,7 @@ Spec grammar accepted by :func:`make_codec` (case-insensitive, blanks ignored)::
 
     spec    := stages [":" params]
     stages  := dense | sparse ["+" dense]
-    dense   := "raw" | "fp16" | "int8"
+    dense   := "raw" | "shuffle" | "fp16" | "int8"
     sparse  := "topk" | "randk"
     params  := param ("," param)*
     param   := [stage "."] key "=" value
@@ -43,6 +43,7 @@ from hierfl.compression.fp16 import Fp16Codec
 from hierfl.compression.int8 import Int8Codec
 from hierfl.compression.randk import RandKCodec
 from hierfl.compression.raw import RawCodec
+from hierfl.compression.shuffle import ShuffleCodec
 from hierfl.compression.topk import TopKCodec
 from hierfl.errors import BadTensorError, ConfigError
 from hierfl.types import Float32Vector
@@ -108,13 +109,14 @@ class Codec(Protocol):
 #: (``topk``, ``randk``) also take ``values=`` (a dense codec) for composition.
 CODECS: Final[Mapping[str, Callable[..., Codec]]] = {
     "raw": RawCodec,
+    "shuffle": ShuffleCodec,
     "fp16": Fp16Codec,
     "int8": Int8Codec,
     "topk": TopKCodec,
     "randk": RandKCodec,
 }
 
-_DENSE: Final = ("raw", "fp16", "int8")
+_DENSE: Final = ("raw", "shuffle", "fp16", "int8")
 _SPARSE: Final = ("topk", "randk")
 
 # Parameter name -> parser for each stage; a parser accepts the typed value or its text form.
@@ -167,6 +169,7 @@ def _parse_seed(key: str, value: object) -> int | None:
 
 _PARAMS: Final[Mapping[str, Mapping[str, _ParamParser]]] = {
     "raw": {},
+    "shuffle": {},
     "fp16": {},
     "int8": {"chunk": _parse_int, "stochastic": _parse_bool},
     "topk": {"fraction": _parse_float},
@@ -277,7 +280,7 @@ def _route_params(stages: tuple[str, ...], raw: Mapping[str, object]) -> dict[st
 def _decoders() -> dict[str, Codec]:
     # Every decodable name, each with default parameters: decode reads its parameters from
     # the fields, so one instance per name serves any sender.
-    dense: list[Codec] = [RawCodec(), Fp16Codec(), Int8Codec()]
+    dense: list[Codec] = [RawCodec(), ShuffleCodec(), Fp16Codec(), Int8Codec()]
     codecs: list[Codec] = [*dense]
     for values in dense:
         codecs.append(TopKCodec(values=values))

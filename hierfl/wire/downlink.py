@@ -122,7 +122,7 @@ class Downlink:
 
     Args:
         codec: codec spec of the fan-out (``None`` = raw): of the deltas in delta mode, of the
-            full model otherwise (then it must be dense: raw, fp16 or int8).
+            full model otherwise (then it must be dense: raw, shuffle, fp16 or int8).
         delta: send deltas to edges that hold the previous model.
         max_params: decode limit, as the edges apply it.
         signer: signs every frame sent (the fog's key).
@@ -138,6 +138,8 @@ class Downlink:
     def __init__(self, *, codec: str | None, delta: bool, max_params: int,
                  signer: FrameSigner | None = None) -> None:
         self.codec = codec
+        # a lossless codec (raw, shuffle) decodes to exactly what was encoded: no round trip
+        self._lossless = codec is None or codec == "raw" or _lossless(codec)
         self.signer = signer
         self.delta = delta
         self._limits = DecodeLimits(max_params=max_params)
@@ -160,7 +162,7 @@ class Downlink:
         if not self.delta or target.control is not None:
             full = encode_frame(target, codec=self.codec, signer=self.signer)
             held = target
-            if self.codec is not None:  # edges hold the decoded weights, not the fog's
+            if not self._lossless:  # edges hold the decoded weights, not the fog's
                 held = dataclasses.replace(target, weights=_decoded_weights(full, self._limits))
             return DownlinkMessages(target, held, full, full, is_delta=False)
         prev = self.held
@@ -181,8 +183,8 @@ class Downlink:
         if not np.isfinite(diff).all():
             return None
         fields = encode_vector(diff, self.codec)
-        if self.codec is None or self.codec == "raw":
-            sent = diff  # raw float32 is lossless: the edges decode exactly these values
+        if self._lossless:
+            sent = diff  # a lossless codec: the edges decode exactly these values
         else:
             # Decode as the edges will: the very fields they receive, after a msgpack round
             # trip.
@@ -201,6 +203,12 @@ class Downlink:
         stream = encode_frame(frame, codec=_PreEncoded(fields), signer=self.signer)
         return DownlinkMessages(target, held, encode_frame(held, signer=self.signer), stream,
                                 is_delta=True)
+
+
+def _lossless(codec: str) -> bool:
+    from hierfl.compression import make_codec  # noqa: PLC0415 - optional layer, as in tensors
+
+    return bool(make_codec(codec).lossless)
 
 
 def _same_model(a: ModelFrame, b: ModelFrame) -> bool:

@@ -36,6 +36,7 @@ def test_public_api_is_pinned() -> None:
             "PreEncoded",
             "RandKCodec",
             "RawCodec",
+            "ShuffleCodec",
             "TopKCodec",
             "decode_vector",
             "encode_vector",
@@ -90,7 +91,7 @@ def test_make_codec_randk_params() -> None:
     ("spec", "mentions"),
     [
         ("", "unknown codec"),
-        ("gzip", "valid: raw, fp16, int8, topk, randk"),
+        ("gzip", "valid: raw, shuffle, fp16, int8, topk, randk"),
         ("int8+topk", "cannot compose"),
         ("topk+randk", "cannot compose"),
         ("topk+int8+fp16", "cannot compose"),

@@ -16,6 +16,8 @@ from hierfl.errors import BadTensorError, NonFiniteTensorError
 
 SPECS = [
     "raw",
+    "shuffle",
+    "topk+shuffle:fraction=0.4",
     "fp16",
     "int8:chunk=7",
     "int8",

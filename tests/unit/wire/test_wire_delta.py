@@ -47,7 +47,7 @@ def delta_frame(**kw: Any) -> ModelDeltaFrame:
 # --- the frame --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("codec", [None, "fp16", "int8", "topk+fp16:fraction=0.1"])
+@pytest.mark.parametrize("codec", [None, "shuffle", "fp16", "int8", "topk+fp16:fraction=0.1"])
 def test_round_trip_under_format_version_2(codec: str | None) -> None:
     frame = delta_frame(delta=RNG.normal(size=50).astype(np.float32), metrics={"loss": 0.5},
                         created_at=12.5, fog_round=2)
@@ -58,7 +58,7 @@ def test_round_trip_under_format_version_2(codec: str | None) -> None:
     assert (out.version, out.seq, out.base_version, out.base_seq, out.fog_round) == (3, 2, 3, 1, 2)
     assert out.digest == frame.digest
     assert out.delta.shape == (50,)
-    if codec is None:
+    if codec in (None, "shuffle"):  # lossless
         np.testing.assert_array_equal(out.delta, frame.delta)
 
 
@@ -205,7 +205,7 @@ def _edge_side(downlink_msgs: list[tuple[bytes, bytes | None]]) -> ModelFrame:
     return held
 
 
-@pytest.mark.parametrize("codec", [None, "fp16", "int8", "topk+fp16:fraction=0.05",
+@pytest.mark.parametrize("codec", [None, "shuffle", "fp16", "int8", "topk+fp16:fraction=0.05",
                                    "randk:fraction=0.1,scaled=false"])
 def test_lossy_deltas_track_what_the_edges_hold(codec: str | None) -> None:
     dl = Downlink(codec=codec, delta=True, max_params=10_000)
@@ -225,7 +225,7 @@ def test_lossy_deltas_track_what_the_edges_hold(codec: str | None) -> None:
         w = (w + RNG.normal(size=w.size).astype(np.float32) * 0.01).astype(np.float32)
     # the reconstruction stays close to the fog's exact model: errors do not accumulate
     err = np.abs(out.held.weights - out.target.weights).max()
-    if codec is None:
+    if codec in (None, "shuffle"):
         assert err <= 1e-6
     elif codec in ("fp16", "int8"):
         assert err < 0.01
@@ -284,6 +284,30 @@ def test_without_deltas_the_model_codec_applies_to_the_full_model() -> None:
     second = dl.prepare(fog_model(W0 + 1, 2))
     assert second.stream == second.full  # the stream carries every model, here in full
     assert not second.is_delta
+
+
+def test_a_lossless_model_codec_needs_no_decode_round_trip(monkeypatch) -> None:
+    """shuffle is lossless: the fog holds the very weights it encoded (no decode of its own
+    frame), and the edges decode exactly those."""
+    from hierfl.wire import downlink
+
+    def no_decode(*_a: Any, **_k: Any) -> Any:
+        raise AssertionError("a lossless codec must not be decoded back")
+
+    monkeypatch.setattr(downlink, "_decoded_weights", no_decode)
+    monkeypatch.setattr(downlink, "decode_vector", no_decode)
+    full_only = Downlink(codec="shuffle", delta=False, max_params=10_000)
+    out = full_only.prepare(fog_model(W0, 1))
+    assert out.held.weights is out.target.weights
+    decoded = decode_frame(out.full)
+    assert isinstance(decoded, ModelFrame)
+    np.testing.assert_array_equal(decoded.weights.view(np.uint32), W0.view(np.uint32))
+    dl = Downlink(codec="shuffle", delta=True, max_params=10_000)
+    dl.commit(dl.prepare(fog_model(W0, 1)))
+    out = dl.prepare(fog_model(W0 + np.float32(0.5), 2))
+    assert out.is_delta
+    body = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(out.stream[12:]))
+    assert body["delta"]["codec"] == "shuffle"
 
 
 def test_stochastic_codec_frames_are_encoded_once() -> None:
