@@ -26,6 +26,7 @@ __all__ = [
     "check_input",
     "check_keys",
     "check_size",
+    "dense_data",
     "get_bytes",
     "get_int",
     "short_repr",
@@ -179,3 +180,23 @@ def short_repr(value: object) -> str:
     """Return a bounded repr of an untrusted value for an error message."""
     text = repr(value)
     return text if len(text) <= _SHOW_MAX else text[: _SHOW_MAX - 3] + "..."
+
+
+_DATA_KEYS: Final = frozenset({"data"})
+
+
+def dense_data(fields: Mapping[str, Any], name: str, size: object, bytes_per_value: int
+               ) -> tuple[int, bytes]:
+    """Check a dense codec's fields, ``{"codec": name, "data": bytes}``, and return
+    ``(size, data)`` with ``len(data) == bytes_per_value * size`` (checked before anything is
+    interpreted or allocated).
+
+    Raises:
+        BadTensorError: for another codec name, another key set, or data of the wrong type
+            or length.
+        CompressionError: if ``size`` itself is invalid (a caller bug).
+    """
+    n = check_size(size)
+    check_codec_name(fields, name)
+    check_keys(fields, _DATA_KEYS)
+    return n, get_bytes(fields, "data", lo=bytes_per_value * n)

@@ -16,12 +16,9 @@ import numpy as np
 
 from hierfl.compression._fields import (
     CODEC_KEY,
-    check_codec_name,
     check_finite_output,
     check_input,
-    check_keys,
-    check_size,
-    get_bytes,
+    dense_data,
 )
 from hierfl.types import Float32Vector
 
@@ -31,7 +28,6 @@ __all__ = ["FP16_MAX", "Fp16Codec"]
 FP16_MAX: Final = float(np.finfo(np.float16).max)
 
 _F16_LE: Final = np.dtype("<f2")
-_KEYS = frozenset({"data"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +58,8 @@ class Fp16Codec:
         Raises:
             BadTensorError: if ``data`` is not ``2 * size`` bytes or holds NaN/Inf.
         """
-        size = check_size(size)
-        check_codec_name(fields, self.name)
-        check_keys(fields, _KEYS)
         # SAFETY: length checked before interpreting; explicit little-endian dtype.
-        data = get_bytes(fields, "data", lo=_F16_LE.itemsize * size)
+        _, data = dense_data(fields, self.name, size, _F16_LE.itemsize)
         out = np.frombuffer(data, dtype=_F16_LE).astype(np.float32)
         check_finite_output(out, "data")  # on float32: numpy reduces float16 slowly
         return out

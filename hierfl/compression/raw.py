@@ -11,18 +11,13 @@ import numpy as np
 from hierfl.compression._fields import (
     CODEC_KEY,
     F32_LE,
-    check_codec_name,
     check_finite_output,
     check_input,
-    check_keys,
-    check_size,
-    get_bytes,
+    dense_data,
 )
 from hierfl.types import Float32Vector
 
 __all__ = ["RawCodec"]
-
-_KEYS = frozenset({"data"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +51,9 @@ class RawCodec:
         Raises:
             BadTensorError: if ``data`` is not ``4 * size`` bytes or holds NaN/Inf.
         """
-        size = check_size(size)
-        check_codec_name(fields, self.name)
-        check_keys(fields, _KEYS)
         # SAFETY: length checked before interpreting; explicit little-endian dtype; the copy
         # gives the caller a writable array that does not alias the frame's bytes.
-        data = get_bytes(fields, "data", lo=F32_LE.itemsize * size)
+        _, data = dense_data(fields, self.name, size, F32_LE.itemsize)
         out = np.frombuffer(data, dtype=F32_LE).astype(np.float32)
         check_finite_output(out, "data")
         return out

@@ -20,20 +20,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from hierfl.compression._fields import (
-    CODEC_KEY,
-    check_codec_name,
-    check_finite_output,
-    check_input,
-    check_keys,
-    check_size,
-    get_bytes,
-)
+from hierfl.compression._fields import CODEC_KEY, check_finite_output, check_input, dense_data
 from hierfl.types import Float32Vector
 
 __all__ = ["ShuffleCodec", "shuffle_bytes", "unshuffle_bytes"]
 
-_KEYS = frozenset({"data"})
 _U32_LE = np.dtype("<u4")
 
 
@@ -84,11 +75,7 @@ class ShuffleCodec:
         Raises:
             BadTensorError: if ``data`` is not ``4 * size`` bytes or holds NaN/Inf.
         """
-        size = check_size(size)
-        check_codec_name(fields, self.name)
-        check_keys(fields, _KEYS)
-        # SAFETY: the length is checked before anything is interpreted or allocated
-        data = get_bytes(fields, "data", lo=4 * size)
+        size, data = dense_data(fields, self.name, size, 4)  # SAFETY: length checked first
         out = unshuffle_bytes(data, size)
         check_finite_output(out, "data")
         return out
