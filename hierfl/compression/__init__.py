@@ -3,8 +3,7 @@
 Codecs (``raw``, ``shuffle`` (lossless byte planes), ``fp16``, ``int8``, ``topk``, ``randk``
 and ``<sparse>+<dense>`` compositions such as ``topk+int8``) turn a vector into a msgpack-able
 field dict naming its codec, so :func:`decode_vector` decodes any of them without prior
-agreement. See
-:mod:`hierfl.compression.base` for the spec grammar of :func:`make_codec`.
+agreement. See :mod:`hierfl.compression.base` for the spec grammar of :func:`make_codec`.
 """
 
 from hierfl.compression.base import CODECS, Codec, decode_vector, encode_vector, make_codec

@@ -1,4 +1,4 @@
-"""Byte-shuffled float32: lossless, and what zstd compresses best.
+"""Byte-shuffled float32: lossless, and smaller once zstd-compressed (on large models).
 
 The four bytes of each float32 go into four planes (all lowest bytes, then all second bytes,
 ...): the planes of sign and exponent bytes are nearly constant across a model's weights and
