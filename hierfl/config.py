@@ -686,18 +686,15 @@ def _id(kind: str, v: str) -> str:
         raise ValueError(str(exc)) from exc
 
 
-_DENSE_CODECS = ("raw", "shuffle", "fp16", "int8")
-
-
 def _codec_spec(v: str, *, full_model: bool = False) -> str:
     """Validate a codec spec; a codec for full models must be dense (no top-k / rand-k)."""
-    from hierfl.compression import make_codec  # noqa: PLC0415 - keeps config import-light
+    from hierfl.compression import DENSE_CODECS, make_codec  # noqa: PLC0415 - import-light
 
     try:
         codec = make_codec(v)
     except ConfigError as exc:
         raise ValueError(str(exc)) from exc
-    if full_model and codec.name not in _DENSE_CODECS:
+    if full_model and codec.name not in DENSE_CODECS:
         raise ValueError(
             f"{v!r} would drop most of the weights of a full model: use raw, shuffle, fp16 or "
             "int8 (sparse codecs suit deltas: updates, aggregates, the fog's downlink_delta)"

@@ -6,7 +6,14 @@ field dict naming its codec, so :func:`decode_vector` decodes any of them withou
 agreement. See :mod:`hierfl.compression.base` for the spec grammar of :func:`make_codec`.
 """
 
-from hierfl.compression.base import CODECS, Codec, decode_vector, encode_vector, make_codec
+from hierfl.compression.base import (
+    CODECS,
+    DENSE_CODECS,
+    Codec,
+    decode_vector,
+    encode_vector,
+    make_codec,
+)
 from hierfl.compression.error_feedback import ErrorFeedback, PreEncoded
 from hierfl.compression.fp16 import FP16_MAX, Fp16Codec
 from hierfl.compression.int8 import Int8Codec
@@ -17,6 +24,7 @@ from hierfl.compression.topk import TopKCodec, topk_indices
 
 __all__ = [
     "CODECS",
+    "DENSE_CODECS",
     "FP16_MAX",
     "Codec",
     "ErrorFeedback",

@@ -50,6 +50,7 @@ from hierfl.types import Float32Vector
 
 __all__ = [
     "CODECS",
+    "DENSE_CODECS",
     "Codec",
     "decode_vector",
     "encode_vector",
@@ -116,7 +117,8 @@ CODECS: Final[Mapping[str, Callable[..., Codec]]] = {
     "randk": RandKCodec,
 }
 
-_DENSE: Final = ("raw", "shuffle", "fp16", "int8")
+#: the dense codecs: every value sent (the only ones a full model may use)
+DENSE_CODECS: Final = ("raw", "shuffle", "fp16", "int8")
 _SPARSE: Final = ("topk", "randk")
 
 # Parameter name -> parser for each stage; a parser accepts the typed value or its text form.
@@ -236,13 +238,13 @@ def _split_spec_mapping(spec: Mapping[str, Any]) -> tuple[str, dict[str, object]
 
 def _parse_stages(names: str, spec: object) -> tuple[str, ...]:
     stages = tuple(names.split("+"))
-    valid = f"valid: {', '.join(_DENSE)}, {', '.join(_SPARSE)}, or <sparse>+<dense>"
+    valid = f"valid: {', '.join(DENSE_CODECS)}, {', '.join(_SPARSE)}, or <sparse>+<dense>"
     for stage in stages:
         if stage not in CODECS:
             raise ConfigError(f"codec spec {spec!r}: unknown codec {stage!r} ({valid})")
     if len(stages) == 1:
         return stages
-    if len(stages) == 2 and stages[0] in _SPARSE and stages[1] in _DENSE:
+    if len(stages) == 2 and stages[0] in _SPARSE and stages[1] in DENSE_CODECS:
         return stages
     raise ConfigError(f"codec spec {spec!r}: cannot compose {names!r} ({valid})")
 

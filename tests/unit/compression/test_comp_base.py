@@ -28,6 +28,7 @@ def test_public_api_is_pinned() -> None:
     assert sorted(comp.__all__) == sorted(
         [
             "CODECS",
+            "DENSE_CODECS",
             "FP16_MAX",
             "Codec",
             "ErrorFeedback",
