@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -49,6 +50,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# A record missing between two delivered ones is fetched again for this long, a short
+# pause before each try, before it is taken for a hole in the log (see _refetch_gap).
+GAP_WAIT_S = 1.0
+GAP_REFETCH_DELAY_S = 0.002
 
 
 # Errors no retry can fix: the credentials, the SASL mechanism or the ACLs are wrong.
@@ -361,6 +367,12 @@ class KafkaConsumerTransport:
         )
         self._tps: list[TopicPartition] = []
         self._backlog: list[KafkaInbound] = []
+        # The offset each partition's next record must have, and a gap being refetched:
+        # (the offset missing, when it was first seen missing).
+        self._next: dict[TopicPartition, int] = {}
+        self._gap: dict[TopicPartition, tuple[int, float]] = {}
+        self.gaps_refetched = 0
+        self.gaps_skipped = 0
 
     async def __aenter__(self) -> Self:
         try:
@@ -404,6 +416,8 @@ class KafkaConsumerTransport:
             )
         self._tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
         self._consumer.assign(self._tps)
+        self._next.clear()  # from the log's start: its first offset may be anything
+        self._gap.clear()
         if self.start == "earliest":
             await self._consumer.seek_to_beginning(*self._tps)
         elif self.start == "committed":
@@ -413,6 +427,7 @@ class KafkaConsumerTransport:
                     await self._consumer.seek_to_beginning(tp)
                 else:
                     self._consumer.seek(tp, off)
+                    self._next[tp] = off
         else:
             await self._find_latest_frame()
 
@@ -458,7 +473,8 @@ class KafkaConsumerTransport:
             # frames begun after the newest complete one and not finished at ends[tp]
             open_from = [o for o in scratch[tp].pending_offsets()
                          if o > last_complete.get(tp, -1)]
-            self._consumer.seek(tp, min(open_from) if open_from else ends[tp])
+            self._next[tp] = min(open_from) if open_from else ends[tp]
+            self._consumer.seek(tp, self._next[tp])
         if newest is not None:
             self._backlog.append(newest)
 
@@ -476,10 +492,14 @@ class KafkaConsumerTransport:
         while self._backlog:
             yield self._backlog.pop(0)
         while True:
+            if self._gap:
+                await asyncio.sleep(GAP_REFETCH_DELAY_S)  # let the broker finish the write
             with map_kafka_errors("receive"):
                 batch = await self._consumer.getmany(timeout_ms=1000)
             for tp, records in batch.items():
                 for r in records:
+                    if self._refetch_gap(tp, r.offset):
+                        break  # the rest of this partition's records come again
                     try:
                         frame = self._reassembler.feed(r.value, r.offset)
                     except HierflError as exc:
@@ -487,6 +507,38 @@ class KafkaConsumerTransport:
                         continue
                     if frame is not None:
                         yield self._inbound(tp.partition, r, frame)
+
+    def _refetch_gap(self, tp: TopicPartition, offset: int) -> bool:
+        """True when ``offset`` skips records this partition has not delivered: the
+        consumer is sent back to the first of them (the caller drops the rest of the batch).
+
+        A Kafka-compatible broker may answer a fetch with a record whose predecessor it has
+        numbered but not yet made readable (Tansu's memory engine, with several producers
+        on one partition: measured by ``benchmarks/kafka_gaps.py``). aiokafka accepts the
+        jump (offsets skip legitimately in compacted topics and at transaction markers), so
+        the record would be lost to this reader: a chunk missing from a frame. A gap is
+        refetched for up to ``GAP_WAIT_S``; one that outlasts it is a real hole in the
+        log (compaction, an aborted transaction written by another client) and is passed
+        over, logged and counted (``gaps_skipped``).
+        """
+        expected = self._next.get(tp)
+        if expected is not None and offset > expected:
+            now = time.monotonic()
+            gap = self._gap.get(tp)
+            if gap is None or gap[0] != expected:
+                gap = self._gap[tp] = (expected, now)
+                log.info("Kafka %s[%d]: offset %d arrived before %d; fetching again",
+                         tp.topic, tp.partition, offset, expected)
+            if now - gap[1] < GAP_WAIT_S:
+                self.gaps_refetched += 1
+                self._consumer.seek(tp, expected)
+                return True
+            self.gaps_skipped += 1
+            log.warning("Kafka %s[%d]: offsets %d-%d never became readable in %.1f s; "
+                        "passed over", tp.topic, tp.partition, expected, offset - 1, GAP_WAIT_S)
+        self._gap.pop(tp, None)
+        self._next[tp] = offset + 1
+        return False
 
     async def commit(self, inbound: KafkaInbound) -> None:
         """Commit up to and including ``inbound`` (never past an incomplete chunked frame).
