@@ -283,7 +283,9 @@ def select_lowest(scores: Float64Vector, updates: FloatMatrix, count: int) -> np
 
     Breaking ties by content rather than by position keeps the selection independent of the
     arrival order of the updates. The key is a fixed pseudo-random projection of each tied row,
-    computed only when a tie straddles the cut; rows with equal keys are (almost surely) equal.
+    computed only when a tie straddles the cut, then the row's bytes: rows whose projections
+    round to the same float64 (a difference of 1e-45 beside values near 1) are told apart
+    exactly, so only identical rows are ordered by position (and are interchangeable).
 
     Args:
         scores: (n,) float64 scores, one per row of ``updates``.
@@ -301,7 +303,10 @@ def select_lowest(scores: Float64Vector, updates: FloatMatrix, count: int) -> np
         probe = np.random.default_rng(_TIE_SEED).standard_normal(updates.shape[1])
         with np.errstate(invalid="ignore", over="ignore"):
             keys = np.array([np.dot(probe, updates[i].astype(np.float64)) for i in members])
-        order[pos] = members[np.argsort(keys, kind="stable")]
+        keys = np.nan_to_num(keys, nan=np.inf)  # NaN compares false both ways: no order
+        tied = sorted(range(members.size),
+                      key=lambda j: (keys[j], updates[members[j]].tobytes()))
+        order[pos] = members[tied]
     return order[:count]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -125,3 +127,14 @@ def test_krum_and_multikrum_are_order_invariant(updates: np.ndarray, seed: int) 
 def test_krum_of_identical_rows_is_the_row(row: np.ndarray) -> None:
     updates = np.tile(row, (5, 1))
     np.testing.assert_array_equal(krum(updates, np.ones(5), f=1), row)
+
+
+def test_rows_that_differ_below_the_projections_precision_are_still_ordered_by_content() -> None:
+    """Found by the property above: [1e-45, 1] and [0, 1] project onto the same float64 and
+    their squared distance underflows, so they tie; the tie is broken by the rows' bytes, in
+    every order of arrival."""
+    tiny = np.float32(1e-45)
+    updates = np.array([[tiny, 1], [0, 0], [0, 0], [0, 1], [0, 1]], dtype=np.float32)
+    picked = {krum(updates[list(p)], np.ones(5), f=1).tobytes()
+              for p in itertools.permutations(range(5))}
+    assert len(picked) == 1
