@@ -1,20 +1,38 @@
-"""Run blocking work (decode, verify, aggregate, train) off the event loop, or inline.
+"""Run blocking work (decode, verify, aggregate, train, durable writes) off the event loop,
+or inline when it is short.
 
-The services call :func:`offload` where they would call :func:`asyncio.to_thread`. By default
-it is exactly that. The deterministic simulator (``hierfl simtest``) installs its own runner
-with :func:`use_runner`: a thread would make every run's interleaving depend on the OS, so it
-runs the call inline and then lets a seeded amount of virtual time pass instead. The runner is
-a context variable, so it reaches every task created under it and nothing else.
+The services call :func:`offload` where they would call :func:`asyncio.to_thread`. Work that
+takes long (training a real model, a robust aggregate of many large updates, an ``fsync`` on
+slow flash) runs in a worker thread, so the loop keeps serving its connections. Work measured
+short runs on the loop itself: a thread hop costs two context switches and a wake-up of the
+loop through its self-pipe, and on a busy machine each one waits for a core; for the
+digits-20 federation that was a fifth of the round (docs/benchmarks.md, "Short work on the
+loop"). The choice is measured, per function and size class of its largest bytes argument
+(classes a factor of four apart). The first call of each runs in a thread. Its cost is the
+CPU time of the thread that ran it (a wall clock would count the time the OS or the GIL kept
+it waiting, which on a busy machine is most of it), or its wall time when that exceeds
+:data:`WALL_CAP_S` (work waiting on a GPU or a device uses little CPU). After that, a
+function whose recent cost (a running estimate that jumps up to a slow call at once and
+decays by halves) is under :data:`INLINE_BELOW_S` runs inline, then yields to the loop once.
+A call that turns out slow moves it back to a thread from its next call, so a mis-estimate
+blocks the loop once, for one call. Functions marked :func:`threaded` always run in a
+thread: those that ``fsync`` (the spool, the model store, the replay counters: their cost is
+waiting on the disk, which CPU time does not see, and the loop has other work meanwhile) and
+those that run the operator's code (an edge's training and evaluation hooks: how long they
+take is the task's business, and one slow call inline would stall every connection of the
+process, in ``hierfl sim --mode inprocess`` every tier's).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-__all__ = ["Runner", "Steps", "offload", "use_runner"]
+__all__ = ["INLINE_BELOW_S", "WALL_CAP_S", "Runner", "Steps", "offload", "threaded",
+           "use_runner"]
 
 T = TypeVar("T")
 
@@ -25,13 +43,69 @@ _RUNNER: contextvars.ContextVar[Runner | None] = contextvars.ContextVar("hierfl_
                                                                        default=None)
 
 
+INLINE_BELOW_S = 0.01
+"""Work whose estimated cost is under this many seconds runs on the event loop."""
+WALL_CAP_S = 0.25
+"""A call that took longer than this (wall clock) costs its wall time, whatever its CPU."""
+
+_MAX_KEYS = 4096  # estimates kept (functions x size classes); forgotten all at once beyond
+_cost: dict[tuple[Any, int], float] = {}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def threaded(fn: F) -> F:
+    """Mark ``fn`` to always run in a worker thread under :func:`offload` (it waits on the
+    disk, or runs code whose time is not the framework's to know)."""
+    fn.hierfl_threaded = True  # type: ignore[attr-defined]
+    return fn
+
+
+def _key(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Any, int]:
+    size = 0
+    for a in args:
+        if isinstance(a, bytes | bytearray | memoryview):
+            size = max(size, len(a))
+    # a bound method is a new object on every access: its function is the stable key
+    return getattr(fn, "__func__", fn), size.bit_length() // 2
+
+
+def _note(key: tuple[Any, int], cpu: float, wall: float) -> None:
+    cost = wall if wall > WALL_CAP_S else cpu
+    old = _cost.get(key)
+    if old is None and len(_cost) >= _MAX_KEYS:
+        _cost.clear()
+    # up at once to a slow call, down by halves: a function that was slow once is trusted
+    # inline again only after a few short calls
+    _cost[key] = cost if old is None or cost >= old else (old + cost) / 2
+
+
+def _timed(key: tuple[Any, int], fn: Callable[..., T], args: tuple[Any, ...],
+           kwargs: dict[str, Any]) -> T:
+    cpu, wall = time.thread_time(), time.perf_counter()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _note(key, time.thread_time() - cpu, time.perf_counter() - wall)
+
+
 async def offload(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-    """Await ``fn(*args, **kwargs)`` run in a worker thread (or by the installed runner)."""
+    """Await ``fn(*args, **kwargs)``: inline when it was measured short, else in a worker
+    thread (or by the installed runner)."""
     runner = _RUNNER.get()
-    if runner is None:
+    if runner is not None:
+        result: T = await runner(fn, *args, **kwargs)
+        return result
+    key = _key(fn, args)
+    if getattr(key[0], "hierfl_threaded", False):
         return await asyncio.to_thread(fn, *args, **kwargs)
-    result: T = await runner(fn, *args, **kwargs)
-    return result
+    estimate = _cost.get(key)
+    if estimate is not None and estimate < INLINE_BELOW_S:
+        try:
+            return _timed(key, fn, args, kwargs)
+        finally:
+            await asyncio.sleep(0)  # as a thread hop would: other tasks run before the caller
+    return await asyncio.to_thread(_timed, key, fn, args, kwargs)
 
 
 def use_runner(runner: Runner | None) -> contextvars.Token[Runner | None]:

@@ -39,7 +39,7 @@ from hierfl.errors import (
 )
 from hierfl.health import monitoring
 from hierfl.metrics import ServiceMetrics
-from hierfl.offload import offload
+from hierfl.offload import offload, threaded
 from hierfl.optim.scaffold import EdgeControl
 from hierfl.privacy.record import LAST_UPDATE_METRIC, is_last_update, reported_samples
 from hierfl.ratelimit import REJECT_LOG_INTERVAL_S, LogThrottle, suppressed_note
@@ -368,6 +368,7 @@ class EdgeClient:
         return encode_frame(frame, codec=PreEncoded(fields, sent),
                             signer=self.security.signer, timing=timing), sent
 
+    @threaded  # the task's code: its time is unknowable, never on the loop
     def _train_on(self, frame: ModelFrame) -> UpdateFrame:
         base = frame.weights
         _load(self.model, base, self.settings.threads)

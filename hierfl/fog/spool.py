@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hierfl.errors import StoreError
+from hierfl.offload import threaded
 
 __all__ = ["MAX_BATCH", "Spool", "SpoolRecord"]
 
@@ -152,12 +153,14 @@ class Spool:
                 batches = max(batches, int(m.group(3)))
         self._next_batch = batches + 1  # batch numbers order replay within a round
 
+    @threaded
     def put(self, version: int, seq: int, edge: str, data: bytes) -> Path:
         """Store one accepted frame durably (fsync + atomic rename); return its path."""
         path = self.root / f"v{version}-s{seq}-{edge}.hfl"
         self._write(path, data)
         return path
 
+    @threaded
     def put_batch(self, version: int, seq: int, items: Sequence[tuple[str, bytes]]) -> Path:
         """Store a burst of accepted frames ``(edge, frame bytes)`` of round ``(version,
         seq)`` durably, in one batch file: one ``fsync`` of the file, one of the directory.
@@ -176,6 +179,7 @@ class Spool:
         self._sync_dir()
         return path
 
+    @threaded
     def keep_only(self, path: Path, keep: Sequence[int]) -> Path | None:
         """Rewrite the batch file ``path`` with only its entries at ``keep`` (the updates the
         round then took; it refused the others), or remove it when none is kept.
@@ -226,12 +230,14 @@ class Spool:
         finally:
             os.close(fd)
 
+    @threaded
     def put_forwarded(self, version: int, data: bytes) -> None:
         """Store the aggregate for global ``version`` (encoded) before it is sent; older
         ones are removed."""
         self._write(self.root / f"forwarded-v{version}.agg", data)
         self.drop_forwarded(before=version)
 
+    @threaded
     def put_model(self, data: bytes, folded: dict[str, object] | None = None) -> None:
         """Store the fog model about to be published (its encoded frame), replacing the last:
         the fog resumes from it even when the broker lost its retained copy. ``folded``
@@ -270,6 +276,7 @@ class Spool:
         except OSError:
             return None
 
+    @threaded
     def drop_forwarded(self, *, before: int | None = None) -> None:
         """Remove stored aggregates (those of versions below ``before``, if given)."""
         for p in self.root.iterdir():
@@ -339,6 +346,7 @@ class Spool:
         spool was opened) and is never listed nor touched here."""
         return [(r.version, r.seq, r.edge, r.path) for r in self.records()]
 
+    @threaded
     def drop_except(self, keep: tuple[int, int] | None) -> int:
         """Remove every frame not of round ``keep`` = ``(version, seq)``; return how many."""
         n = 0

@@ -34,6 +34,7 @@ from safetensors.numpy import load_file, save_file
 
 from hierfl.errors import StoreError
 from hierfl.model.flatten import flatten, unflatten
+from hierfl.offload import threaded
 from hierfl.types import Float32Vector
 from hierfl.wire.frames import LayoutEntry
 
@@ -194,6 +195,7 @@ class ModelStore:
             return None, None
         return parent.get("sha256"), parent.get("record_hash")
 
+    @threaded
     def save(
         self,
         version: int,

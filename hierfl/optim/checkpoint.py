@@ -22,6 +22,7 @@ import numpy as np
 
 from hierfl.errors import StoreError
 from hierfl.model.store import _atomic_write
+from hierfl.offload import threaded
 from hierfl.optim.server import ServerOptimizer
 
 __all__ = ["restore_control", "restore_state", "save_control", "save_state"]
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 _DIR = "optim"
 
 
+@threaded
 def save_state(store_dir: Path, version: int, opt: ServerOptimizer,
                keep: int = 3) -> dict[str, Any]:
     """Write ``opt``'s state for ``version``; return the record's ``server_opt`` entry.
@@ -66,6 +68,7 @@ def restore_state(store_dir: Path, meta: dict[str, Any], opt: ServerOptimizer) -
     return True
 
 
+@threaded
 def save_control(store_dir: Path, version: int, control: np.ndarray,
                  keep: int = 3) -> dict[str, Any]:
     """Write SCAFFOLD's cloud control variate ``c`` of ``version``

@@ -58,6 +58,7 @@ from hierfl.edge.client import EdgeClient, load_task
 from hierfl.edge.trainer import EdgeTask, SupervisedTask
 from hierfl.errors import ConfigError, HierflError
 from hierfl.model.torch_adapter import model_to_vector, vector_to_model
+from hierfl.offload import threaded
 from hierfl.types import Float32Vector
 from hierfl.wire.frames import ModelFrame, UpdateFrame
 
@@ -205,6 +206,7 @@ class MaliciousEdge(EdgeClient):
         log.info("edge %s is Byzantine: %s (%s)", settings.edge_id, attack,
                  detail.get(attack, f"k={k:g}"))
 
+    @threaded  # trains, as the honest edge's does
     def _train_on(self, frame: ModelFrame) -> UpdateFrame:
         honest = super()._train_on(frame)
         d, n = honest.delta, honest.num_samples

@@ -39,6 +39,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hierfl.errors import HierflError, ReplayError, SignatureError, SignerError, WireFormatError
+from hierfl.offload import threaded
 from hierfl.security.trust import TrustStore, cloud_party
 from hierfl.wire.codec import DEFAULT_LIMITS, DecodeLimits, decode_frame, split_signed
 from hierfl.wire.frames import (
@@ -337,6 +338,7 @@ class ReplayGuard:
         with self._lock:
             self._kept[key] = max(self._kept.get(key, 0), sb.counter)
 
+    @threaded
     def save(self) -> None:
         """Write the counters to :attr:`path` now (a no-op without one)."""
         if self.path is not None:
