@@ -1,5 +1,5 @@
 """The built-in scenarios' data, without torch: what ``hierfl sim``'s own process computes
-(scikit-learn for ``digits``) and writes for the edges, and reads back to evaluate.
+(scikit-learn's bundled file for ``digits``) and writes for the edges, and reads back to evaluate.
 
 :mod:`hierfl.sim.scenarios` re-exports all of it beside the models and tasks (torch); this
 module is split out so that the sim's process, which writes the data file and evaluates the
@@ -9,6 +9,7 @@ See :mod:`hierfl.sim.scenarios` for the scenarios themselves and the data files.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -21,9 +22,11 @@ __all__ = [
     "digits_data",
     "dirichlet_partition",
     "load_data",
+    "load_digits_file",
     "preload",
     "scenario_data",
     "sensors_data",
+    "stratified_split",
     "write_data",
 ]
 
@@ -93,16 +96,85 @@ def preload(options: dict[str, Any]) -> None:
 
 @lru_cache(maxsize=4)
 def digits_data(n_clients: int = 20, seed: int = 0) -> Dataset:
-    """The digits-20 data and partition (docs/benchmarks.md), for ``n_clients`` edges."""
-    from sklearn.datasets import load_digits  # noqa: PLC0415
-    from sklearn.model_selection import train_test_split  # noqa: PLC0415
+    """The digits-20 data and partition (docs/benchmarks.md), for ``n_clients`` edges.
 
-    d = load_digits()
-    x = (d.data / 16.0).astype(np.float32)
-    y = d.target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.25, stratify=y, random_state=0)
+    scikit-learn's bundled digits, split 75/25 stratified as
+    ``train_test_split(x, y, test_size=0.25, stratify=y, random_state=0)`` splits them, then
+    Dirichlet(0.5) over the edges. Neither step imports scikit-learn (0.7 s of start-up here):
+    the file is read where scikit-learn installed it (:func:`load_digits_file`), and
+    :func:`stratified_split` is that split's algorithm, index for index
+    (tests/unit/sim/test_sim_datasets.py compares both with scikit-learn's own).
+    """
+    data, target = load_digits_file()
+    x = (data / 16.0).astype(np.float32)
+    y = target.astype(np.int64)
+    train, test = stratified_split(y, test_size=0.25, random_state=0)
+    x_tr, x_te, y_tr, y_te = x[train], x[test], y[train], y[test]
     idx = dirichlet_partition(y_tr, n_clients, 0.5, np.random.default_rng(seed))
     return Dataset([(x_tr[i], y_tr[i]) for i in idx], x_te, y_te)
+
+
+def load_digits_file() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits as ``(data, target)``: what ``load_digits(return_X_y=True)``
+    returns (float64 pixels 0-16, int targets), read from the package's data file without
+    importing scikit-learn; scikit-learn's own loader when the file is not where it was."""
+    import importlib.util  # noqa: PLC0415
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the digits scenario needs scikit-learn (pip install 'hierfl[sim]')")
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():  # another layout: scikit-learn's loader (slower import, same data)
+        from sklearn.datasets import load_digits  # noqa: PLC0415
+
+        data, target = load_digits(return_X_y=True)
+        return np.asarray(data), np.asarray(target)
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1], table[:, -1].astype(int)
+
+
+def stratified_split(y: np.ndarray, *, test_size: float,
+                     random_state: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, test)`` indices: scikit-learn's ``train_test_split(..., stratify=y,
+    random_state=random_state)`` (one ``StratifiedShuffleSplit``), the same draws from the
+    same ``RandomState`` in the same order, so the same indices."""
+    n = len(y)
+    n_test = math.ceil(test_size * n)
+    n_train = n - n_test
+    classes, y_indices, class_counts = np.unique(y, return_inverse=True, return_counts=True)
+    if len(classes) > min(n_train, n_test) or class_counts.min() < 2:
+        raise ValueError("too few samples per class for a stratified split")
+    class_indices = np.split(np.argsort(y_indices, kind="stable"), np.cumsum(class_counts)[:-1])
+    rng = np.random.RandomState(random_state)
+    n_i = _approximate_mode(class_counts, n_train, rng)
+    t_i = _approximate_mode(class_counts - n_i, n_test, rng)
+    train: list[int] = []
+    test: list[int] = []
+    for i in range(len(classes)):
+        perm = class_indices[i].take(rng.permutation(class_counts[i]), mode="clip")
+        train.extend(perm[: n_i[i]])
+        test.extend(perm[n_i[i] : n_i[i] + t_i[i]])
+    return rng.permutation(train), rng.permutation(test)
+
+
+def _approximate_mode(class_counts: np.ndarray, n_draws: int,
+                      rng: np.random.RandomState) -> np.ndarray:
+    """scikit-learn's ``_approximate_mode`` (per-class draws of a stratified split; ties
+    broken by ``rng``)."""
+    continuous = class_counts / class_counts.sum() * n_draws
+    floored = np.floor(continuous)
+    need_to_add = int(n_draws - floored.sum())
+    if need_to_add > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (inds,) = np.where(remainder == value)
+            add_now = min(len(inds), need_to_add)
+            inds = rng.choice(inds, size=add_now, replace=False)
+            floored[inds] += 1
+            need_to_add -= add_now
+            if need_to_add == 0:
+                break
+    return floored.astype(int)
 
 
 _FEATURES = 12  # PM2.5, PM10, NO2, O3, CO, temp, humidity, wind, traffic, hour sin/cos, weekday

@@ -288,7 +288,7 @@ def _data_path(cfg: SimConfig) -> Path:
 
 
 def _write_data(cfg: SimConfig) -> None:
-    """Compute the scenario's data once (scikit-learn for digits) and write it for the edges."""
+    """Compute the scenario's data once and write it for the edges."""
     from hierfl.sim.datasets import scenario_data, write_data  # noqa: PLC0415
 
     with _DATA_LOCK:
@@ -901,7 +901,7 @@ async def _run_started(cfg: SimConfig, on_round: Callable[[RoundRecord], None] |
                     # zygote writes it (torch); the cloud reads it when it starts
                     initial = asyncio.create_task(asyncio.to_thread(
                         procs.write_initial, cfg, cfg.out / "initial.npz"))
-                    # the edges' data meanwhile (scikit-learn, in this process): the edges
+                    # the edges' data meanwhile (in this process): the edges
                     # are forked once it is written
                     data = asyncio.create_task(asyncio.to_thread(_write_data, cfg))
                     fogs = [(fs.fog_id, "fog", _env(fs)) for fs in fog_s]

@@ -76,7 +76,7 @@ def digits_task(
     """The EdgeTask of edge number ``index`` in the digits scenario.
 
     ``data``: a file :func:`write_data` wrote (the sim's ``<out>/data.npz``); without it the
-    data is computed here (scikit-learn).
+    data is computed here.
     """
     dataset = load_data(str(data)) if data else digits_data(num_edges, seed)
     x, y = dataset.parts[index]
