@@ -21,18 +21,35 @@ waiting on the disk, which CPU time does not see, and the loop has other work me
 those that run the operator's code (an edge's training and evaluation hooks: how long they
 take is the task's business, and one slow call inline would stall every connection of the
 process, in ``hierfl sim --mode inprocess`` every tier's).
+
+Where the threads come from: asyncio's default executor (``asyncio.to_thread``), unless an
+executor is installed for the current context (:func:`use_executor`). ``hierfl sim --mode
+inprocess`` installs one worker per core for its tiers: with every tier in one interpreter,
+asyncio's default (up to cores + 4 threads) only had more threads fighting the event loop for
+the GIL (docs/benchmarks.md, "In-process mode: one worker thread per core").
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
-__all__ = ["INLINE_BELOW_S", "WALL_CAP_S", "Runner", "Steps", "offload", "threaded",
-           "use_runner"]
+__all__ = [
+    "INLINE_BELOW_S",
+    "WALL_CAP_S",
+    "Runner",
+    "Steps",
+    "offload",
+    "reset_executor",
+    "threaded",
+    "use_executor",
+    "use_runner",
+]
 
 T = TypeVar("T")
 
@@ -41,6 +58,8 @@ Runner = Callable[..., Awaitable[Any]]
 
 _RUNNER: contextvars.ContextVar[Runner | None] = contextvars.ContextVar("hierfl_offload",
                                                                        default=None)
+_EXECUTOR: contextvars.ContextVar[Executor | None] = contextvars.ContextVar(
+    "hierfl_offload_executor", default=None)
 
 
 INLINE_BELOW_S = 0.01
@@ -98,14 +117,39 @@ async def offload(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         return result
     key = _key(fn, args)
     if getattr(key[0], "hierfl_threaded", False):
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        return await _in_thread(fn, *args, **kwargs)
     estimate = _cost.get(key)
     if estimate is not None and estimate < INLINE_BELOW_S:
         try:
             return _timed(key, fn, args, kwargs)
         finally:
             await asyncio.sleep(0)  # as a thread hop would: other tasks run before the caller
-    return await asyncio.to_thread(_timed, key, fn, args, kwargs)
+    return await _in_thread(_timed, key, fn, args, kwargs)
+
+
+async def _in_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """``asyncio.to_thread``, on the executor installed for this context if there is one."""
+    executor = _EXECUTOR.get()
+    if executor is None:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(executor, call)
+
+
+def use_executor(executor: Executor | None) -> contextvars.Token[Executor | None]:
+    """Run :func:`offload`'s threads on ``executor`` in the current context (tasks created
+    afterwards inherit it; None: asyncio's default executor). The caller owns ``executor``
+    and shuts it down.
+
+    Returns:
+        A token for ``contextvars`` reset.
+    """
+    return _EXECUTOR.set(executor)
+
+
+def reset_executor(token: contextvars.Token[Executor | None]) -> None:
+    """Undo :func:`use_executor` (tasks created meanwhile keep the executor they inherited)."""
+    _EXECUTOR.reset(token)
 
 
 def use_runner(runner: Runner | None) -> contextvars.Token[Runner | None]:

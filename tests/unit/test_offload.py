@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
 
@@ -158,3 +159,51 @@ def test_estimates_are_bounded(monkeypatch):
     for i in range(20):
         off._note((f"fn{i}", 0), 0.001, 0.001)
     assert len(off._cost) <= 8
+
+
+_LABEL: contextvars.ContextVar[str] = contextvars.ContextVar("label", default="none")
+
+
+def _thread_name_and_label() -> tuple[str, str]:
+    return threading.current_thread().name, _LABEL.get()
+
+
+async def test_an_installed_executor_runs_every_thread_hop():
+    from concurrent.futures import ThreadPoolExecutor
+
+    @threaded
+    def disk() -> str:
+        return threading.current_thread().name
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pool-under-test")
+    token = off.use_executor(pool)
+    try:
+        assert (await offload(disk)).startswith("pool-under-test")  # always a thread
+        name = await offload(lambda: threading.current_thread().name)  # first call: a thread
+        assert name.startswith("pool-under-test")
+        # measured, as on asyncio's default executor: short work then runs inline
+        assert await offload(_where) != threading.get_ident()
+        assert await offload(_where) == threading.get_ident()
+    finally:
+        off.reset_executor(token)
+        pool.shutdown(wait=True)
+    # reset: asyncio's default executor again
+    assert not (await offload(disk)).startswith("pool-under-test")
+
+
+async def test_tasks_inherit_the_executor_and_threads_see_the_context():
+    from concurrent.futures import ThreadPoolExecutor
+
+    _LABEL.set("caller")
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inherited")
+    token = off.use_executor(pool)
+    try:
+        task = asyncio.create_task(offload(threaded(_thread_name_and_label)))
+    finally:
+        off.reset_executor(token)  # the task was created before: it keeps the pool
+    try:
+        name, label = await task
+        assert name.startswith("inherited")
+        assert label == "caller"  # the context travels into the worker, as with to_thread
+    finally:
+        pool.shutdown(wait=True)
