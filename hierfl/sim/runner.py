@@ -981,9 +981,9 @@ async def _run_started(cfg: SimConfig, on_round: Callable[[RoundRecord], None] |
                     for t in pending:
                         t.cancel()
                     await asyncio.gather(*tasks, return_exceptions=True)
-                await asyncio.to_thread(procs.close)
-                if pool is not None:
+                if pool is not None:  # its tasks are done: whatever still runs finishes alone
                     pool.shutdown(wait=False)
+                await asyncio.to_thread(procs.close)
                 obs_task.cancel()
                 await asyncio.gather(obs_task, return_exceptions=True)
         except (KeyboardInterrupt, asyncio.CancelledError, SimStallError) as exc:
