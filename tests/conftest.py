@@ -14,9 +14,13 @@ a 2-core CI machine.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -55,3 +59,17 @@ def unique_id() -> str:
     id, an MQTT topic level, a Kafka topic name, an MQTT client id and a consumer group id.
     """
     return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="module")
+def bench(request: pytest.FixtureRequest) -> ModuleType:
+    """The benchmark script a test module names in its ``BENCH`` attribute
+    (``benchmarks/<BENCH>.py``), loaded once per module as ``bench_<BENCH>``."""
+    name = request.module.BENCH
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[f"bench_{name}"] = mod
+    spec.loader.exec_module(mod)
+    return mod

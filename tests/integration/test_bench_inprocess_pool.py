@@ -3,28 +3,14 @@ process with its pool replaced; one JSON line per run and a summary per size."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    path = ROOT / "benchmarks" / "inprocess_pool.py"
-    spec = importlib.util.spec_from_file_location("bench_inprocess_pool", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_inprocess_pool"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+BENCH = "inprocess_pool"
 
 
 def test_runs_each_size_and_summarises(bench: ModuleType, capsys, tmp_path) -> None:

@@ -5,28 +5,14 @@ deterministic race is in tests/unit/transport/test_kafka_gaps.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    path = ROOT / "benchmarks" / "kafka_gaps.py"
-    spec = importlib.util.spec_from_file_location("bench_kafka_gaps", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_kafka_gaps"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+BENCH = "kafka_gaps"
 
 
 def test_every_frame_reaches_hierfls_reader(bench: ModuleType, kafka_broker, capsys) -> None:

@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
+BENCH = "floor"
 
 
-@pytest.fixture(scope="module")
-def floor() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_floor", ROOT / "benchmarks" / "floor.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_floor"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_measures_training_and_wire_per_round(floor: ModuleType) -> None:
-    rec = floor.measure("digits-20", edges=3, rounds=2)
+def test_measures_training_and_wire_per_round(bench: ModuleType) -> None:
+    rec = bench.measure("digits-20", edges=3, rounds=2)
     assert rec["params"] == 4810 and rec["edges"] == 3
     assert len(rec["train_cpu_s_per_round_all"]) == 2
     assert all(x > 0 for x in rec["train_cpu_s_per_round_all"])
@@ -37,7 +25,7 @@ def test_measures_training_and_wire_per_round(floor: ModuleType) -> None:
         (rec["train_cpu_s_per_round"] + rec["wire_cpu_s_per_round"]) / cores, abs=1e-4)
 
 
-def test_target_from_the_last_compare_summary(floor: ModuleType, tmp_path: Path,
+def test_target_from_the_last_compare_summary(bench: ModuleType, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     lines = [
         {"bench": "config", "date": "x"},
@@ -49,8 +37,8 @@ def test_target_from_the_last_compare_summary(floor: ModuleType, tmp_path: Path,
     ]
     path = tmp_path / "compare.jsonl"
     path.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines))
-    assert floor._flower_rounds(path) == {"digits-20": 0.2}
-    assert floor.main(["--scenario", "digits-20", "--edges", "2", "--rounds", "1",
+    assert bench._flower_rounds(path) == {"digits-20": 0.2}
+    assert bench.main(["--scenario", "digits-20", "--edges", "2", "--rounds", "1",
                        "--compare", str(path)]) == 0
     rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rec["target_round_s"] == pytest.approx(0.1)
